@@ -1,0 +1,1 @@
+"""The operator console (`utp console`): a Textual app that talks to the daemon only through gRPC."""

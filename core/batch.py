@@ -1,0 +1,37 @@
+"""The unit engines exchange: a batch of events of one kind, with a watermark."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+#: Watermark of a stream before any event.
+NOTHING: int = -(2**63)
+#: Watermark of a stream that will publish nothing more.
+END: int = 2**63 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Events of one kind from one producer, sorted by event time.
+
+    `through_ns` is the watermark: the producer has now published every event of this kind with event time
+    <= through_ns (rows may lie beyond it; they are early, not complete). Command-like kinds (status,
+    control) have no watermark and are applied on arrival.
+    """
+
+    kind: str
+    producer: str
+    frame: pl.DataFrame
+    through_ns: int | None
+    # Transport cursor of the message that closed the batch (the JetStream stream sequence);
+    # None on the in-process bus. Engines store it to resume exactly there after a restart.
+    position: int | None = None
+
+    @property
+    def end_of_stream(self) -> bool:
+        return self.through_ns == END
+
+    def __len__(self) -> int:
+        return self.frame.height

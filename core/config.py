@@ -1,0 +1,257 @@
+"""Configuration: one frozen, keyword-only struct per engine, composed into `Config`.
+
+Layers, later wins: the defaults below (also written out in `configs/utp.yaml`), YAML files given with
+`--config`, environment variables `UTP_<SECTION>__<KEY>` (e.g. `UTP_RISK__MAX_POSITION_PCT=0.2`), and
+command-line flags. An unknown key in a file or flag, or a value of the wrong type, is an error at
+start-up that names the key; it never falls back to a default silently.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import yaml
+
+
+class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class MarketDataConfig(_Section):
+    #: Packaged data set: goog, eurusd or sp500.
+    dataset: str = "goog"
+    #: Symbols of the data set; empty = all of them.
+    symbols: tuple[str, ...] = ()
+    #: Inclusive dates YYYY-MM-DD; empty = the whole data set.
+    start: str = ""
+    end: str = ""
+    #: Bar times per published batch. 1 is live-like; backtests use large batches. Never changes a decision.
+    batch_bar_times: int = 1
+    #: Bar times per second when a session replays data; 0 = as fast as possible.
+    replay_rate: float = 1.0
+
+    def start_date(self) -> date | None:
+        return _parse_date("market_data.start", self.start)
+
+    def end_date(self) -> date | None:
+        return _parse_date("market_data.end", self.end)
+
+
+class FeaturesConfig(_Section):
+    return_horizons: tuple[int, ...] = (1, 5, 20)
+    sma_periods: tuple[int, ...] = (20, 50)
+    ema_periods: tuple[int, ...] = (12, 26)
+    rsi_period: int = 14
+
+
+class RsiAlphaConfig(_Section):
+    """Lean's RsiAlphaModel; Lean hard-codes 70/30 with a 35/65 bounce tolerance."""
+
+    enabled: bool = True
+    period: int = 14
+    upper: float = 70.0
+    lower: float = 30.0
+    #: Leave TRIPPED_HIGH only below this.
+    upper_reset: float = 65.0
+    #: Leave TRIPPED_LOW only above this.
+    lower_reset: float = 35.0
+
+
+class EmaCrossAlphaConfig(_Section):
+    """Lean's EmaCrossAlphaModel."""
+
+    enabled: bool = True
+    fast: int = 12
+    slow: int = 26
+    #: Keep Lean's first-ready-bar behaviour: its "fast over slow" flag is updated on every bar, also
+    #: while only the fast EMA is ready (the slow one reads 0 then), so the first bar on which both are
+    #: ready emits DOWN if slow > fast. False: the flag starts on the first ready bar and nothing is
+    #: emitted on it.
+    lean_first_ready: bool = True
+
+
+class AlphaConfig(_Section):
+    rsi: RsiAlphaConfig = RsiAlphaConfig()
+    ema_cross: EmaCrossAlphaConfig = EmaCrossAlphaConfig()
+
+
+class EnsembleConfig(_Section):
+    #: Vote weights by source (the seeds' defaults). Weights of sources without an active signal drop
+    #: out and the rest renormalise.
+    weights: dict[str, float] = msgspec.field(
+        default_factory=lambda: {"tft": 0.5, "rsi": 0.2, "ema_cross": 0.2, "macd": 0.1}
+    )
+    #: Below this confidence the ensemble direction is FLAT.
+    min_confidence: float = 0.65
+    #: SMA periods (features) that classify the regime: bull when close and the fast SMA are above the slow.
+    regime_sma_fast: int = 20
+    regime_sma_slow: int = 50
+
+
+class RiskConfig(_Section):
+    #: Largest position per symbol as a share of equity; entries are sized to it.
+    max_position_pct: float = 0.10
+    allow_short: bool = False
+    fractional_shares: bool = False
+
+
+class ExecutionConfig(_Section):
+    initial_cash: float = 100_000.0
+    slippage_bps: float = 1.0
+    #: Commission = max(commission_min, commission_per_share x shares) + commission_bps of the notional.
+    commission_per_share: float = 0.005
+    commission_min: float = 1.0
+    commission_bps: float = 0.0
+
+
+class ExitConfig(_Section):
+    #: The seeds' bracket: take profit at +3%, stop loss at -1.5% from the average price (on closes).
+    take_profit_pct: float = 0.03
+    stop_loss_pct: float = 0.015
+
+
+class BusConfig(_Section):
+    #: nats://host:port for JetStream; empty = the in-process bus.
+    nats_url: str = ""
+    stream: str = "UTP"
+    subject_root: str = "utp"
+    #: JetStream de-duplication window; a restart within it can never publish an event twice.
+    duplicate_window_s: float = 600.0
+
+
+class StateConfig(_Section):
+    #: fsync every commit (survives power loss); off survives process crashes only.
+    fsync: bool = True
+
+
+class ServerConfig(_Section):
+    listen: str = "127.0.0.1:50051"
+
+
+class Config(_Section):
+    #: Folder of the hot state; empty = the user's data folder (XDG).
+    data_dir: str = ""
+    #: Execution approval of a new session. Stays off unless the operator says otherwise.
+    approve_execution_on_start: bool = False
+    #: Seconds between engine status messages in a session.
+    status_interval_s: float = 1.0
+    market_data: MarketDataConfig = MarketDataConfig()
+    features: FeaturesConfig = FeaturesConfig()
+    alpha: AlphaConfig = AlphaConfig()
+    ensemble: EnsembleConfig = EnsembleConfig()
+    risk: RiskConfig = RiskConfig()
+    execution: ExecutionConfig = ExecutionConfig()
+    exit: ExitConfig = ExitConfig()
+    bus: BusConfig = BusConfig()
+    state: StateConfig = StateConfig()
+    server: ServerConfig = ServerConfig()
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _parse_date(name: str, value: str) -> date | None:
+    if not value:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(f"{name}: {value!r} is not a date YYYY-MM-DD") from None
+
+
+def _merge(base: dict[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) and key != "weights":
+            out[key] = _merge(dict(out[key]), value)
+        else:
+            out[key] = value
+    return out
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{dotted}: {part} is not a section")
+    node[leaf] = value
+
+
+def _scalar(text: str) -> Any:
+    """Parse a flag or environment value the way YAML would: 0.2 -> float, true -> bool, [1, 2] -> list."""
+    return yaml.safe_load(text) if text.strip() else ""
+
+
+def _sections() -> set[str]:
+    return {f for f in Config.__struct_fields__ if isinstance(getattr(Config(), f), _Section)}
+
+
+def load_config(
+    files: Iterable[str | Path] = (),
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the configuration from defaults, files, environment and `overrides` ({"risk.max_position_pct": 0.2})."""
+    tree: dict[str, Any] = {}
+    for path in files:
+        text = Path(path).read_text()
+        loaded = yaml.safe_load(text) or {}
+        if not isinstance(loaded, Mapping):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        tree = _merge(tree, loaded)
+    env = os.environ if environ is None else environ
+    sections = _sections()
+    for name, raw in sorted(env.items()):
+        if not name.startswith("UTP_"):
+            continue
+        # Only UTP_<SECTION>__<KEY> or UTP_<top-level key> that names a real setting is configuration;
+        # other UTP_ variables (UTP_NATS_URL for the tests) belong to someone else.
+        dotted = name[4:].lower().replace("__", ".")
+        head = dotted.split(".", 1)[0]
+        if head in sections or dotted in Config.__struct_fields__:
+            _set_path(tree, dotted, _scalar(raw))
+    for dotted, value in (overrides or {}).items():
+        _set_path(tree, dotted, value)
+    try:
+        config = msgspec.convert(tree, Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid configuration: {exc}") from None
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    """Checks that cross fields or need more than a type."""
+    md = config.market_data
+    md.start_date(), md.end_date()
+    if md.batch_bar_times < 1:
+        raise ConfigError("market_data.batch_bar_times must be >= 1")
+    if md.replay_rate < 0:
+        raise ConfigError("market_data.replay_rate must be >= 0")
+    if not 0 < config.risk.max_position_pct <= 10:
+        raise ConfigError("risk.max_position_pct must be in (0, 10]")
+    if any(w < 0 for w in config.ensemble.weights.values()):
+        raise ConfigError("ensemble.weights must be >= 0")
+    if not 0 <= config.ensemble.min_confidence <= 1:
+        raise ConfigError("ensemble.min_confidence must be in [0, 1]")
+    for period in (config.ensemble.regime_sma_fast, config.ensemble.regime_sma_slow):
+        if period not in config.features.sma_periods:
+            raise ConfigError(f"ensemble regime needs features.sma_periods to include {period}")
+    if config.alpha.ema_cross.fast >= config.alpha.ema_cross.slow:
+        raise ConfigError("alpha.ema_cross.fast must be < alpha.ema_cross.slow")
+    rsi = config.alpha.rsi
+    if not rsi.lower < rsi.lower_reset <= rsi.upper_reset < rsi.upper:
+        raise ConfigError("alpha.rsi needs lower < lower_reset <= upper_reset < upper")
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    return msgspec.to_builtins(config)

@@ -1,0 +1,236 @@
+"""Event kinds and the codec between columnar frames (inside a process) and protobuf (on the wire).
+
+Inside a process a batch of events of one kind is a polars DataFrame whose schema is derived from the
+kind's protobuf message: the `header` is flattened into the columns `event_id`, `correlation_id`,
+`event_time_ns` and `symbol`; scalars map to the matching polars type (enums to Int32, proto3
+`optional` scalars to nullable columns); sub-messages to Struct and repeated fields to List. The one
+exception is FeatureVector, whose `names`/`values` become one Float64 column per feature so that
+kernels read features as plain arrays. The proto stays the single source of truth for every schema.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import Message
+
+from utp.v1 import events_pb2 as pb
+
+HEADER_COLUMNS: tuple[str, ...] = ("event_id", "correlation_id", "event_time_ns", "symbol")
+TIME = "event_time_ns"
+
+_SCALAR_DTYPES: dict[int, pl.DataType] = {
+    FieldDescriptor.TYPE_DOUBLE: pl.Float64(),
+    FieldDescriptor.TYPE_FLOAT: pl.Float32(),
+    FieldDescriptor.TYPE_INT64: pl.Int64(),
+    FieldDescriptor.TYPE_SINT64: pl.Int64(),
+    FieldDescriptor.TYPE_SFIXED64: pl.Int64(),
+    FieldDescriptor.TYPE_UINT64: pl.UInt64(),
+    FieldDescriptor.TYPE_FIXED64: pl.UInt64(),
+    FieldDescriptor.TYPE_INT32: pl.Int32(),
+    FieldDescriptor.TYPE_SINT32: pl.Int32(),
+    FieldDescriptor.TYPE_SFIXED32: pl.Int32(),
+    FieldDescriptor.TYPE_UINT32: pl.UInt32(),
+    FieldDescriptor.TYPE_FIXED32: pl.UInt32(),
+    FieldDescriptor.TYPE_BOOL: pl.Boolean(),
+    FieldDescriptor.TYPE_STRING: pl.Utf8(),
+    FieldDescriptor.TYPE_BYTES: pl.Binary(),
+    FieldDescriptor.TYPE_ENUM: pl.Int32(),
+}
+
+
+def _is_repeated(field: FieldDescriptor) -> bool:
+    return bool(field.is_repeated)
+
+
+def _dtype(field: FieldDescriptor) -> pl.DataType:
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        inner: pl.DataType = pl.Struct({f.name: _dtype(f) for f in field.message_type.fields})
+    else:
+        inner = _SCALAR_DTYPES[field.type]
+    return pl.List(inner) if _is_repeated(field) else inner
+
+
+def _message_schema(descriptor: Descriptor) -> dict[str, pl.DataType]:
+    schema: dict[str, pl.DataType] = {}
+    for field in descriptor.fields:
+        if field.name == "header":
+            schema.update(
+                {
+                    "event_id": pl.Utf8(),
+                    "correlation_id": pl.Utf8(),
+                    "event_time_ns": pl.Int64(),
+                    "symbol": pl.Utf8(),
+                }
+            )
+        else:
+            schema[field.name] = _dtype(field)
+    return schema
+
+
+def _to_python(value: Any, field: FieldDescriptor) -> Any:
+    """Protobuf field value -> the plain Python value polars expects for its column."""
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        if _is_repeated(field):
+            return [_message_to_dict(v) for v in value]
+        return _message_to_dict(value)
+    if _is_repeated(field):
+        return list(value)
+    return value
+
+
+def _message_to_dict(message: Message) -> dict[str, Any]:
+    return {f.name: _to_python(getattr(message, f.name), f) for f in message.DESCRIPTOR.fields}
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """One kind of event: its subject token, protobuf message and frame schema."""
+
+    name: str
+    number: int
+    message: type[Message]
+    # Streams with watermarks can be joined by time; command-like kinds (status, control) cannot.
+    watermarked: bool
+
+    @property
+    def schema(self) -> dict[str, pl.DataType]:
+        return _SCHEMAS[self.name]
+
+    def empty_frame(self) -> pl.DataFrame:
+        """A frame with no rows (shared: frames are never modified in place)."""
+        return _EMPTY[self.name]
+
+    def to_messages(self, frame: pl.DataFrame) -> list[Message]:
+        """Frame rows -> protobuf messages (the wire form)."""
+        if self.name == "feature_vector":
+            return _features_to_messages(frame)
+        fields = self.message.DESCRIPTOR.fields_by_name
+        optional = {n for n, f in fields.items() if f.has_presence and f.type != FieldDescriptor.TYPE_MESSAGE}
+        out: list[Message] = []
+        for row in frame.iter_rows(named=True):
+            header = pb.EventHeader(
+                event_id=row.pop("event_id"),
+                correlation_id=row.pop("correlation_id"),
+                event_time_ns=row.pop("event_time_ns"),
+                symbol=row.pop("symbol"),
+            )
+            for name in optional:
+                if row.get(name) is None:
+                    row.pop(name, None)
+            out.append(self.message(header=header, **row))
+        return out
+
+    def to_frame(self, messages: Sequence[Message]) -> pl.DataFrame:
+        """Protobuf messages -> frame. Raises ValueError if a message is of another kind."""
+        if self.name == "feature_vector":
+            return _features_to_frame(messages)
+        fields = [f for f in self.message.DESCRIPTOR.fields if f.name != "header"]
+        optional = [f.has_presence and f.type != FieldDescriptor.TYPE_MESSAGE for f in fields]
+        rows = []
+        for message in messages:
+            if message.DESCRIPTOR is not self.message.DESCRIPTOR:
+                raise ValueError(f"expected {self.message.DESCRIPTOR.name}, got {message.DESCRIPTOR.name}")
+            h = message.header  # type: ignore[attr-defined]
+            row: list[Any] = [h.event_id, h.correlation_id, h.event_time_ns, h.symbol]
+            for field, has_presence in zip(fields, optional, strict=True):
+                if has_presence and not message.HasField(field.name):
+                    row.append(None)
+                else:
+                    row.append(_to_python(getattr(message, field.name), field))
+            rows.append(row)
+        return pl.DataFrame(rows, schema=self.schema, orient="row")
+
+
+def _features_to_messages(frame: pl.DataFrame) -> list[Message]:
+    names = feature_columns(frame)
+    out: list[Message] = []
+    for row in frame.iter_rows(named=True):
+        out.append(
+            pb.FeatureVector(
+                header=pb.EventHeader(
+                    event_id=row["event_id"],
+                    correlation_id=row["correlation_id"],
+                    event_time_ns=row["event_time_ns"],
+                    symbol=row["symbol"],
+                ),
+                feature_set_version=row["feature_set_version"],
+                names=names,
+                values=[row[n] for n in names],
+            )
+        )
+    return out
+
+
+def _features_to_frame(messages: Sequence[Message]) -> pl.DataFrame:
+    if not messages:
+        return KINDS["feature_vector"].empty_frame()
+    names = list(messages[0].names)  # type: ignore[attr-defined]
+    columns: dict[str, list[Any]] = {c: [] for c in (*HEADER_COLUMNS, "feature_set_version", *names)}
+    for m in messages:
+        if list(m.names) != names:  # type: ignore[attr-defined]
+            raise ValueError("feature vectors in one batch have different feature names")
+        h = m.header  # type: ignore[attr-defined]
+        columns["event_id"].append(h.event_id)
+        columns["correlation_id"].append(h.correlation_id)
+        columns["event_time_ns"].append(h.event_time_ns)
+        columns["symbol"].append(h.symbol)
+        columns["feature_set_version"].append(m.feature_set_version)  # type: ignore[attr-defined]
+        for name, value in zip(names, m.values, strict=True):  # type: ignore[attr-defined]
+            columns[name].append(value)
+    schema = {**KINDS["feature_vector"].schema, **{n: pl.Float64() for n in names}}
+    return pl.DataFrame(columns, schema=schema)
+
+
+def feature_columns(frame: pl.DataFrame) -> list[str]:
+    """Names of the feature columns of a feature_vector frame, in order."""
+    fixed = {*HEADER_COLUMNS, "feature_set_version"}
+    return [c for c in frame.columns if c not in fixed]
+
+
+def _build_kinds() -> dict[str, Kind]:
+    event_fields = pb.Event.DESCRIPTOR.oneofs_by_name["payload"].fields
+    by_name = {f.name: f for f in event_fields}
+    # Not joined by time (applied or recorded on arrival), so they carry no watermarks.
+    command_like = {"engine_status", "control_command", "rejected_bar"}
+    kinds: dict[str, Kind] = {}
+    for value in pb.EventKind.DESCRIPTOR.values:
+        if value.number == 0:
+            continue
+        name = value.name.removeprefix("EVENT_KIND_").lower()
+        field = by_name[name]  # the proto keeps EventKind and Event's oneof in step
+        message_cls = getattr(pb, field.message_type.name)
+        kinds[name] = Kind(name, value.number, message_cls, watermarked=name not in command_like)
+    return kinds
+
+
+KINDS: dict[str, Kind] = _build_kinds()
+_SCHEMAS: dict[str, dict[str, pl.DataType]] = {n: _message_schema(k.message.DESCRIPTOR) for n, k in KINDS.items()}
+# Feature vectors are wide in frames: one column per feature instead of names/values lists.
+del _SCHEMAS["feature_vector"]["names"], _SCHEMAS["feature_vector"]["values"]
+_EMPTY: dict[str, pl.DataFrame] = {n: pl.DataFrame(schema=schema) for n, schema in _SCHEMAS.items()}
+KIND_BY_NUMBER: dict[int, Kind] = {k.number: k for k in KINDS.values()}
+
+
+def kind(name: str) -> Kind:
+    """The kind called `name`; ValueError naming the known kinds otherwise."""
+    try:
+        return KINDS[name]
+    except KeyError:
+        raise ValueError(f"unknown event kind {name!r}; known: {', '.join(KINDS)}") from None
+
+
+def wrap_event(kind_name: str, message: Message) -> pb.Event:
+    """Put a message into the `Event` envelope used by streams that carry several kinds."""
+    return pb.Event(**{kind_name: message})
+
+
+def concat(frames: Iterable[pl.DataFrame]) -> pl.DataFrame:
+    frames = [f for f in frames if f.height]
+    if not frames:
+        raise ValueError("concat of no rows; use Kind.empty_frame()")
+    return frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical")

@@ -1,0 +1,526 @@
+"""The engine runtime: how an engine consumes batches, steps through time and publishes its outputs.
+
+An engine declares the kinds it consumes (`inputs`) and produces (`outputs`) and implements `on_step`.
+Its runner subscribes it to the bus, joins its inputs by event time, calls it, publishes what it emitted
+with watermarks, and checkpoints its state. The same runner drives an engine in a backtest (in-process
+bus, simulated clock, no persistence) and in a live session (JetStream, wall clock, LMDB).
+
+Joining rules, which make decisions independent of batch sizes and of delivery order between streams:
+
+* JOINED inputs define the engine's steps. The runner hands the engine every row up to time T once
+  every joined input's watermark has reached T, so an engine always sees all of its inputs for a bar
+  time together, however the streams were batched or interleaved on the way.
+* FEEDBACK inputs close a cycle in the graph (execution consumes risk decisions, which depend on the
+  positions execution publishes). A joined row at time t is processed only when every feedback input
+  is complete through the time the engine has already processed; feedback rows are handed over as soon
+  as they arrive. Outputs listed in `feedback_outputs` carry a watermark no further than the feedback.
+* COMMAND inputs (operator commands) are applied as soon as they arrive and take no part in joins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import pickle
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import polars as pl
+
+from utp.core.batch import END, NOTHING, Batch
+from utp.core.bus import Bus, Subscription
+from utp.core.clock import Clock
+from utp.core.ids import event_id
+from utp.core.kinds import KINDS, TIME, concat
+from utp.v1 import events_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+
+class InputMode(enum.Enum):
+    JOINED = "joined"
+    FEEDBACK = "feedback"
+    COMMAND = "command"
+
+
+@dataclass(frozen=True, slots=True)
+class Input:
+    kind: str
+    mode: InputMode = InputMode.JOINED
+
+
+@dataclass(frozen=True, slots=True)
+class RecordWrite:
+    """A write to a hot-state table, committed atomically with the engine's checkpoint."""
+
+    table: str
+    key: str
+    value: bytes | None  # None deletes
+
+
+@dataclass(slots=True)
+class Checkpoint:
+    engine: str
+    state: bytes
+    # Transport position of the last batch committed per input kind (JetStream stream sequence).
+    positions: dict[str, int]
+    records: list[RecordWrite] = field(default_factory=list)
+
+
+class Checkpointer(Protocol):
+    """Where runners keep their state. `storage.state` implements it on LMDB."""
+
+    def load(self, engine: str) -> Checkpoint | None: ...
+
+    def save(self, checkpoint: Checkpoint) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+class EngineFailure(RuntimeError):
+    """An engine raised while handling input; its state is unchanged and nothing was acknowledged."""
+
+
+class EngineContext:
+    """What an engine may touch: the clock, its log, its outputs and its hot-state records."""
+
+    def __init__(self, runner: _RunnerBase) -> None:
+        self._runner = runner
+        self.clock: Clock = runner.clock
+        self.log = logging.getLogger(f"utp.engine.{runner.engine.name}")
+
+    def emit(self, kind: str, frame: pl.DataFrame) -> None:
+        """Queue rows of an output kind for publishing; rows must be sorted by event time."""
+        self._runner._queue_output(kind, frame)
+
+    def put_record(self, table: str, key: str, value: bytes) -> None:
+        self._runner._records.append(RecordWrite(table, key, value))
+
+    def delete_record(self, table: str, key: str) -> None:
+        self._runner._records.append(RecordWrite(table, key, None))
+
+    def count_rejected(self, n: int = 1) -> None:
+        self._runner.events_rejected += n
+
+
+class Engine(ABC):
+    """One engine: one clear job, named input and output kinds, state that can be snapshotted."""
+
+    name: str
+    inputs: tuple[Input, ...] = ()
+    outputs: tuple[str, ...] = ()
+    #: Outputs caused by feedback inputs; their watermark waits for the feedback (see module doc).
+    feedback_outputs: frozenset[str] = frozenset()
+
+    def start(self, ctx: EngineContext) -> None:  # noqa: B027 - optional hook
+        """Called once before the first input, after a restore if there was one."""
+
+    @abstractmethod
+    def on_step(self, ctx: EngineContext, through_ns: int, frames: Mapping[str, pl.DataFrame]) -> None:
+        """Process input rows. `frames` maps input kinds to rows (sorted by time) handed over now:
+        all rows of joined inputs in (previous through, through_ns], or newly arrived feedback rows."""
+
+    def on_command(self, ctx: EngineContext, kind: str, frame: pl.DataFrame) -> None:  # noqa: B027
+        """Apply command rows (COMMAND inputs) as they arrive."""
+
+    def finish(self, ctx: EngineContext) -> None:  # noqa: B027 - optional hook
+        """Called once when every input has ended."""
+
+    def snapshot(self) -> Any:
+        """Picklable state to checkpoint; restored with `restore`."""
+        return None
+
+    def restore(self, state: Any) -> None:  # noqa: B027 - optional hook
+        """Inverse of `snapshot`."""
+
+
+class SourceEngine(Engine):
+    """An engine that produces batches from outside the bus (market data)."""
+
+    #: Watermark of what the source has emitted so far; END once it is exhausted.
+    through_ns: int = NOTHING
+    #: Seconds to wait between batches; 0 = as fast as possible.
+    pace_seconds: float = 0.0
+
+    def on_step(self, ctx: EngineContext, through_ns: int, frames: Mapping[str, pl.DataFrame]) -> None:
+        raise TypeError("a source engine has no inputs")
+
+    @abstractmethod
+    def produce(self, ctx: EngineContext) -> bool:
+        """Emit the next batch; return False when there is nothing more."""
+
+
+@dataclass(slots=True)
+class _InputState:
+    spec: Input
+    watermark: int = NOTHING
+    pending: pl.DataFrame | None = None
+    position: int | None = None
+
+
+def _split_through(frame: pl.DataFrame, through_ns: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(rows with time <= through_ns, the rest); O(1) slices of a time-sorted frame."""
+    k = int(np.searchsorted(frame[TIME].to_numpy(), through_ns, side="right"))
+    return frame.slice(0, k), frame.slice(k)
+
+
+class _RunnerBase:
+    def __init__(
+        self,
+        engine: Engine,
+        bus: Bus,
+        clock: Clock,
+        checkpointer: Checkpointer | None = None,
+        *,
+        status_interval_s: float | None = None,
+    ) -> None:
+        for kind in engine.outputs:
+            if kind not in KINDS:
+                raise ValueError(f"{engine.name}: unknown output kind {kind!r}")
+        self.engine = engine
+        self.bus = bus
+        self.clock = clock
+        self.checkpointer = checkpointer
+        self.status_interval_ns = None if status_interval_s is None else int(status_interval_s * 1e9)
+        self.ctx = EngineContext(self)
+        self.state = pb.ENGINE_STATE_STARTING
+        self.last_error = ""
+        self.events_in = 0
+        self.events_out = 0
+        self.events_rejected = 0
+        self.through = NOTHING
+        self._emitted: dict[str, list[pl.DataFrame]] = {}
+        self._records: list[RecordWrite] = []
+        self._published_wm: dict[str, int] = {k: NOTHING for k in engine.outputs if KINDS[k].watermarked}
+        self._status_seq = 0
+        self._last_status_ns = NOTHING
+        self.finished = asyncio.Event()
+
+    # -- outputs -----------------------------------------------------------------------------------
+    def _queue_output(self, kind: str, frame: pl.DataFrame) -> None:
+        if kind not in self.engine.outputs:
+            raise ValueError(f"{self.engine.name} emitted {kind!r}, which is not among its outputs")
+        if frame.height:
+            self._emitted.setdefault(kind, []).append(frame)
+
+    def _output_watermark(self, kind: str) -> int:
+        return self.through
+
+    async def _publish_outputs(self) -> None:
+        for kind in self.engine.outputs:
+            frames = self._emitted.pop(kind, [])
+            rows = concat(frames) if frames else KINDS[kind].empty_frame()
+            if not KINDS[kind].watermarked:
+                if rows.height:
+                    await self.bus.publish(Batch(kind, self.engine.name, rows, None))
+                    self.events_out += rows.height
+                continue
+            watermark = self._output_watermark(kind)
+            previous = self._published_wm[kind]
+            if not rows.height and watermark <= previous:
+                continue
+            if rows.height:
+                if not rows[TIME].is_sorted():
+                    rows = rows.sort(TIME, maintain_order=True)
+                if rows[TIME][0] <= previous:
+                    raise EngineFailure(
+                        f"{self.engine.name} emitted {kind} at {rows[TIME][0]}, not after its watermark {previous}"
+                    )
+            watermark = max(watermark, previous)
+            await self.bus.publish(Batch(kind, self.engine.name, rows, watermark))
+            self._published_wm[kind] = watermark
+            self.events_out += rows.height
+
+    # -- state -------------------------------------------------------------------------------------
+    def _runner_state(self) -> dict[str, Any]:
+        return {
+            "through": self.through,
+            "published_wm": dict(self._published_wm),
+            "counters": (self.events_in, self.events_out, self.events_rejected),
+        }
+
+    def _restore_runner_state(self, state: dict[str, Any]) -> None:
+        self.through = state["through"]
+        self._published_wm.update(state["published_wm"])
+        self.events_in, self.events_out, self.events_rejected = state["counters"]
+
+    def _positions(self) -> dict[str, int]:
+        return {}
+
+    def _checkpoint(self) -> None:
+        if self.checkpointer is None:
+            self._records.clear()
+            return
+        blob = pickle.dumps(
+            {"runner": self._runner_state(), "engine": self.engine.snapshot()}, protocol=pickle.HIGHEST_PROTOCOL
+        )
+        self.checkpointer.save(Checkpoint(self.engine.name, blob, self._positions(), list(self._records)))
+        self._records.clear()
+
+    def _restore(self) -> dict[str, int]:
+        if self.checkpointer is None:
+            return {}
+        checkpoint = self.checkpointer.load(self.engine.name)
+        if checkpoint is None:
+            return {}
+        state = pickle.loads(checkpoint.state)  # our own checkpoint, written by _checkpoint
+        self._restore_runner_state(state["runner"])
+        self.engine.restore(state["engine"])
+        log.info("%s restored at through=%s", self.engine.name, self.through)
+        return checkpoint.positions
+
+    # -- status ------------------------------------------------------------------------------------
+    def status(self) -> pb.EngineStatus:
+        now = self.clock.now_ns()
+        return pb.EngineStatus(
+            header=pb.EventHeader(
+                event_id=event_id("engine_status", self.engine.name, self._status_seq), event_time_ns=now
+            ),
+            engine=self.engine.name,
+            state=self.state,
+            through_time_ns=self.through,
+            events_in=self.events_in,
+            events_out=self.events_out,
+            events_rejected=self.events_rejected,
+            last_error=self.last_error,
+        )
+
+    async def _publish_status(self, *, force: bool = False) -> None:
+        now = self.clock.now_ns()
+        if not force and (self.status_interval_ns is None or now - self._last_status_ns < self.status_interval_ns):
+            return
+        self._last_status_ns = now
+        self._status_seq += 1
+        frame = KINDS["engine_status"].to_frame([self.status()])
+        await self.bus.publish(Batch("engine_status", self.engine.name, frame, None))
+
+    async def _set_state(self, state: int, error: str = "") -> None:
+        self.state = state
+        if error:
+            self.last_error = error
+        if state in (pb.ENGINE_STATE_FINISHED, pb.ENGINE_STATE_FAILED, pb.ENGINE_STATE_STOPPED):
+            self.finished.set()
+        try:
+            await self._publish_status(force=True)
+        except Exception:  # status is informational; never let it mask the real state change
+            log.exception("%s: could not publish status", self.engine.name)
+
+    def _fail(self, where: str, exc: BaseException) -> EngineFailure:
+        message = f"{self.engine.name} failed {where}: {type(exc).__name__}: {exc}"
+        log.error(message, exc_info=exc)
+        self.state = pb.ENGINE_STATE_FAILED
+        self.last_error = message
+        self.finished.set()
+        return EngineFailure(message)
+
+
+class EngineRunner(_RunnerBase):
+    """Runs an engine with inputs: subscribes, joins, steps, publishes, checkpoints."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        bus: Bus,
+        clock: Clock,
+        checkpointer: Checkpointer | None = None,
+        *,
+        status_interval_s: float | None = None,
+    ) -> None:
+        super().__init__(engine, bus, clock, checkpointer, status_interval_s=status_interval_s)
+        if not engine.inputs:
+            raise ValueError(f"{engine.name} has no inputs; run it with SourceRunner")
+        self._inputs = {i.kind: _InputState(i) for i in engine.inputs}
+        self._joined = [s for s in self._inputs.values() if s.spec.mode is InputMode.JOINED]
+        self._feedback = [s for s in self._inputs.values() if s.spec.mode is InputMode.FEEDBACK]
+        if not self._joined:
+            raise ValueError(f"{engine.name} needs at least one joined input")
+        self._lock = asyncio.Lock()
+        self._subscriptions: list[Subscription] = []
+        self._finish_called = False
+
+    async def start(self) -> None:
+        positions = self._restore()
+        self.engine.start(self.ctx)
+        for state in self._inputs.values():
+            consumer = f"{self.engine.name}-{state.spec.kind}"
+            handler = self._handler(state)
+            sub = await self.bus.subscribe(
+                state.spec.kind, consumer, handler, resume_after=positions.get(state.spec.kind)
+            )
+            self._subscriptions.append(sub)
+        await self._set_state(pb.ENGINE_STATE_FINISHED if self._all_done() else pb.ENGINE_STATE_RUNNING)
+
+    async def stop(self) -> None:
+        for sub in self._subscriptions:
+            await sub.close()
+        self._subscriptions.clear()
+        if self.state == pb.ENGINE_STATE_RUNNING:
+            await self._set_state(pb.ENGINE_STATE_STOPPED)
+
+    def _handler(self, state: _InputState):  # noqa: ANN202 - a closure per input
+        async def handle(batch: Batch) -> None:
+            async with self._lock:
+                await self._on_batch(state, batch)
+
+        return handle
+
+    async def _on_batch(self, state: _InputState, batch: Batch) -> None:
+        if self.state == pb.ENGINE_STATE_FAILED:
+            raise EngineFailure(f"{self.engine.name} has failed: {self.last_error}")
+        self.events_in += batch.frame.height
+        try:
+            if state.spec.mode is InputMode.COMMAND:
+                if batch.frame.height:
+                    self.engine.on_command(self.ctx, state.spec.kind, batch.frame)
+            else:
+                self._accept(state, batch)
+                self._advance()
+        except Exception as exc:
+            raise self._fail(f"on {batch.kind} from {batch.producer}", exc) from exc
+        if batch.position is not None:
+            state.position = batch.position
+        try:
+            await self._publish_outputs()
+        except EngineFailure as exc:
+            raise self._fail("publishing", exc) from exc
+        self._checkpoint()
+        await self._publish_status()
+        if self.state == pb.ENGINE_STATE_RUNNING and self._all_done():
+            await self._set_state(pb.ENGINE_STATE_FINISHED)
+
+    def _accept(self, state: _InputState, batch: Batch) -> None:
+        frame = batch.frame
+        if frame.height:
+            # Rows at or before what this input already declared complete are re-deliveries.
+            if frame[TIME][0] <= state.watermark:
+                frame = frame.filter(pl.col(TIME) > state.watermark)
+            if frame.height:
+                state.pending = frame if state.pending is None else pl.concat([state.pending, frame])
+        if batch.through_ns is not None and batch.through_ns > state.watermark:
+            state.watermark = batch.through_ns
+
+    def _advance(self) -> None:
+        for fb in self._feedback:
+            if fb.pending is not None and fb.pending.height:
+                rows, fb.pending = fb.pending, None
+                self.engine.on_step(self.ctx, self.through, {fb.spec.kind: rows})
+        while True:
+            frontier = min(s.watermark for s in self._joined)
+            if frontier <= self.through:
+                return
+            if any(fb.watermark < self.through for fb in self._feedback):
+                return
+            target = frontier
+            if self._feedback:
+                # One step at a time: the next step needs the feedback this one will cause.
+                next_times = [s.pending[TIME][0] for s in self._joined if s.pending is not None and s.pending.height]
+                if next_times:
+                    target = min(frontier, min(next_times))
+            frames: dict[str, pl.DataFrame] = {}
+            for s in self._joined:
+                if s.pending is None or not s.pending.height:
+                    continue
+                head, tail = _split_through(s.pending, target)
+                s.pending = tail if tail.height else None
+                if head.height:
+                    frames[s.spec.kind] = head
+            if frames:
+                self.engine.on_step(self.ctx, target, frames)
+            self.through = target
+
+    def _all_done(self) -> bool:
+        return self.through == END and all(fb.watermark == END for fb in self._feedback)
+
+    async def _set_state(self, state: int, error: str = "") -> None:
+        if state == pb.ENGINE_STATE_FINISHED and not self._finish_called:
+            self._finish_called = True
+            self.engine.finish(self.ctx)
+            await self._publish_outputs()
+            self._checkpoint()
+        await super()._set_state(state, error)
+
+    def _output_watermark(self, kind: str) -> int:
+        if kind in self.engine.feedback_outputs and self._feedback:
+            return min(self.through, *(fb.watermark for fb in self._feedback))
+        return self.through
+
+    def _positions(self) -> dict[str, int]:
+        return {k: s.position for k, s in self._inputs.items() if s.position is not None}
+
+    def _runner_state(self) -> dict[str, Any]:
+        state = super()._runner_state()
+        state["inputs"] = {k: (s.watermark, s.pending) for k, s in self._inputs.items()}
+        state["finish_called"] = self._finish_called
+        return state
+
+    def _restore_runner_state(self, state: dict[str, Any]) -> None:
+        super()._restore_runner_state(state)
+        self._finish_called = state["finish_called"]
+        for kind, (watermark, pending) in state["inputs"].items():
+            if kind in self._inputs:
+                self._inputs[kind].watermark = watermark
+                self._inputs[kind].pending = pending
+
+    def _restore(self) -> dict[str, int]:
+        positions = super()._restore()
+        for kind, position in positions.items():
+            if kind in self._inputs:
+                self._inputs[kind].position = position
+        return positions
+
+
+class SourceRunner(_RunnerBase):
+    """Runs a source engine: produce a batch, publish it, checkpoint, pace, repeat."""
+
+    engine: SourceEngine
+
+    def __init__(
+        self,
+        engine: SourceEngine,
+        bus: Bus,
+        clock: Clock,
+        checkpointer: Checkpointer | None = None,
+        *,
+        status_interval_s: float | None = None,
+    ) -> None:
+        super().__init__(engine, bus, clock, checkpointer, status_interval_s=status_interval_s)
+        self._stopping = False
+
+    async def start(self) -> None:
+        self._restore()
+        self.engine.start(self.ctx)
+        await self._set_state(pb.ENGINE_STATE_RUNNING)
+
+    async def run(self) -> None:
+        """Produce until the source is exhausted (it sets `through_ns` to END) or `stop` is called."""
+        engine = self.engine
+        while not self._stopping and self.through != END:
+            try:
+                more = engine.produce(self.ctx)
+            except Exception as exc:
+                raise self._fail("producing", exc) from exc
+            self.through = engine.through_ns if more else END
+            if more:
+                self.clock.observe(self.through)
+            await self._publish_outputs()
+            self._checkpoint()
+            if self.checkpointer is not None:
+                self.checkpointer.flush()
+            await self._publish_status()
+            if more:
+                # Pacing, or at least a yield so gRPC and other tasks run between batches.
+                await self.clock.sleep(engine.pace_seconds) if engine.pace_seconds > 0 else await asyncio.sleep(0)
+        if self.through == END:
+            await self._set_state(pb.ENGINE_STATE_FINISHED)
+
+    def _output_watermark(self, kind: str) -> int:
+        return self.through
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self.state == pb.ENGINE_STATE_RUNNING:
+            await self._set_state(pb.ENGINE_STATE_STOPPED)

@@ -1,0 +1,33 @@
+"""The symbols a session trades, and the mapping of symbols to dense indices for array kernels."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import polars as pl
+
+
+class Universe:
+    """An ordered set of symbols; kernels keep per-symbol state in arrays indexed by position here."""
+
+    def __init__(self, symbols: Sequence[str]) -> None:
+        if len(set(symbols)) != len(symbols):
+            raise ValueError(f"duplicate symbols in universe: {list(symbols)}")
+        if not symbols:
+            raise ValueError("a universe needs at least one symbol")
+        self.symbols: tuple[str, ...] = tuple(symbols)
+        self._index = {s: i for i, s in enumerate(self.symbols)}
+
+    def __len__(self) -> int:
+        return len(self.symbols)
+
+    def __contains__(self, symbol: object) -> bool:
+        return symbol in self._index
+
+    def index(self, symbol: str) -> int:
+        return self._index[symbol]
+
+    def indices(self, symbols: pl.Series) -> np.ndarray:
+        """int32 index of each symbol; -1 for a symbol outside the universe."""
+        return symbols.replace_strict(self._index, default=-1, return_dtype=pl.Int32).to_numpy()

@@ -1,0 +1,189 @@
+"""Sessions: the one place that assembles the engine graph.
+
+A backtest and a live or paper session are the same engines; they differ only in what they are handed:
+
+    backtest: InProcessBus, SimulatedClock, SimulatedBroker, no persistence, execution approved
+    paper:    InProcessBus or JetStreamBus, WallClock, SimulatedBroker, LMDB hot state, operator flags
+
+    market_data -> bar -> features -> feature_vector --------------\\
+                       -> alpha -> alpha_signal ------------------> ensemble -> scored_signal -> risk
+                       -> execution <- risk_decision <- risk <- order_intent <- exit <- position_snapshot
+                          execution -> order, fill, position_snapshot, account_snapshot -> risk, exit, backtest
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import polars as pl
+
+from utp.core.broker import SimulatedBroker
+from utp.core.bus import Bus, InProcessBus
+from utp.core.clock import Clock, SimulatedClock
+from utp.core.config import Config
+from utp.core.controls import ControlState
+from utp.core.runtime import Checkpointer, Engine, EngineRunner, SourceRunner
+from utp.core.universe import Universe
+from utp.engines.alpha import AlphaEngine
+from utp.engines.backtest import BacktestEngine
+from utp.engines.ensemble import EnsembleEngine
+from utp.engines.execution import ExecutionEngine
+from utp.engines.exit import ExitEngine
+from utp.engines.features import FeatureEngine
+from utp.engines.market_data import MarketDataEngine
+from utp.engines.risk import RiskEngine
+from utp.storage.datasets import Dataset, dataset
+from utp.v1 import core_service_pb2 as api
+from utp.v1 import events_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[api.BacktestProgress], None]
+
+
+@dataclass(frozen=True, slots=True)
+class MarketData:
+    """The bars a session replays and what they are."""
+
+    dataset: Dataset
+    universe: Universe
+    bars: pl.DataFrame
+
+    @classmethod
+    def from_config(cls, config: Config) -> MarketData:
+        md = config.market_data
+        ds = dataset(md.dataset)
+        symbols = md.symbols or ds.symbols
+        bars = ds.bars(symbols, md.start_date(), md.end_date())
+        return cls(ds, Universe(symbols), bars)
+
+
+class Session:
+    """One engine graph on one bus: start it, run the data through, stop it."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        bus: Bus,
+        clock: Clock,
+        market_data: MarketData | None = None,
+        controls: ControlState | None = None,
+        checkpointer: Checkpointer | None = None,
+        collect_results: bool = False,
+        include_details: bool = True,
+        status_interval_s: float | None = None,
+    ) -> None:
+        self.config = config
+        self.bus = bus
+        self.clock = clock
+        self.market_data = market_data or MarketData.from_config(config)
+        controls = controls or ControlState()
+        md, universe = config.market_data, self.market_data.universe
+        self.source = MarketDataEngine(
+            self.market_data.bars,
+            universe,
+            interval_ns=self.market_data.dataset.interval_ns,
+            batch_bar_times=md.batch_bar_times,
+            replay_rate=0.0 if clock.simulated else md.replay_rate,
+        )
+        ex = config.execution
+        broker = SimulatedBroker(
+            slippage_bps=ex.slippage_bps,
+            commission_per_share=ex.commission_per_share,
+            commission_min=ex.commission_min,
+            commission_bps=ex.commission_bps,
+        )
+        engines: list[Engine] = [
+            FeatureEngine(config.features, universe),
+            AlphaEngine(config.alpha, universe),
+            EnsembleEngine(config.ensemble, universe),
+            RiskEngine(config.risk, controls),
+            ExecutionEngine(config.execution, broker, controls),
+            ExitEngine(config.exit),
+        ]
+        self.collector: BacktestEngine | None = None
+        if collect_results:
+            self.collector = BacktestEngine(
+                initial_equity=ex.initial_cash,
+                periods_per_year=self.market_data.dataset.periods_per_year,
+                include_details=include_details,
+            )
+            engines.append(self.collector)
+        self.engines = engines
+        self.runners = [
+            EngineRunner(e, bus, clock, checkpointer, status_interval_s=status_interval_s) for e in engines
+        ]
+        self.source_runner = SourceRunner(self.source, bus, clock, checkpointer, status_interval_s=status_interval_s)
+
+    @property
+    def all_runners(self) -> list[EngineRunner | SourceRunner]:
+        return [self.source_runner, *self.runners]
+
+    async def start(self) -> None:
+        """Subscribe every engine (restoring checkpoints); the data does not flow until `run`."""
+        for runner in self.runners:
+            await runner.start()
+        await self.source_runner.start()
+
+    async def run(self) -> None:
+        """Replay the data and wait until every engine has processed all of it."""
+        await self.source_runner.run()
+        await self.wait_finished()
+
+    async def wait_finished(self) -> None:
+        await asyncio.gather(*(r.finished.wait() for r in self.all_runners))
+        failed = [r for r in self.all_runners if r.state == pb.ENGINE_STATE_FAILED]
+        if failed:
+            raise RuntimeError("; ".join(r.last_error for r in failed))
+
+    @property
+    def completed(self) -> bool:
+        return all(r.state == pb.ENGINE_STATE_FINISHED for r in self.all_runners)
+
+    async def stop(self) -> None:
+        await self.source_runner.stop()
+        for runner in self.runners:
+            await runner.stop()
+
+
+async def run_backtest(
+    config: Config,
+    *,
+    market_data: MarketData | None = None,
+    on_progress: ProgressCallback | None = None,
+    include_details: bool = True,
+) -> api.BacktestResult:
+    """Run the engine graph over recorded bars on the in-process bus with a simulated clock."""
+    bus = InProcessBus()
+    session = Session(
+        config,
+        bus=bus,
+        clock=SimulatedClock(),
+        market_data=market_data,
+        controls=ControlState(execution_approved=True),
+        collect_results=True,
+        include_details=include_details,
+    )
+    await session.start()
+    if on_progress is not None:
+        total = session.source.bars_total
+        reported = [-1]
+
+        async def report(kind: str, messages: list) -> None:  # noqa: ARG001 - tap signature
+            done = session.source.bars_published + session.source.bars_rejected
+            if done - reported[0] >= max(total // 100, 1):  # about every 1%
+                reported[0] = done
+                on_progress(
+                    api.BacktestProgress(
+                        bars_processed=done, bars_total=total, through_time_ns=max(session.source.through_ns, 0)
+                    )
+                )
+
+        await bus.tap(report, lambda kind: kind == "account_snapshot")
+    await session.run()
+    assert session.collector is not None and session.collector.result is not None
+    return session.collector.result

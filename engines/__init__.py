@@ -1,0 +1,1 @@
+"""Engines: one module each, connected only through the bus."""

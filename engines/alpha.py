@@ -1,0 +1,164 @@
+"""Alpha: Lean's RSI and EMA-cross alpha models, emitting insights as `AlphaSignal`s.
+
+Consumes: `bar`. Produces: `alpha_signal`.
+
+Semantics follow Lean's Algorithm.Framework (master):
+
+* RsiAlphaModel(14): state TRIPPED_HIGH above 70, TRIPPED_LOW below 30; back to MIDDLE only above 35
+  (from low) or below 65 (from high). Entering TRIPPED_LOW emits UP, entering TRIPPED_HIGH emits DOWN,
+  only once the RSI is ready (15 values). The state machine also runs on the RSI's values before it is
+  ready, as Lean's does, so a state reached during warm-up emits nothing when the RSI becomes ready.
+  Insight period: 14 bars.
+* EmaCrossAlphaModel(12, 26): when both EMAs are ready, if fast was over slow and slow > fast now ->
+  DOWN; else if fast was not over slow and fast > slow now -> UP. The flag is updated on every bar with
+  the EMAs' current values, which Lean keeps at 0 until ready (see `EmaCrossAlphaConfig`). Insight
+  period: 12 bars (the fast period).
+
+Lean's models give no magnitude and no confidence; the signals leave both unset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import polars as pl
+from numba import njit
+
+from utp.core.config import AlphaConfig
+from utp.core.indicators import Ema, Rsi
+from utp.core.kinds import KINDS
+from utp.core.runtime import Engine, EngineContext, Input
+from utp.core.universe import Universe
+from utp.v1 import events_pb2 as pb
+
+_MIDDLE, _TRIPPED_LOW, _TRIPPED_HIGH = 0, 1, 2
+_UP, _DOWN = pb.DIRECTION_UP, pb.DIRECTION_DOWN
+
+
+@njit(cache=True)
+def _rsi_insights(sid, rsi, ready, state, upper, lower, upper_reset, lower_reset, out):  # noqa: ANN001
+    for i in range(rsi.shape[0]):
+        s = sid[i]
+        v = rsi[i]
+        previous = state[s]
+        if v > upper:
+            current = _TRIPPED_HIGH
+        elif v < lower:
+            current = _TRIPPED_LOW
+        elif previous == _TRIPPED_LOW and v > lower_reset:
+            current = _MIDDLE
+        elif previous == _TRIPPED_HIGH and v < upper_reset:
+            current = _MIDDLE
+        else:
+            current = previous
+        out[i] = 0
+        if current != previous and ready[i]:
+            if current == _TRIPPED_LOW:
+                out[i] = _UP
+            elif current == _TRIPPED_HIGH:
+                out[i] = _DOWN
+        state[s] = current
+
+
+@njit(cache=True)
+def _ema_cross_insights(sid, fast, fast_ready, slow, slow_ready, fast_over_slow, started, lean, out):  # noqa: ANN001
+    for i in range(fast.shape[0]):
+        s = sid[i]
+        both_ready = fast_ready[i] and slow_ready[i]
+        out[i] = 0
+        if both_ready and (lean or started[s]):
+            if fast_over_slow[s]:
+                if slow[i] > fast[i]:
+                    out[i] = _DOWN
+            elif fast[i] > slow[i]:
+                out[i] = _UP
+        if lean or both_ready:
+            fast_over_slow[s] = fast[i] > slow[i]
+            started[s] = started[s] or both_ready
+
+
+class AlphaEngine(Engine):
+    name = "alpha"
+    inputs = (Input("bar"),)
+    outputs = ("alpha_signal",)
+
+    def __init__(self, config: AlphaConfig, universe: Universe) -> None:
+        self.config = config
+        self.universe = universe
+        n = len(universe)
+        self.rsi = Rsi(n, config.rsi.period)
+        self.rsi_state = np.zeros(n, np.int64)
+        self.fast = Ema(n, config.ema_cross.fast)
+        self.slow = Ema(n, config.ema_cross.slow)
+        self.fast_over_slow = np.zeros(n, np.bool_)
+        self.ema_started = np.zeros(n, np.bool_)
+
+    def insights(self, bars: pl.DataFrame) -> pl.DataFrame:
+        """Alpha signals caused by bars (sorted by time), advancing the models' state."""
+        sid = self.universe.indices(bars["symbol"])
+        close = bars["close"].to_numpy()
+        per_model: list[tuple[str, np.ndarray, int]] = []
+        if self.config.rsi.enabled:
+            c = self.config.rsi
+            update = self.rsi.update(sid, close)
+            out = np.empty(close.shape[0], np.int64)
+            _rsi_insights(
+                sid, update.value, update.ready, self.rsi_state, c.upper, c.lower, c.upper_reset, c.lower_reset, out
+            )
+            per_model.append(("rsi", out, c.period))
+        if self.config.ema_cross.enabled:
+            c = self.config.ema_cross
+            f, s = self.fast.update(sid, close), self.slow.update(sid, close)
+            out = np.empty(close.shape[0], np.int64)
+            _ema_cross_insights(
+                sid, f.value, f.ready, s.value, s.ready, self.fast_over_slow, self.ema_started, c.lean_first_ready, out
+            )
+            per_model.append(("ema_cross", out, c.fast))
+        parts = []
+        for order, (model, direction, period) in enumerate(per_model):
+            rows = np.flatnonzero(direction)
+            if rows.size:
+                parts.append(
+                    bars[rows].select(
+                        pl.Series("_row", rows),
+                        pl.lit(order).alias("_model_order"),
+                        "correlation_id",
+                        "event_time_ns",
+                        "symbol",
+                        pl.lit(model).alias("source_model"),
+                        pl.Series("direction", direction[rows], pl.Int32),
+                        pl.lit(period, pl.Int32).alias("period_bars"),
+                        pl.col("close").alias("reference_price"),
+                    )
+                )
+        if not parts:
+            return KINDS["alpha_signal"].empty_frame()
+        return (
+            pl.concat(parts)
+            .sort(["_row", "_model_order"])
+            .select(
+                pl.format("alpha_signal/{}/{}", "source_model", "correlation_id").alias("event_id"),
+                "correlation_id",
+                "event_time_ns",
+                "symbol",
+                "source_model",
+                "direction",
+                pl.lit(None, pl.Float64).alias("magnitude"),
+                pl.lit(None, pl.Float64).alias("confidence"),
+                "period_bars",
+                "reference_price",
+            )
+        )
+
+    def on_step(self, ctx: EngineContext, through_ns: int, frames: Mapping[str, pl.DataFrame]) -> None:
+        ctx.emit("alpha_signal", self.insights(frames["bar"]))
+
+    def snapshot(self) -> Any:
+        return {k: getattr(self, k) for k in ("rsi", "rsi_state", "fast", "slow", "fast_over_slow", "ema_started")}
+
+    def restore(self, state: Any) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+

@@ -1,0 +1,226 @@
+"""Ensemble: a weighted vote of the active alpha signals per symbol, with a minimum-confidence gate.
+
+Consumes: `alpha_signal`, `feature_vector`. Produces: `scored_signal`.
+
+Each source (rsi, ema_cross, later tft and macd) has a configured weight. A signal stays active for its
+period in bars of its symbol (counted on the feature vectors, one per bar), as Lean's insights do.
+Sources without an active signal drop out and the weights of the rest renormalise:
+
+    score = sum(w_i * d_i * c_i) / sum(w_i)   over active sources,  d = +1 up, -1 down, 0 flat
+
+where c_i is the signal's confidence (1 when the model gives none, as Lean's RSI and EMA-cross models
+do). The ensemble confidence is |score|; the direction is UP/DOWN by the score's sign when the confidence
+reaches `min_confidence`, FLAT otherwise. A ScoredSignal is emitted when the set of active votes of a
+symbol changes (a new signal or an expiry), carrying every component's vote and the market regime
+(bull when close > SMA50 and SMA20 > SMA50, bear when both are below, sideways otherwise).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import polars as pl
+from numba import njit
+
+from utp.core.config import EnsembleConfig
+from utp.core.kinds import KINDS
+from utp.core.runtime import Engine, EngineContext, Input
+from utp.core.universe import Universe
+from utp.v1 import events_pb2 as pb
+
+_DIRECTION_SIGN = {pb.DIRECTION_UP: 1, pb.DIRECTION_DOWN: -1, pb.DIRECTION_FLAT: 0}
+_SIGN_DIRECTION = {1: pb.DIRECTION_UP, -1: pb.DIRECTION_DOWN, 0: pb.DIRECTION_FLAT}
+
+
+@njit(cache=True)
+def _regime(close, sma_fast, sma_slow):  # noqa: ANN001
+    if np.isnan(sma_fast) or np.isnan(sma_slow):
+        return 0  # REGIME_UNSPECIFIED
+    if close > sma_slow and sma_fast > sma_slow:
+        return 1  # REGIME_BULL
+    if close < sma_slow and sma_fast < sma_slow:
+        return 2  # REGIME_BEAR
+    return 3  # REGIME_SIDEWAYS
+
+
+@njit(cache=True)
+def _vote(  # noqa: ANN001, PLR0913 - a kernel takes its state as arrays
+    ftime, fsid, fclose, fsma_fast, fsma_slow,
+    atime, asid, acomp, asign, aconf, aperiod,
+    weights, min_confidence,
+    active, sign, conf, expires, bars_seen, last_active, last_sign, last_conf,
+    out_row, out_active, out_sign, out_conf, out_score, out_regime,
+):  # fmt: skip
+    n_components = weights.shape[0]
+    n_out = 0
+    j = 0
+    i = 0
+    while i < ftime.shape[0]:
+        t = ftime[i]
+        end = i
+        while end < ftime.shape[0] and ftime[end] == t:
+            bars_seen[fsid[end]] += 1
+            end += 1
+        # Signals of this bar start counting their period here: active for bars t .. t + period - 1.
+        while j < atime.shape[0] and atime[j] <= t:
+            s, m = asid[j], acomp[j]
+            if m >= 0:
+                active[s, m] = True
+                sign[s, m] = asign[j]
+                conf[s, m] = aconf[j]
+                expires[s, m] = bars_seen[s] + aperiod[j]
+            j += 1
+        for k in range(i, end):
+            s = fsid[k]
+            changed = False
+            weight_sum = 0.0
+            vote = 0.0
+            for m in range(n_components):
+                if active[s, m] and bars_seen[s] >= expires[s, m]:
+                    active[s, m] = False
+                if active[s, m]:
+                    weight_sum += weights[m]
+                    vote += weights[m] * sign[s, m] * conf[s, m]
+                if active[s, m] != last_active[s, m] or (
+                    active[s, m] and (sign[s, m] != last_sign[s, m] or conf[s, m] != last_conf[s, m])
+                ):
+                    changed = True
+            if not changed:
+                continue
+            score = vote / weight_sum if weight_sum > 0.0 else 0.0
+            for m in range(n_components):
+                last_active[s, m] = active[s, m]
+                last_sign[s, m] = sign[s, m]
+                last_conf[s, m] = conf[s, m]
+                out_active[n_out, m] = active[s, m]
+                out_sign[n_out, m] = sign[s, m]
+                out_conf[n_out, m] = conf[s, m]
+            out_row[n_out] = k
+            out_score[n_out] = score
+            out_regime[n_out] = _regime(fclose[k], fsma_fast[k], fsma_slow[k])
+            n_out += 1
+        i = end
+    # Signals for bars without a feature vector (none in a healthy graph) still update the state.
+    while j < atime.shape[0]:
+        s, m = asid[j], acomp[j]
+        if m >= 0:
+            active[s, m] = True
+            sign[s, m] = asign[j]
+            conf[s, m] = aconf[j]
+            expires[s, m] = bars_seen[s] + aperiod[j]
+        j += 1
+    return n_out
+
+
+class EnsembleEngine(Engine):
+    name = "ensemble"
+    inputs = (Input("alpha_signal"), Input("feature_vector"))
+    outputs = ("scored_signal",)
+
+    def __init__(self, config: EnsembleConfig, universe: Universe) -> None:
+        self.config = config
+        self.universe = universe
+        self.sources = tuple(config.weights)
+        self.weights = np.array([config.weights[s] for s in self.sources], np.float64)
+        self._component = {s: i for i, s in enumerate(self.sources)}
+        n, m = len(universe), len(self.sources)
+        self.active = np.zeros((n, m), np.bool_)
+        self.sign = np.zeros((n, m), np.int64)
+        self.conf = np.zeros((n, m))
+        self.expires = np.zeros((n, m), np.int64)
+        self.bars_seen = np.zeros(n, np.int64)
+        self.last_active = np.zeros((n, m), np.bool_)
+        self.last_sign = np.zeros((n, m), np.int64)
+        self.last_conf = np.zeros((n, m))
+        self.sma_fast_column = f"sma_{config.regime_sma_fast}"
+        self.sma_slow_column = f"sma_{config.regime_sma_slow}"
+
+    def score(self, alphas: pl.DataFrame, features: pl.DataFrame) -> pl.DataFrame:
+        """Scored signals for one time range of alpha signals and feature vectors (both time-sorted)."""
+        missing = {"close", self.sma_fast_column, self.sma_slow_column} - set(features.columns)
+        if missing:
+            raise ValueError(f"feature vectors lack {', '.join(sorted(missing))}, needed for the regime")
+        acomp = alphas["source_model"].replace_strict(self._component, default=-1, return_dtype=pl.Int64)
+        asign = alphas["direction"].replace_strict(_DIRECTION_SIGN, default=0, return_dtype=pl.Int64)
+        n_rows = features.height
+        m = len(self.sources)
+        out_row = np.empty(n_rows, np.int64)
+        out_active = np.empty((n_rows, m), np.bool_)
+        out_sign = np.empty((n_rows, m), np.int64)
+        out_conf = np.empty((n_rows, m))
+        out_score = np.empty(n_rows)
+        out_regime = np.empty(n_rows, np.int64)
+        n_out = _vote(
+            features["event_time_ns"].to_numpy(),
+            self.universe.indices(features["symbol"]),
+            features["close"].to_numpy(),
+            features[self.sma_fast_column].to_numpy(),
+            features[self.sma_slow_column].to_numpy(),
+            alphas["event_time_ns"].to_numpy(),
+            self.universe.indices(alphas["symbol"]),
+            acomp.to_numpy(),
+            asign.to_numpy(),
+            alphas["confidence"].fill_null(1.0).to_numpy(),
+            alphas["period_bars"].cast(pl.Int64).to_numpy(),
+            self.weights,
+            self.config.min_confidence,
+            self.active, self.sign, self.conf, self.expires, self.bars_seen,
+            self.last_active, self.last_sign, self.last_conf,
+            out_row, out_active, out_sign, out_conf, out_score, out_regime,
+        )  # fmt: skip
+        messages = []
+        for r in range(n_out):
+            k = int(out_row[r])
+            corr = features["correlation_id"][k]
+            components, weight_sum = [], float(self.weights[out_active[r]].sum())
+            for c in np.flatnonzero(out_active[r]):
+                components.append(
+                    pb.ComponentSignal(
+                        source=self.sources[c],
+                        direction=_SIGN_DIRECTION[int(out_sign[r, c])],
+                        confidence=float(out_conf[r, c]),
+                        weight=float(self.weights[c] / weight_sum) if weight_sum > 0 else 0.0,
+                    )
+                )
+            score = float(out_score[r])
+            confidence = abs(score)
+            direction = pb.DIRECTION_FLAT
+            if confidence >= self.config.min_confidence and score != 0.0:
+                direction = pb.DIRECTION_UP if score > 0 else pb.DIRECTION_DOWN
+            messages.append(
+                pb.ScoredSignal(
+                    header=pb.EventHeader(
+                        event_id=f"scored_signal/{corr}",
+                        correlation_id=corr,
+                        event_time_ns=int(features["event_time_ns"][k]),
+                        symbol=features["symbol"][k],
+                    ),
+                    components=components,
+                    direction=direction,
+                    confidence=confidence,
+                    score=score,
+                    active_alphas=[c.source for c in components],
+                    regime=int(out_regime[r]),
+                    reference_price=float(features["close"][k]),
+                )
+            )
+        return KINDS["scored_signal"].to_frame(messages)
+
+    def on_step(self, ctx: EngineContext, through_ns: int, frames: Mapping[str, pl.DataFrame]) -> None:
+        alphas = frames.get("alpha_signal", KINDS["alpha_signal"].empty_frame())
+        features = frames.get("feature_vector")
+        if features is None:
+            features = pl.DataFrame(schema={**KINDS["feature_vector"].schema, "close": pl.Float64,
+                                            self.sma_fast_column: pl.Float64, self.sma_slow_column: pl.Float64})
+        ctx.emit("scored_signal", self.score(alphas, features))
+
+    _STATE = ("active", "sign", "conf", "expires", "bars_seen", "last_active", "last_sign", "last_conf")
+
+    def snapshot(self) -> Any:
+        return {k: getattr(self, k) for k in self._STATE}
+
+    def restore(self, state: Any) -> None:
+        for key in self._STATE:
+            setattr(self, key, state[key])

@@ -1,0 +1,1 @@
+"""Generated contracts of the platform (package `utp.v1`). Regenerate with `python proto/generate.py`."""

@@ -1,0 +1,253 @@
+from utp.v1 import events_pb2 as _events_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class SessionState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SESSION_STATE_UNSPECIFIED: _ClassVar[SessionState]
+    SESSION_STATE_STARTING: _ClassVar[SessionState]
+    SESSION_STATE_RUNNING: _ClassVar[SessionState]
+    SESSION_STATE_COMPLETED: _ClassVar[SessionState]
+    SESSION_STATE_STOPPING: _ClassVar[SessionState]
+    SESSION_STATE_FAILED: _ClassVar[SessionState]
+SESSION_STATE_UNSPECIFIED: SessionState
+SESSION_STATE_STARTING: SessionState
+SESSION_STATE_RUNNING: SessionState
+SESSION_STATE_COMPLETED: SessionState
+SESSION_STATE_STOPPING: SessionState
+SESSION_STATE_FAILED: SessionState
+
+class GetStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetStatusResponse(_message.Message):
+    __slots__ = ("mode", "bus", "nats_url", "session_state", "halted", "execution_approved", "account", "engines", "dataset", "symbols", "version", "halt_reason")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    BUS_FIELD_NUMBER: _ClassVar[int]
+    NATS_URL_FIELD_NUMBER: _ClassVar[int]
+    SESSION_STATE_FIELD_NUMBER: _ClassVar[int]
+    HALTED_FIELD_NUMBER: _ClassVar[int]
+    EXECUTION_APPROVED_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNT_FIELD_NUMBER: _ClassVar[int]
+    ENGINES_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    SYMBOLS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    HALT_REASON_FIELD_NUMBER: _ClassVar[int]
+    mode: str
+    bus: str
+    nats_url: str
+    session_state: SessionState
+    halted: bool
+    execution_approved: bool
+    account: _events_pb2.AccountSnapshot
+    engines: _containers.RepeatedCompositeFieldContainer[_events_pb2.EngineStatus]
+    dataset: str
+    symbols: _containers.RepeatedScalarFieldContainer[str]
+    version: str
+    halt_reason: str
+    def __init__(self, mode: _Optional[str] = ..., bus: _Optional[str] = ..., nats_url: _Optional[str] = ..., session_state: _Optional[_Union[SessionState, str]] = ..., halted: _Optional[bool] = ..., execution_approved: _Optional[bool] = ..., account: _Optional[_Union[_events_pb2.AccountSnapshot, _Mapping]] = ..., engines: _Optional[_Iterable[_Union[_events_pb2.EngineStatus, _Mapping]]] = ..., dataset: _Optional[str] = ..., symbols: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., halt_reason: _Optional[str] = ...) -> None: ...
+
+class WatchEventsRequest(_message.Message):
+    __slots__ = ("kinds", "symbols")
+    KINDS_FIELD_NUMBER: _ClassVar[int]
+    SYMBOLS_FIELD_NUMBER: _ClassVar[int]
+    kinds: _containers.RepeatedScalarFieldContainer[_events_pb2.EventKind]
+    symbols: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, kinds: _Optional[_Iterable[_Union[_events_pb2.EventKind, str]]] = ..., symbols: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class WatchEventsResponse(_message.Message):
+    __slots__ = ("event",)
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    event: _events_pb2.Event
+    def __init__(self, event: _Optional[_Union[_events_pb2.Event, _Mapping]] = ...) -> None: ...
+
+class ListPositionsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListPositionsResponse(_message.Message):
+    __slots__ = ("positions",)
+    POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    positions: _containers.RepeatedCompositeFieldContainer[_events_pb2.PositionSnapshot]
+    def __init__(self, positions: _Optional[_Iterable[_Union[_events_pb2.PositionSnapshot, _Mapping]]] = ...) -> None: ...
+
+class ListOrdersRequest(_message.Message):
+    __slots__ = ("limit",)
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    def __init__(self, limit: _Optional[int] = ...) -> None: ...
+
+class ListOrdersResponse(_message.Message):
+    __slots__ = ("orders",)
+    ORDERS_FIELD_NUMBER: _ClassVar[int]
+    orders: _containers.RepeatedCompositeFieldContainer[_events_pb2.Order]
+    def __init__(self, orders: _Optional[_Iterable[_Union[_events_pb2.Order, _Mapping]]] = ...) -> None: ...
+
+class SetExecutionApprovalRequest(_message.Message):
+    __slots__ = ("approved", "reason", "actor")
+    APPROVED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    approved: bool
+    reason: str
+    actor: str
+    def __init__(self, approved: _Optional[bool] = ..., reason: _Optional[str] = ..., actor: _Optional[str] = ...) -> None: ...
+
+class SetExecutionApprovalResponse(_message.Message):
+    __slots__ = ("execution_approved",)
+    EXECUTION_APPROVED_FIELD_NUMBER: _ClassVar[int]
+    execution_approved: bool
+    def __init__(self, execution_approved: _Optional[bool] = ...) -> None: ...
+
+class HaltRequest(_message.Message):
+    __slots__ = ("reason", "actor")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    actor: str
+    def __init__(self, reason: _Optional[str] = ..., actor: _Optional[str] = ...) -> None: ...
+
+class HaltResponse(_message.Message):
+    __slots__ = ("halted",)
+    HALTED_FIELD_NUMBER: _ClassVar[int]
+    halted: bool
+    def __init__(self, halted: _Optional[bool] = ...) -> None: ...
+
+class ResumeRequest(_message.Message):
+    __slots__ = ("reason", "actor")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    actor: str
+    def __init__(self, reason: _Optional[str] = ..., actor: _Optional[str] = ...) -> None: ...
+
+class ResumeResponse(_message.Message):
+    __slots__ = ("halted",)
+    HALTED_FIELD_NUMBER: _ClassVar[int]
+    halted: bool
+    def __init__(self, halted: _Optional[bool] = ...) -> None: ...
+
+class RunBacktestRequest(_message.Message):
+    __slots__ = ("dataset", "symbols", "start_date", "end_date", "weights", "initial_cash", "batch_bar_times", "include_details")
+    class WeightsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    SYMBOLS_FIELD_NUMBER: _ClassVar[int]
+    START_DATE_FIELD_NUMBER: _ClassVar[int]
+    END_DATE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    INITIAL_CASH_FIELD_NUMBER: _ClassVar[int]
+    BATCH_BAR_TIMES_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_DETAILS_FIELD_NUMBER: _ClassVar[int]
+    dataset: str
+    symbols: _containers.RepeatedScalarFieldContainer[str]
+    start_date: str
+    end_date: str
+    weights: _containers.ScalarMap[str, float]
+    initial_cash: float
+    batch_bar_times: int
+    include_details: bool
+    def __init__(self, dataset: _Optional[str] = ..., symbols: _Optional[_Iterable[str]] = ..., start_date: _Optional[str] = ..., end_date: _Optional[str] = ..., weights: _Optional[_Mapping[str, float]] = ..., initial_cash: _Optional[float] = ..., batch_bar_times: _Optional[int] = ..., include_details: _Optional[bool] = ...) -> None: ...
+
+class BacktestProgress(_message.Message):
+    __slots__ = ("bars_processed", "bars_total", "through_time_ns")
+    BARS_PROCESSED_FIELD_NUMBER: _ClassVar[int]
+    BARS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    THROUGH_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    bars_processed: int
+    bars_total: int
+    through_time_ns: int
+    def __init__(self, bars_processed: _Optional[int] = ..., bars_total: _Optional[int] = ..., through_time_ns: _Optional[int] = ...) -> None: ...
+
+class EquityPoint(_message.Message):
+    __slots__ = ("time_ns", "equity")
+    TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    EQUITY_FIELD_NUMBER: _ClassVar[int]
+    time_ns: int
+    equity: float
+    def __init__(self, time_ns: _Optional[int] = ..., equity: _Optional[float] = ...) -> None: ...
+
+class Trade(_message.Message):
+    __slots__ = ("symbol", "side", "quantity", "entry_time_ns", "entry_price", "exit_time_ns", "exit_price", "pnl", "return_pct")
+    SYMBOL_FIELD_NUMBER: _ClassVar[int]
+    SIDE_FIELD_NUMBER: _ClassVar[int]
+    QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_PRICE_FIELD_NUMBER: _ClassVar[int]
+    EXIT_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    EXIT_PRICE_FIELD_NUMBER: _ClassVar[int]
+    PNL_FIELD_NUMBER: _ClassVar[int]
+    RETURN_PCT_FIELD_NUMBER: _ClassVar[int]
+    symbol: str
+    side: _events_pb2.OrderSide
+    quantity: float
+    entry_time_ns: int
+    entry_price: float
+    exit_time_ns: int
+    exit_price: float
+    pnl: float
+    return_pct: float
+    def __init__(self, symbol: _Optional[str] = ..., side: _Optional[_Union[_events_pb2.OrderSide, str]] = ..., quantity: _Optional[float] = ..., entry_time_ns: _Optional[int] = ..., entry_price: _Optional[float] = ..., exit_time_ns: _Optional[int] = ..., exit_price: _Optional[float] = ..., pnl: _Optional[float] = ..., return_pct: _Optional[float] = ...) -> None: ...
+
+class BacktestSummary(_message.Message):
+    __slots__ = ("bars", "bars_rejected", "signals", "orders", "fills", "trades", "initial_equity", "final_equity", "total_return", "sharpe", "max_drawdown", "start_time_ns", "end_time_ns", "periods_per_year")
+    BARS_FIELD_NUMBER: _ClassVar[int]
+    BARS_REJECTED_FIELD_NUMBER: _ClassVar[int]
+    SIGNALS_FIELD_NUMBER: _ClassVar[int]
+    ORDERS_FIELD_NUMBER: _ClassVar[int]
+    FILLS_FIELD_NUMBER: _ClassVar[int]
+    TRADES_FIELD_NUMBER: _ClassVar[int]
+    INITIAL_EQUITY_FIELD_NUMBER: _ClassVar[int]
+    FINAL_EQUITY_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_RETURN_FIELD_NUMBER: _ClassVar[int]
+    SHARPE_FIELD_NUMBER: _ClassVar[int]
+    MAX_DRAWDOWN_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    PERIODS_PER_YEAR_FIELD_NUMBER: _ClassVar[int]
+    bars: int
+    bars_rejected: int
+    signals: int
+    orders: int
+    fills: int
+    trades: int
+    initial_equity: float
+    final_equity: float
+    total_return: float
+    sharpe: float
+    max_drawdown: float
+    start_time_ns: int
+    end_time_ns: int
+    periods_per_year: float
+    def __init__(self, bars: _Optional[int] = ..., bars_rejected: _Optional[int] = ..., signals: _Optional[int] = ..., orders: _Optional[int] = ..., fills: _Optional[int] = ..., trades: _Optional[int] = ..., initial_equity: _Optional[float] = ..., final_equity: _Optional[float] = ..., total_return: _Optional[float] = ..., sharpe: _Optional[float] = ..., max_drawdown: _Optional[float] = ..., start_time_ns: _Optional[int] = ..., end_time_ns: _Optional[int] = ..., periods_per_year: _Optional[float] = ...) -> None: ...
+
+class BacktestResult(_message.Message):
+    __slots__ = ("summary", "trades", "equity_curve")
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    TRADES_FIELD_NUMBER: _ClassVar[int]
+    EQUITY_CURVE_FIELD_NUMBER: _ClassVar[int]
+    summary: BacktestSummary
+    trades: _containers.RepeatedCompositeFieldContainer[Trade]
+    equity_curve: _containers.RepeatedCompositeFieldContainer[EquityPoint]
+    def __init__(self, summary: _Optional[_Union[BacktestSummary, _Mapping]] = ..., trades: _Optional[_Iterable[_Union[Trade, _Mapping]]] = ..., equity_curve: _Optional[_Iterable[_Union[EquityPoint, _Mapping]]] = ...) -> None: ...
+
+class RunBacktestResponse(_message.Message):
+    __slots__ = ("progress", "result")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    progress: BacktestProgress
+    result: BacktestResult
+    def __init__(self, progress: _Optional[_Union[BacktestProgress, _Mapping]] = ..., result: _Optional[_Union[BacktestResult, _Mapping]] = ...) -> None: ...

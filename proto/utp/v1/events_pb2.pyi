@@ -1,0 +1,515 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class EventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EVENT_KIND_UNSPECIFIED: _ClassVar[EventKind]
+    EVENT_KIND_BAR: _ClassVar[EventKind]
+    EVENT_KIND_FEATURE_VECTOR: _ClassVar[EventKind]
+    EVENT_KIND_ALPHA_SIGNAL: _ClassVar[EventKind]
+    EVENT_KIND_PREDICTION: _ClassVar[EventKind]
+    EVENT_KIND_SCORED_SIGNAL: _ClassVar[EventKind]
+    EVENT_KIND_ORDER_INTENT: _ClassVar[EventKind]
+    EVENT_KIND_RISK_DECISION: _ClassVar[EventKind]
+    EVENT_KIND_ORDER: _ClassVar[EventKind]
+    EVENT_KIND_FILL: _ClassVar[EventKind]
+    EVENT_KIND_POSITION_SNAPSHOT: _ClassVar[EventKind]
+    EVENT_KIND_ACCOUNT_SNAPSHOT: _ClassVar[EventKind]
+    EVENT_KIND_ENGINE_STATUS: _ClassVar[EventKind]
+    EVENT_KIND_CONTROL_COMMAND: _ClassVar[EventKind]
+    EVENT_KIND_REJECTED_BAR: _ClassVar[EventKind]
+
+class BarRejectReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    BAR_REJECT_REASON_UNSPECIFIED: _ClassVar[BarRejectReason]
+    BAR_REJECT_REASON_NON_FINITE: _ClassVar[BarRejectReason]
+    BAR_REJECT_REASON_NON_POSITIVE_PRICE: _ClassVar[BarRejectReason]
+    BAR_REJECT_REASON_HIGH_BELOW_LOW: _ClassVar[BarRejectReason]
+    BAR_REJECT_REASON_OUTSIDE_RANGE: _ClassVar[BarRejectReason]
+    BAR_REJECT_REASON_NEGATIVE_VOLUME: _ClassVar[BarRejectReason]
+    BAR_REJECT_REASON_OUT_OF_ORDER: _ClassVar[BarRejectReason]
+    BAR_REJECT_REASON_DUPLICATE: _ClassVar[BarRejectReason]
+    BAR_REJECT_REASON_UNKNOWN_SYMBOL: _ClassVar[BarRejectReason]
+
+class Direction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DIRECTION_UNSPECIFIED: _ClassVar[Direction]
+    DIRECTION_UP: _ClassVar[Direction]
+    DIRECTION_DOWN: _ClassVar[Direction]
+    DIRECTION_FLAT: _ClassVar[Direction]
+
+class Regime(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REGIME_UNSPECIFIED: _ClassVar[Regime]
+    REGIME_BULL: _ClassVar[Regime]
+    REGIME_BEAR: _ClassVar[Regime]
+    REGIME_SIDEWAYS: _ClassVar[Regime]
+
+class OrderSide(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ORDER_SIDE_UNSPECIFIED: _ClassVar[OrderSide]
+    ORDER_SIDE_BUY: _ClassVar[OrderSide]
+    ORDER_SIDE_SELL: _ClassVar[OrderSide]
+
+class OrderType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ORDER_TYPE_UNSPECIFIED: _ClassVar[OrderType]
+    ORDER_TYPE_MARKET: _ClassVar[OrderType]
+
+class IntentReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    INTENT_REASON_UNSPECIFIED: _ClassVar[IntentReason]
+    INTENT_REASON_ENTRY: _ClassVar[IntentReason]
+    INTENT_REASON_SIGNAL_EXIT: _ClassVar[IntentReason]
+    INTENT_REASON_TAKE_PROFIT: _ClassVar[IntentReason]
+    INTENT_REASON_STOP_LOSS: _ClassVar[IntentReason]
+
+class RiskReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RISK_REASON_UNSPECIFIED: _ClassVar[RiskReason]
+    RISK_REASON_APPROVED: _ClassVar[RiskReason]
+    RISK_REASON_HALTED: _ClassVar[RiskReason]
+    RISK_REASON_EXECUTION_NOT_APPROVED: _ClassVar[RiskReason]
+    RISK_REASON_MAX_POSITION: _ClassVar[RiskReason]
+    RISK_REASON_INSUFFICIENT_CASH: _ClassVar[RiskReason]
+    RISK_REASON_INVALID_INTENT: _ClassVar[RiskReason]
+    RISK_REASON_SHORT_NOT_ALLOWED: _ClassVar[RiskReason]
+
+class OrderStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ORDER_STATUS_UNSPECIFIED: _ClassVar[OrderStatus]
+    ORDER_STATUS_NEW: _ClassVar[OrderStatus]
+    ORDER_STATUS_PARTIALLY_FILLED: _ClassVar[OrderStatus]
+    ORDER_STATUS_FILLED: _ClassVar[OrderStatus]
+    ORDER_STATUS_CANCELED: _ClassVar[OrderStatus]
+    ORDER_STATUS_REJECTED: _ClassVar[OrderStatus]
+
+class EngineState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ENGINE_STATE_UNSPECIFIED: _ClassVar[EngineState]
+    ENGINE_STATE_STARTING: _ClassVar[EngineState]
+    ENGINE_STATE_RUNNING: _ClassVar[EngineState]
+    ENGINE_STATE_FINISHED: _ClassVar[EngineState]
+    ENGINE_STATE_STOPPED: _ClassVar[EngineState]
+    ENGINE_STATE_FAILED: _ClassVar[EngineState]
+
+class ControlAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CONTROL_ACTION_UNSPECIFIED: _ClassVar[ControlAction]
+    CONTROL_ACTION_HALT: _ClassVar[ControlAction]
+    CONTROL_ACTION_RESUME: _ClassVar[ControlAction]
+    CONTROL_ACTION_APPROVE_EXECUTION: _ClassVar[ControlAction]
+    CONTROL_ACTION_REVOKE_EXECUTION: _ClassVar[ControlAction]
+EVENT_KIND_UNSPECIFIED: EventKind
+EVENT_KIND_BAR: EventKind
+EVENT_KIND_FEATURE_VECTOR: EventKind
+EVENT_KIND_ALPHA_SIGNAL: EventKind
+EVENT_KIND_PREDICTION: EventKind
+EVENT_KIND_SCORED_SIGNAL: EventKind
+EVENT_KIND_ORDER_INTENT: EventKind
+EVENT_KIND_RISK_DECISION: EventKind
+EVENT_KIND_ORDER: EventKind
+EVENT_KIND_FILL: EventKind
+EVENT_KIND_POSITION_SNAPSHOT: EventKind
+EVENT_KIND_ACCOUNT_SNAPSHOT: EventKind
+EVENT_KIND_ENGINE_STATUS: EventKind
+EVENT_KIND_CONTROL_COMMAND: EventKind
+EVENT_KIND_REJECTED_BAR: EventKind
+BAR_REJECT_REASON_UNSPECIFIED: BarRejectReason
+BAR_REJECT_REASON_NON_FINITE: BarRejectReason
+BAR_REJECT_REASON_NON_POSITIVE_PRICE: BarRejectReason
+BAR_REJECT_REASON_HIGH_BELOW_LOW: BarRejectReason
+BAR_REJECT_REASON_OUTSIDE_RANGE: BarRejectReason
+BAR_REJECT_REASON_NEGATIVE_VOLUME: BarRejectReason
+BAR_REJECT_REASON_OUT_OF_ORDER: BarRejectReason
+BAR_REJECT_REASON_DUPLICATE: BarRejectReason
+BAR_REJECT_REASON_UNKNOWN_SYMBOL: BarRejectReason
+DIRECTION_UNSPECIFIED: Direction
+DIRECTION_UP: Direction
+DIRECTION_DOWN: Direction
+DIRECTION_FLAT: Direction
+REGIME_UNSPECIFIED: Regime
+REGIME_BULL: Regime
+REGIME_BEAR: Regime
+REGIME_SIDEWAYS: Regime
+ORDER_SIDE_UNSPECIFIED: OrderSide
+ORDER_SIDE_BUY: OrderSide
+ORDER_SIDE_SELL: OrderSide
+ORDER_TYPE_UNSPECIFIED: OrderType
+ORDER_TYPE_MARKET: OrderType
+INTENT_REASON_UNSPECIFIED: IntentReason
+INTENT_REASON_ENTRY: IntentReason
+INTENT_REASON_SIGNAL_EXIT: IntentReason
+INTENT_REASON_TAKE_PROFIT: IntentReason
+INTENT_REASON_STOP_LOSS: IntentReason
+RISK_REASON_UNSPECIFIED: RiskReason
+RISK_REASON_APPROVED: RiskReason
+RISK_REASON_HALTED: RiskReason
+RISK_REASON_EXECUTION_NOT_APPROVED: RiskReason
+RISK_REASON_MAX_POSITION: RiskReason
+RISK_REASON_INSUFFICIENT_CASH: RiskReason
+RISK_REASON_INVALID_INTENT: RiskReason
+RISK_REASON_SHORT_NOT_ALLOWED: RiskReason
+ORDER_STATUS_UNSPECIFIED: OrderStatus
+ORDER_STATUS_NEW: OrderStatus
+ORDER_STATUS_PARTIALLY_FILLED: OrderStatus
+ORDER_STATUS_FILLED: OrderStatus
+ORDER_STATUS_CANCELED: OrderStatus
+ORDER_STATUS_REJECTED: OrderStatus
+ENGINE_STATE_UNSPECIFIED: EngineState
+ENGINE_STATE_STARTING: EngineState
+ENGINE_STATE_RUNNING: EngineState
+ENGINE_STATE_FINISHED: EngineState
+ENGINE_STATE_STOPPED: EngineState
+ENGINE_STATE_FAILED: EngineState
+CONTROL_ACTION_UNSPECIFIED: ControlAction
+CONTROL_ACTION_HALT: ControlAction
+CONTROL_ACTION_RESUME: ControlAction
+CONTROL_ACTION_APPROVE_EXECUTION: ControlAction
+CONTROL_ACTION_REVOKE_EXECUTION: ControlAction
+
+class EventHeader(_message.Message):
+    __slots__ = ("event_id", "correlation_id", "event_time_ns", "symbol")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    SYMBOL_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    correlation_id: str
+    event_time_ns: int
+    symbol: str
+    def __init__(self, event_id: _Optional[str] = ..., correlation_id: _Optional[str] = ..., event_time_ns: _Optional[int] = ..., symbol: _Optional[str] = ...) -> None: ...
+
+class Bar(_message.Message):
+    __slots__ = ("header", "open", "high", "low", "close", "volume", "interval_ns")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    OPEN_FIELD_NUMBER: _ClassVar[int]
+    HIGH_FIELD_NUMBER: _ClassVar[int]
+    LOW_FIELD_NUMBER: _ClassVar[int]
+    CLOSE_FIELD_NUMBER: _ClassVar[int]
+    VOLUME_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_NS_FIELD_NUMBER: _ClassVar[int]
+    header: EventHeader
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+    interval_ns: int
+    def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., open: _Optional[float] = ..., high: _Optional[float] = ..., low: _Optional[float] = ..., close: _Optional[float] = ..., volume: _Optional[float] = ..., interval_ns: _Optional[int] = ...) -> None: ...
+
+class RejectedBar(_message.Message):
+    __slots__ = ("header", "bar", "reason", "message")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    BAR_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    header: EventHeader
+    bar: Bar
+    reason: BarRejectReason
+    message: str
+    def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., bar: _Optional[_Union[Bar, _Mapping]] = ..., reason: _Optional[_Union[BarRejectReason, str]] = ..., message: _Optional[str] = ...) -> None: ...
+
+class FeatureVector(_message.Message):
+    __slots__ = ("header", "feature_set_version", "names", "values")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_SET_VERSION_FIELD_NUMBER: _ClassVar[int]
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    header: EventHeader
+    feature_set_version: str
+    names: _containers.RepeatedScalarFieldContainer[str]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., feature_set_version: _Optional[str] = ..., names: _Optional[_Iterable[str]] = ..., values: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class AlphaSignal(_message.Message):
+    __slots__ = ("header", "source_model", "direction", "magnitude", "confidence", "period_bars", "reference_price")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    MAGNITUDE_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_BARS_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_PRICE_FIELD_NUMBER: _ClassVar[int]
+    header: EventHeader
+    source_model: str
+    direction: Direction
+    magnitude: float
+    confidence: float
+    period_bars: int
+    reference_price: float
+    def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., source_model: _Optional[str] = ..., direction: _Optional[_Union[Direction, str]] = ..., magnitude: _Optional[float] = ..., confidence: _Optional[float] = ..., period_bars: _Optional[int] = ..., reference_price: _Optional[float] = ...) -> None: ...
+
+class QuantileForecast(_message.Message):
+    __slots__ = ("horizon_bars", "q10", "q50", "q90")
+    HORIZON_BARS_FIELD_NUMBER: _ClassVar[int]
+    Q10_FIELD_NUMBER: _ClassVar[int]
+    Q50_FIELD_NUMBER: _ClassVar[int]
+    Q90_FIELD_NUMBER: _ClassVar[int]
+    horizon_bars: int
+    q10: float
+    q50: float
+    q90: float
+    def __init__(self, horizon_bars: _Optional[int] = ..., q10: _Optional[float] = ..., q50: _Optional[float] = ..., q90: _Optional[float] = ...) -> None: ...
+
+class Prediction(_message.Message):
+    __slots__ = ("header", "model_name", "model_version", "feature_set_version", "forecasts")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_SET_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FORECASTS_FIELD_NUMBER: _ClassVar[int]
+    header: EventHeader
+    model_name: str
+    model_version: str
+    feature_set_version: str
+    forecasts: _containers.RepeatedCompositeFieldContainer[QuantileForecast]
+    def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., feature_set_version: _Optional[str] = ..., forecasts: _Optional[_Iterable[_Union[QuantileForecast, _Mapping]]] = ...) -> None: ...
+
+class ComponentSignal(_message.Message):
+    __slots__ = ("source", "direction", "confidence", "weight")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    source: str
+    direction: Direction
+    confidence: float
+    weight: float
+    def __init__(self, source: _Optional[str] = ..., direction: _Optional[_Union[Direction, str]] = ..., confidence: _Optional[float] = ..., weight: _Optional[float] = ...) -> None: ...
+
+class ScoredSignal(_message.Message):
+    __slots__ = ("header", "components", "direction", "confidence", "score", "active_alphas", "regime", "reference_price")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    COMPONENTS_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_ALPHAS_FIELD_NUMBER: _ClassVar[int]
+    REGIME_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_PRICE_FIELD_NUMBER: _ClassVar[int]
+    header: EventHeader
+    components: _containers.RepeatedCompositeFieldContainer[ComponentSignal]
+    direction: Direction
+    confidence: float
+    score: float
+    active_alphas: _containers.RepeatedScalarFieldContainer[str]
+    regime: Regime
+    reference_price: float
+    def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., components: _Optional[_Iterable[_Union[ComponentSignal, _Mapping]]] = ..., direction: _Optional[_Union[Direction, str]] = ..., confidence: _Optional[float] = ..., score: _Optional[float] = ..., active_alphas: _Optional[_Iterable[str]] = ..., regime: _Optional[_Union[Regime, str]] = ..., reference_price: _Optional[float] = ...) -> None: ...
+
+class OrderIntent(_message.Message):
+    __slots__ = ("header", "side", "quantity", "order_type", "reason", "reference_price", "target_quantity", "reduce_only", "source")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    SIDE_FIELD_NUMBER: _ClassVar[int]
+    QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    ORDER_TYPE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_PRICE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    REDUCE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    header: EventHeader
+    side: OrderSide
+    quantity: float
+    order_type: OrderType
+    reason: IntentReason
+    reference_price: float
+    target_quantity: float
+    reduce_only: bool
+    source: str
+    def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., side: _Optional[_Union[OrderSide, str]] = ..., quantity: _Optional[float] = ..., order_type: _Optional[_Union[OrderType, str]] = ..., reason: _Optional[_Union[IntentReason, str]] = ..., reference_price: _Optional[float] = ..., target_quantity: _Optional[float] = ..., reduce_only: _Optional[bool] = ..., source: _Optional[str] = ...) -> None: ...
+
+class RiskDecision(_message.Message):
+    __slots__ = ("header", "intent", "approved", "reason", "message")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    INTENT_FIELD_NUMBER: _ClassVar[int]
+    APPROVED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    header: EventHeader
+    intent: OrderIntent
+    approved: bool
+    reason: RiskReason
+    message: str
+    def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., intent: _Optional[_Union[OrderIntent, _Mapping]] = ..., approved: _Optional[bool] = ..., reason: _Optional[_Union[RiskReason, str]] = ..., message: _Optional[str] = ...) -> None: ...
+
+class Order(_message.Message):
+    __slots__ = ("header", "client_order_id", "intent_id", "side", "quantity", "order_type", "status", "filled_quantity", "average_fill_price", "broker", "broker_order_id", "submitted_time_ns", "reason")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ORDER_ID_FIELD_NUMBER: _ClassVar[int]
+    INTENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SIDE_FIELD_NUMBER: _ClassVar[int]
+    QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    ORDER_TYPE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    FILLED_QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    AVERAGE_FILL_PRICE_FIELD_NUMBER: _ClassVar[int]
+    BROKER_FIELD_NUMBER: _ClassVar[int]
+    BROKER_ORDER_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBMITTED_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    header: EventHeader
+    client_order_id: str
+    intent_id: str
+    side: OrderSide
+    quantity: float
+    order_type: OrderType
+    status: OrderStatus
+    filled_quantity: float
+    average_fill_price: float
+    broker: str
+    broker_order_id: str
+    submitted_time_ns: int
+    reason: IntentReason
+    def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., client_order_id: _Optional[str] = ..., intent_id: _Optional[str] = ..., side: _Optional[_Union[OrderSide, str]] = ..., quantity: _Optional[float] = ..., order_type: _Optional[_Union[OrderType, str]] = ..., status: _Optional[_Union[OrderStatus, str]] = ..., filled_quantity: _Optional[float] = ..., average_fill_price: _Optional[float] = ..., broker: _Optional[str] = ..., broker_order_id: _Optional[str] = ..., submitted_time_ns: _Optional[int] = ..., reason: _Optional[_Union[IntentReason, str]] = ...) -> None: ...
+
+class Fill(_message.Message):
+    __slots__ = ("header", "client_order_id", "fill_id", "side", "quantity", "price", "commission", "slippage")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ORDER_ID_FIELD_NUMBER: _ClassVar[int]
+    FILL_ID_FIELD_NUMBER: _ClassVar[int]
+    SIDE_FIELD_NUMBER: _ClassVar[int]
+    QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    PRICE_FIELD_NUMBER: _ClassVar[int]
+    COMMISSION_FIELD_NUMBER: _ClassVar[int]
+    SLIPPAGE_FIELD_NUMBER: _ClassVar[int]
+    header: EventHeader
+    client_order_id: str
+    fill_id: str
+    side: OrderSide
+    quantity: float
+    price: float
+    commission: float
+    slippage: float
+    def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., client_order_id: _Optional[str] = ..., fill_id: _Optional[str] = ..., side: _Optional[_Union[OrderSide, str]] = ..., quantity: _Optional[float] = ..., price: _Optional[float] = ..., commission: _Optional[float] = ..., slippage: _Optional[float] = ...) -> None: ...
+
+class PositionSnapshot(_message.Message):
+    __slots__ = ("header", "quantity", "average_price", "last_price", "market_value", "unrealized_pnl", "realized_pnl", "pending_quantity")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    AVERAGE_PRICE_FIELD_NUMBER: _ClassVar[int]
+    LAST_PRICE_FIELD_NUMBER: _ClassVar[int]
+    MARKET_VALUE_FIELD_NUMBER: _ClassVar[int]
+    UNREALIZED_PNL_FIELD_NUMBER: _ClassVar[int]
+    REALIZED_PNL_FIELD_NUMBER: _ClassVar[int]
+    PENDING_QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    header: EventHeader
+    quantity: float
+    average_price: float
+    last_price: float
+    market_value: float
+    unrealized_pnl: float
+    realized_pnl: float
+    pending_quantity: float
+    def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., quantity: _Optional[float] = ..., average_price: _Optional[float] = ..., last_price: _Optional[float] = ..., market_value: _Optional[float] = ..., unrealized_pnl: _Optional[float] = ..., realized_pnl: _Optional[float] = ..., pending_quantity: _Optional[float] = ...) -> None: ...
+
+class AccountSnapshot(_message.Message):
+    __slots__ = ("header", "cash", "equity", "gross_exposure", "net_exposure", "realized_pnl", "unrealized_pnl", "day_pnl", "commissions", "open_positions")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CASH_FIELD_NUMBER: _ClassVar[int]
+    EQUITY_FIELD_NUMBER: _ClassVar[int]
+    GROSS_EXPOSURE_FIELD_NUMBER: _ClassVar[int]
+    NET_EXPOSURE_FIELD_NUMBER: _ClassVar[int]
+    REALIZED_PNL_FIELD_NUMBER: _ClassVar[int]
+    UNREALIZED_PNL_FIELD_NUMBER: _ClassVar[int]
+    DAY_PNL_FIELD_NUMBER: _ClassVar[int]
+    COMMISSIONS_FIELD_NUMBER: _ClassVar[int]
+    OPEN_POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    header: EventHeader
+    cash: float
+    equity: float
+    gross_exposure: float
+    net_exposure: float
+    realized_pnl: float
+    unrealized_pnl: float
+    day_pnl: float
+    commissions: float
+    open_positions: int
+    def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., cash: _Optional[float] = ..., equity: _Optional[float] = ..., gross_exposure: _Optional[float] = ..., net_exposure: _Optional[float] = ..., realized_pnl: _Optional[float] = ..., unrealized_pnl: _Optional[float] = ..., day_pnl: _Optional[float] = ..., commissions: _Optional[float] = ..., open_positions: _Optional[int] = ...) -> None: ...
+
+class EngineStatus(_message.Message):
+    __slots__ = ("header", "engine", "state", "through_time_ns", "events_in", "events_out", "events_rejected", "last_error")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    THROUGH_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_IN_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_OUT_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_REJECTED_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    header: EventHeader
+    engine: str
+    state: EngineState
+    through_time_ns: int
+    events_in: int
+    events_out: int
+    events_rejected: int
+    last_error: str
+    def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., engine: _Optional[str] = ..., state: _Optional[_Union[EngineState, str]] = ..., through_time_ns: _Optional[int] = ..., events_in: _Optional[int] = ..., events_out: _Optional[int] = ..., events_rejected: _Optional[int] = ..., last_error: _Optional[str] = ...) -> None: ...
+
+class ControlCommand(_message.Message):
+    __slots__ = ("header", "action", "reason", "actor", "sequence")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    header: EventHeader
+    action: ControlAction
+    reason: str
+    actor: str
+    sequence: int
+    def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., action: _Optional[_Union[ControlAction, str]] = ..., reason: _Optional[str] = ..., actor: _Optional[str] = ..., sequence: _Optional[int] = ...) -> None: ...
+
+class Event(_message.Message):
+    __slots__ = ("bar", "feature_vector", "alpha_signal", "prediction", "scored_signal", "order_intent", "risk_decision", "order", "fill", "position_snapshot", "account_snapshot", "engine_status", "control_command", "rejected_bar")
+    BAR_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_VECTOR_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    PREDICTION_FIELD_NUMBER: _ClassVar[int]
+    SCORED_SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    ORDER_INTENT_FIELD_NUMBER: _ClassVar[int]
+    RISK_DECISION_FIELD_NUMBER: _ClassVar[int]
+    ORDER_FIELD_NUMBER: _ClassVar[int]
+    FILL_FIELD_NUMBER: _ClassVar[int]
+    POSITION_SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNT_SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_STATUS_FIELD_NUMBER: _ClassVar[int]
+    CONTROL_COMMAND_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_BAR_FIELD_NUMBER: _ClassVar[int]
+    bar: Bar
+    feature_vector: FeatureVector
+    alpha_signal: AlphaSignal
+    prediction: Prediction
+    scored_signal: ScoredSignal
+    order_intent: OrderIntent
+    risk_decision: RiskDecision
+    order: Order
+    fill: Fill
+    position_snapshot: PositionSnapshot
+    account_snapshot: AccountSnapshot
+    engine_status: EngineStatus
+    control_command: ControlCommand
+    rejected_bar: RejectedBar
+    def __init__(self, bar: _Optional[_Union[Bar, _Mapping]] = ..., feature_vector: _Optional[_Union[FeatureVector, _Mapping]] = ..., alpha_signal: _Optional[_Union[AlphaSignal, _Mapping]] = ..., prediction: _Optional[_Union[Prediction, _Mapping]] = ..., scored_signal: _Optional[_Union[ScoredSignal, _Mapping]] = ..., order_intent: _Optional[_Union[OrderIntent, _Mapping]] = ..., risk_decision: _Optional[_Union[RiskDecision, _Mapping]] = ..., order: _Optional[_Union[Order, _Mapping]] = ..., fill: _Optional[_Union[Fill, _Mapping]] = ..., position_snapshot: _Optional[_Union[PositionSnapshot, _Mapping]] = ..., account_snapshot: _Optional[_Union[AccountSnapshot, _Mapping]] = ..., engine_status: _Optional[_Union[EngineStatus, _Mapping]] = ..., control_command: _Optional[_Union[ControlCommand, _Mapping]] = ..., rejected_bar: _Optional[_Union[RejectedBar, _Mapping]] = ...) -> None: ...
+
+class Watermark(_message.Message):
+    __slots__ = ("kind", "producer", "through_time_ns", "event_count", "end_of_stream")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    PRODUCER_FIELD_NUMBER: _ClassVar[int]
+    THROUGH_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    EVENT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    END_OF_STREAM_FIELD_NUMBER: _ClassVar[int]
+    kind: EventKind
+    producer: str
+    through_time_ns: int
+    event_count: int
+    end_of_stream: bool
+    def __init__(self, kind: _Optional[_Union[EventKind, str]] = ..., producer: _Optional[str] = ..., through_time_ns: _Optional[int] = ..., event_count: _Optional[int] = ..., end_of_stream: _Optional[bool] = ...) -> None: ...
