@@ -18,6 +18,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import polars as pl
 
 from utp.core.broker import SimulatedBroker
@@ -170,18 +171,17 @@ async def run_backtest(
     )
     await session.start()
     if on_progress is not None:
-        total = session.source.bars_total
+        bar_times = session.market_data.bars["event_time_ns"].sort().to_numpy()
+        total = bar_times.size
         reported = [-1]
 
         async def report(kind: str, messages: list) -> None:  # noqa: ARG001 - tap signature
-            done = session.source.bars_published + session.source.bars_rejected
-            if done - reported[0] >= max(total // 100, 1):  # about every 1%
+            # Progress is what execution has processed: the bars up to its latest account snapshot.
+            through = messages[-1].header.event_time_ns
+            done = int(np.searchsorted(bar_times, through, side="right"))
+            if done - reported[0] >= max(total // 100, 1) or done == total:
                 reported[0] = done
-                on_progress(
-                    api.BacktestProgress(
-                        bars_processed=done, bars_total=total, through_time_ns=max(session.source.through_ns, 0)
-                    )
-                )
+                on_progress(api.BacktestProgress(bars_processed=done, bars_total=total, through_time_ns=through))
 
         await bus.tap(report, lambda kind: kind == "account_snapshot")
     await session.run()

@@ -108,6 +108,7 @@ class BacktestEngine(Engine):
         self.signals = 0
         self.scored = 0
         self.orders = 0
+        self.order_events: list[pb.Order] = []
         self.fills: list[pb.Fill] = []
         self._times: list[np.ndarray] = []
         self._equity: list[np.ndarray] = []
@@ -122,6 +123,7 @@ class BacktestEngine(Engine):
         self.scored += frames["scored_signal"].height if "scored_signal" in frames else 0
         if "order" in frames:
             self.orders += frames["order"].filter(pl.col("status") == pb.ORDER_STATUS_NEW).height
+            self.order_events.extend(KINDS["order"].to_messages(frames["order"]))  # type: ignore[arg-type]
         if "fill" in frames:
             self.fills.extend(KINDS["fill"].to_messages(frames["fill"]))  # type: ignore[arg-type]
         if "account_snapshot" in frames:

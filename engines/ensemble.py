@@ -142,8 +142,9 @@ class EnsembleEngine(Engine):
         missing = {"close", self.sma_fast_column, self.sma_slow_column} - set(features.columns)
         if missing:
             raise ValueError(f"feature vectors lack {', '.join(sorted(missing))}, needed for the regime")
-        acomp = alphas["source_model"].replace_strict(self._component, default=-1, return_dtype=pl.Int64)
-        asign = alphas["direction"].replace_strict(_DIRECTION_SIGN, default=0, return_dtype=pl.Int64)
+        # Alpha signals are sparse: plain lookups are cheaper than columnar calls here.
+        acomp = np.array([self._component.get(s, -1) for s in alphas["source_model"].to_list()], np.int64)
+        asign = np.array([_DIRECTION_SIGN.get(d, 0) for d in alphas["direction"].to_list()], np.int64)
         n_rows = features.height
         m = len(self.sources)
         out_row = np.empty(n_rows, np.int64)
@@ -160,8 +161,8 @@ class EnsembleEngine(Engine):
             features[self.sma_slow_column].to_numpy(),
             alphas["event_time_ns"].to_numpy(),
             self.universe.indices(alphas["symbol"]),
-            acomp.to_numpy(),
-            asign.to_numpy(),
+            acomp,
+            asign,
             alphas["confidence"].fill_null(1.0).to_numpy(),
             alphas["period_bars"].cast(pl.Int64).to_numpy(),
             self.weights,

@@ -1,0 +1,356 @@
+"""The bus on NATS JetStream, for sessions whose engines may live in other processes or machines.
+
+Wire format: every event is one protobuf message on `<root>.<kind>.<symbol>` with header
+`Nats-Msg-Id: <event id>`, so the server drops a re-published event (after a crash) within the stream's
+duplicate window. A batch ends with a `Watermark` message on `<root>.<kind>._wm`; subscribers rebuild
+the batch from the events before it, check its event count, and hand it over as one columnar batch.
+
+Delivery: one stream (`UTP` by default) holds every subject under the root. Each engine input is a
+durable pull consumer filtered on its kind, created idempotently. The engine commits the stream sequence
+of the last batch it has applied together with its state (hot state in LMDB); the consumer is acked
+(AckPolicy.ALL) only after that commit, and on start a consumer is reused only if it stands exactly at
+the committed position, otherwise re-created there. So a crash anywhere loses nothing and applies
+nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import nats
+import nats.errors
+import nats.js.errors
+from google.protobuf.message import DecodeError, Message
+from nats.aio.msg import Msg
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+
+from utp.core.batch import END, Batch
+from utp.core.bus import BatchHandler, Bus, KindFilter, Subscription, TapHandler
+from utp.core.kinds import KIND_BY_NUMBER, KINDS, TIME, Kind
+from utp.core.subjects import Subjects
+from utp.v1 import events_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+#: Called with (subject, payload, reason) for a message that cannot be used; it is skipped, never retried.
+QuarantineHandler = Callable[[str, bytes, str], None]
+
+
+def _log_quarantine(subject: str, payload: bytes, reason: str) -> None:
+    log.error("quarantined message on %s (%d bytes): %s", subject, len(payload), reason)
+
+
+class _BatchAssembler:
+    """Rebuilds batches of one kind from the messages of a consumer, in stream order."""
+
+    def __init__(self, kind: Kind, subjects: Subjects, quarantine: QuarantineHandler) -> None:
+        self.kind = kind
+        self.subjects = subjects
+        self.quarantine = quarantine
+        self.events: list[Message] = []
+        self.ids: set[str] = set()
+
+    def add(self, msg: Msg) -> Batch | None:
+        position = msg.metadata.sequence.stream
+        try:
+            kind_name, symbol = self.subjects.parse(msg.subject)
+        except ValueError as exc:
+            self.quarantine(msg.subject, msg.data, str(exc))
+            return None
+        if kind_name != self.kind.name:
+            self.quarantine(msg.subject, msg.data, f"expected kind {self.kind.name}")
+            return None
+        if symbol is None:
+            return self._close(msg, position)
+        try:
+            event = self.kind.message.FromString(msg.data)
+        except DecodeError as exc:
+            self.quarantine(msg.subject, msg.data, f"not a {self.kind.message.DESCRIPTOR.name}: {exc}")
+            return None
+        event_id = event.header.event_id  # type: ignore[attr-defined]
+        if not self.kind.watermarked:
+            return Batch(self.kind.name, "", self.kind.to_frame([event]), None, position)
+        if event_id in self.ids:  # re-published beyond the server's duplicate window
+            return None
+        self.ids.add(event_id)
+        self.events.append(event)
+        return None
+
+    def _close(self, msg: Msg, position: int) -> Batch | None:
+        try:
+            watermark = pb.Watermark.FromString(msg.data)
+        except DecodeError as exc:
+            self.quarantine(msg.subject, msg.data, f"not a Watermark: {exc}")
+            return None
+        if KIND_BY_NUMBER.get(watermark.kind) is not self.kind:
+            self.quarantine(msg.subject, msg.data, f"watermark of kind {watermark.kind} on {self.kind.name}")
+            return None
+        if len(self.events) < watermark.event_count:
+            log.error(
+                "%s batch from %s through %d: %d events announced, %d received",
+                self.kind.name, watermark.producer, watermark.through_time_ns, watermark.event_count, len(self.events),
+            )  # fmt: skip
+        try:
+            frame = self.kind.to_frame(self.events)
+        except ValueError as exc:
+            self.quarantine(msg.subject, msg.data, f"batch of {len(self.events)} events unusable: {exc}")
+            frame = self.kind.empty_frame()
+        if frame.height and not frame[TIME].is_sorted():
+            frame = frame.sort(TIME, maintain_order=True)
+        self.events, self.ids = [], set()
+        through = END if watermark.end_of_stream else watermark.through_time_ns
+        return Batch(self.kind.name, watermark.producer, frame, through, position)
+
+
+@dataclass(eq=False)
+class _JetStreamSubscription(Subscription):
+    name: str
+    task: asyncio.Task | None = None
+    nats_sub: object | None = None
+    closed: bool = False
+    error: BaseException | None = field(default=None)
+
+    async def close(self) -> None:
+        self.closed = True
+        if self.task is not None and self.task is not asyncio.current_task():
+            self.task.cancel()
+            try:
+                await self.task
+            except (asyncio.CancelledError, Exception):  # noqa: S110 - closing; the loop logged its own errors
+                pass
+        if self.nats_sub is not None:
+            try:
+                await self.nats_sub.unsubscribe()  # type: ignore[attr-defined]
+            except Exception:  # noqa: S110 - the connection may already be gone
+                pass
+
+
+def _consumer_name(consumer: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_\-]", "_", consumer)
+
+
+class JetStreamBus(Bus):
+    name = "jetstream"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        stream: str = "UTP",
+        subject_root: str = "utp",
+        duplicate_window_s: float = 600.0,
+        start_after: int = 0,
+        fetch_batch: int = 1024,
+        ack_wait_s: float = 60.0,
+        client_name: str = "utp",
+        quarantine: QuarantineHandler = _log_quarantine,
+    ) -> None:
+        self.url = url
+        self.stream = stream
+        self.subjects = Subjects(subject_root)
+        self.duplicate_window_s = duplicate_window_s
+        #: Stream sequence after which a session's consumers start when they have committed nothing yet.
+        self.start_after = start_after
+        self.fetch_batch = fetch_batch
+        self.ack_wait_s = ack_wait_s
+        self.client_name = client_name
+        self.quarantine = quarantine
+        self._nc: nats.NATS | None = None
+        self._js = None
+        self._subscriptions: list[_JetStreamSubscription] = []
+
+    # -- connection and stream ---------------------------------------------------------------------
+    async def connect(self) -> None:
+        self._nc = await nats.connect(
+            self.url,
+            name=self.client_name,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.25,
+            connect_timeout=5,
+            allow_reconnect=True,
+        )
+        self._js = self._nc.jetstream(timeout=10.0)
+        await self._ensure_stream()
+
+    async def _ensure_stream(self) -> None:
+        config = StreamConfig(
+            name=self.stream,
+            subjects=[self.subjects.everything()],
+            storage=StorageType.FILE,
+            retention=RetentionPolicy.LIMITS,
+            discard=DiscardPolicy.OLD,
+            duplicate_window=self.duplicate_window_s,
+        )
+        try:
+            info = await self._js.stream_info(self.stream)
+        except nats.js.errors.NotFoundError:
+            await self._js.add_stream(config)
+            return
+        if list(info.config.subjects or []) != config.subjects or info.config.duplicate_window != config.duplicate_window:
+            await self._js.update_stream(config)
+
+    async def last_sequence(self) -> int:
+        """Sequence of the newest message in the stream (0 when empty)."""
+        info = await self._js.stream_info(self.stream)
+        return int(info.state.last_seq)
+
+    async def close(self) -> None:
+        for sub in list(self._subscriptions):
+            await sub.close()
+        self._subscriptions.clear()
+        if self._nc is not None and not self._nc.is_closed:
+            try:
+                await self._nc.drain()
+            except Exception:  # noqa: BLE001 - closing anyway
+                await self._nc.close()
+        self._nc = None
+
+    # -- publishing --------------------------------------------------------------------------------
+    async def publish(self, batch: Batch) -> None:
+        kind = KINDS[batch.kind]
+        messages = kind.to_messages(batch.frame) if batch.frame.height else []
+        pending = []
+        for message in messages:
+            header = message.header  # type: ignore[attr-defined]
+            pending.append(
+                await self._js.publish_async(
+                    self.subjects.event(kind.name, header.symbol),
+                    message.SerializeToString(),
+                    headers={"Nats-Msg-Id": header.event_id},
+                )
+            )
+        if kind.watermarked:
+            assert batch.through_ns is not None
+            watermark = pb.Watermark(
+                kind=kind.number,
+                producer=batch.producer,
+                through_time_ns=batch.through_ns,
+                event_count=len(messages),
+                end_of_stream=batch.end_of_stream,
+            )
+            last_id = messages[-1].header.event_id if messages else ""  # type: ignore[attr-defined]
+            msg_id = f"wm/{batch.producer}/{kind.name}/{batch.through_ns}/{len(messages)}/{last_id}"
+            pending.append(
+                await self._js.publish_async(
+                    self.subjects.watermark(kind.name), watermark.SerializeToString(), headers={"Nats-Msg-Id": msg_id}
+                )
+            )
+        if pending:
+            await asyncio.gather(*pending)
+
+    # -- consuming ---------------------------------------------------------------------------------
+    async def subscribe(
+        self, kind: str, consumer: str, handler: BatchHandler, *, resume_after: int | None = None
+    ) -> Subscription:
+        if kind not in KINDS:
+            raise ValueError(f"unknown event kind {kind!r}")
+        durable = _consumer_name(consumer)
+        position = self.start_after if resume_after is None else resume_after
+        await self._ensure_consumer(durable, kind, position)
+        pull = await self._js.pull_subscribe_bind(durable, self.stream)
+        sub = _JetStreamSubscription(durable, nats_sub=pull)
+        sub.task = asyncio.create_task(self._consume(sub, pull, kind, handler), name=f"consume-{durable}")
+        self._subscriptions.append(sub)
+        return sub
+
+    async def _ensure_consumer(self, durable: str, kind: str, position: int) -> None:
+        """Make the durable consumer deliver from just after `position` (the last committed batch)."""
+        filter_subject = self.subjects.of_kind(kind)
+        try:
+            info = await self._js.consumer_info(self.stream, durable)
+        except nats.js.errors.NotFoundError:
+            info = None
+        if info is not None:
+            if (
+                info.config.filter_subject == filter_subject
+                and info.num_ack_pending == 0
+                and info.delivered.stream_seq == position
+            ):
+                return
+            log.info(
+                "re-creating consumer %s at %d (it had delivered %d with %d unacked)",
+                durable, position + 1, info.delivered.stream_seq, info.num_ack_pending,
+            )  # fmt: skip
+            await self._js.delete_consumer(self.stream, durable)
+        await self._js.add_consumer(
+            self.stream,
+            ConsumerConfig(
+                durable_name=durable,
+                filter_subject=filter_subject,
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=position + 1,
+                ack_policy=AckPolicy.ALL,
+                ack_wait=self.ack_wait_s,
+                # A batch is acked only when its watermark arrives, so never stop delivering before that.
+                max_ack_pending=-1,
+            ),
+        )
+
+    async def _consume(self, sub: _JetStreamSubscription, pull: object, kind: str, handler: BatchHandler) -> None:
+        assembler = _BatchAssembler(KINDS[kind], self.subjects, self.quarantine)
+        highest = 0
+        while not sub.closed:
+            try:
+                messages = await pull.fetch(self.fetch_batch, timeout=1.0)  # type: ignore[attr-defined]
+            except (asyncio.TimeoutError, nats.errors.TimeoutError):
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # connection trouble: the client reconnects by itself
+                if sub.closed:
+                    return
+                log.warning("%s: fetch failed (%s); retrying", sub.name, exc)
+                await asyncio.sleep(0.25)
+                continue
+            for msg in messages:
+                sequence = msg.metadata.sequence.stream
+                if sequence <= highest:  # redelivered after ack_wait; already handled in order
+                    continue
+                highest = sequence
+                batch = assembler.add(msg)
+                if batch is None:
+                    if not KINDS[kind].watermarked:
+                        await msg.ack()
+                    continue
+                try:
+                    await handler(batch)
+                except Exception as exc:
+                    # Nothing of this batch was committed or acked; a restart resumes before it.
+                    log.error("%s: handler failed, consumer stopped: %s", sub.name, exc)
+                    sub.error = exc
+                    return
+                await msg.ack()
+
+    async def tap(self, handler: TapHandler, wants: KindFilter) -> Subscription:
+        async def on_message(msg: Msg) -> None:
+            try:
+                kind_name, symbol = self.subjects.parse(msg.subject)
+            except ValueError:
+                return
+            if symbol is None or kind_name not in KINDS or not wants(kind_name):
+                return
+            try:
+                event = KINDS[kind_name].message.FromString(msg.data)
+            except DecodeError:
+                return
+            try:
+                await handler(kind_name, [event])
+            except Exception:  # a watcher must never break the bus
+                log.exception("tap handler failed on %s", kind_name)
+
+        nats_sub = await self._nc.subscribe(self.subjects.everything(), cb=on_message)
+        sub = _JetStreamSubscription("tap", nats_sub=nats_sub)
+        self._subscriptions.append(sub)
+        return sub

@@ -1,0 +1,241 @@
+"""The `utp` command: core daemon, console, demo and backtests."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from importlib import metadata, resources
+from pathlib import Path
+from typing import Any
+
+from utp.core.config import Config, ConfigError, load_config
+from utp.v1 import core_service_pb2 as api
+
+log = logging.getLogger("utp")
+
+
+def version() -> str:
+    try:
+        return metadata.version("utp")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def packaged_config(name: str) -> Path:
+    """Path of a configuration file shipped in `configs/` (installed as `utp.configs`)."""
+    return Path(str(resources.files("utp.configs").joinpath(name)))
+
+
+# -- configuration from flags ------------------------------------------------------------------------
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", action="append", default=[], metavar="FILE", help="YAML config (repeatable)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting, e.g. risk.max_position_pct=0.2"
+    )
+    parser.add_argument("--dataset", help="goog, eurusd or sp500")
+    parser.add_argument("--symbols", help="comma-separated symbols of the data set")
+    parser.add_argument("--log-level", default="INFO")
+
+
+def _overrides(args: argparse.Namespace, flags: dict[str, str]) -> dict[str, Any]:
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in args.set:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+    for attr, key in flags.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            out[key] = value
+    if getattr(args, "symbols", None):
+        out["market_data.symbols"] = [s.strip() for s in args.symbols.split(",") if s.strip()]
+    return out
+
+
+def _config(args: argparse.Namespace, flags: dict[str, str], base_files: Sequence[Path] = ()) -> Config:
+    return load_config([*base_files, *args.config], overrides=_overrides(args, flags))
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+
+
+# -- utp core ----------------------------------------------------------------------------------------
+def _default_data_dir() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("utp"))
+
+
+async def _run_core(config: Config) -> int:
+    from utp.daemon.core import CoreDaemon
+    from utp.daemon.server import serve, shutdown
+
+    data_dir = Path(config.data_dir).expanduser() if config.data_dir else _default_data_dir()
+    daemon = CoreDaemon(config, data_dir, version=version())
+    await daemon.start()
+    server, health = await serve(daemon, config.server.listen)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    controls = daemon.controls
+    print(
+        f"utp core {version()}: paper session on the {daemon.bus.name} bus, "
+        f"{config.market_data.dataset} at {config.market_data.replay_rate:g} bar times/s; "
+        f"gRPC on {config.server.listen}; state in {data_dir}; "
+        f"execution {'APPROVED' if controls.execution_approved else 'REVOKED'}"
+        f"{', HALTED' if controls.halted else ''}. Watch it with: utp console --target {config.server.listen}",
+        flush=True,
+    )
+    await stop.wait()
+    log.info("shutting down")
+    await shutdown(server, health, daemon)
+    return 0
+
+
+# -- utp demo and utp backtest -----------------------------------------------------------------------
+def _iso(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9, UTC).strftime("%Y-%m-%d")
+
+
+def format_summary(title: str, result: api.BacktestResult, equity_path: Path | None) -> str:
+    s = result.summary
+    lines = [
+        title,
+        f"  period         {_iso(s.start_time_ns)} .. {_iso(s.end_time_ns)}",
+        f"  bars           {s.bars}  (rejected {s.bars_rejected})",
+        f"  signals        {s.signals}",
+        f"  orders         {s.orders}",
+        f"  trades         {s.trades}",
+        f"  total return   {s.total_return:.2%}",
+        f"  sharpe         {s.sharpe:.2f}",
+        f"  max drawdown   {s.max_drawdown:.2%}",
+        f"  final equity   {s.final_equity:,.2f}",
+    ]
+    if equity_path is not None:
+        lines.append(f"  equity curve   {equity_path}")
+    return "\n".join(lines)
+
+
+def write_equity_curve(result: api.BacktestResult, path: Path) -> Path:
+    import polars as pl
+
+    frame = pl.DataFrame(
+        {
+            "time": [p.time_ns for p in result.equity_curve],
+            "equity": [p.equity for p in result.equity_curve],
+        },
+        schema={"time": pl.Int64, "equity": pl.Float64},
+    ).with_columns(pl.col("time").cast(pl.Datetime("ns", "UTC")))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.write_csv(path)
+    return path.resolve()
+
+
+def _backtest(config: Config, title: str, out: Path | None, as_json: bool) -> int:
+    from google.protobuf.json_format import MessageToDict
+
+    from utp.daemon.session import run_backtest
+
+    result = asyncio.run(run_backtest(config))
+    path = write_equity_curve(result, out) if out is not None else None
+    if as_json:
+        print(json.dumps(MessageToDict(result.summary, preserving_proto_field_name=True)))
+    else:
+        print(format_summary(title, result, path))
+    return 0
+
+
+# -- entry point -------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="utp", description="Unified Trading Platform")
+    parser.add_argument("--version", action="version", version=f"utp {version()}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    core = sub.add_parser("core", help="run the core daemon (a paper session and the gRPC API)")
+    _add_config_args(core)
+    core.add_argument("--nats", metavar="URL", help="run the engines over NATS JetStream, e.g. nats://127.0.0.1:4222")
+    core.add_argument("--listen", metavar="HOST:PORT", help="gRPC address (default 127.0.0.1:50051)")
+    core.add_argument("--data-dir", metavar="DIR", help="hot state folder (default: the user's data folder)")
+    core.add_argument("--replay-rate", type=float, metavar="N", help="bar times per second (0 = as fast as possible)")
+
+    console = sub.add_parser("console", help="watch and steer a daemon")
+    console.add_argument("--target", default="127.0.0.1:50051", metavar="HOST:PORT")
+
+    demo = sub.add_parser("demo", help="backtest the whole engine graph on real GOOG bars, no servers needed")
+    demo.add_argument("--out", default="utp-demo-equity.csv", metavar="FILE", help="equity curve CSV")
+    demo.add_argument("--log-level", default="WARNING")
+
+    backtest = sub.add_parser("backtest", help="backtest the engine graph on a packaged data set")
+    _add_config_args(backtest)
+    backtest.add_argument("--start", metavar="YYYY-MM-DD")
+    backtest.add_argument("--end", metavar="YYYY-MM-DD")
+    backtest.add_argument("--weights", metavar="SRC=W,...", help="ensemble weights, e.g. rsi=0.5,ema_cross=0.5")
+    backtest.add_argument("--initial-cash", type=float)
+    backtest.add_argument("--batch-bar-times", type=int, default=1000)
+    backtest.add_argument("--out", metavar="FILE", help="write the equity curve as CSV")
+    backtest.add_argument("--json", action="store_true", help="print the summary as JSON")
+    backtest.set_defaults(log_level="WARNING")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(getattr(args, "log_level", "INFO"))
+    try:
+        if args.command == "core":
+            config = _config(
+                args,
+                {"nats": "bus.nats_url", "listen": "server.listen", "data_dir": "data_dir",
+                 "dataset": "market_data.dataset", "replay_rate": "market_data.replay_rate"},
+            )  # fmt: skip
+            return asyncio.run(_run_core(config))
+        if args.command == "console":
+            from utp.console.app import ConsoleApp
+
+            ConsoleApp(args.target).run()
+            return 0
+        if args.command == "demo":
+            config = load_config([packaged_config("demo.yaml")], environ={})
+            return _backtest(
+                config, "utp demo: the engine graph over real GOOG daily bars (in-process bus, simulated broker)",
+                Path(args.out), as_json=False,
+            )  # fmt: skip
+        if args.command == "backtest":
+            flags = {"dataset": "market_data.dataset", "start": "market_data.start", "end": "market_data.end",
+                     "initial_cash": "execution.initial_cash", "batch_bar_times": "market_data.batch_bar_times"}  # fmt: skip
+            config = _config(args, flags)
+            if args.weights:
+                weights = {}
+                for item in args.weights.split(","):
+                    source, _, weight = item.partition("=")
+                    try:
+                        weights[source.strip()] = float(weight)
+                    except ValueError:
+                        raise ConfigError(f"--weights: {item!r} is not SOURCE=NUMBER") from None
+                config = load_config(
+                    args.config, overrides={**_overrides(args, flags), "ensemble.weights": weights}
+                )
+            title = f"utp backtest: {config.market_data.dataset} {','.join(config.market_data.symbols) or 'all symbols'}"
+            return _backtest(config, title, Path(args.out) if args.out else None, args.json)
+    except (ConfigError, ValueError) as exc:
+        print(f"utp: error: {exc}", file=sys.stderr)
+        return 2
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

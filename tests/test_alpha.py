@@ -1,0 +1,94 @@
+"""Lean's alpha models: RSI hysteresis, the EMA-cross first-ready bar, insight fields."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from utp.core.config import AlphaConfig, EmaCrossAlphaConfig, RsiAlphaConfig
+from utp.core.universe import Universe
+from utp.engines.alpha import AlphaEngine, _ema_cross_insights, _rsi_insights
+from utp.storage.datasets import dataset
+from utp.v1 import events_pb2 as pb
+
+UP, DOWN = pb.DIRECTION_UP, pb.DIRECTION_DOWN
+
+
+def rsi_directions(values: list[float], ready: list[bool] | None = None) -> list[int]:
+    n = len(values)
+    out = np.empty(n, np.int64)
+    _rsi_insights(
+        np.zeros(n, np.int32), np.array(values), np.array(ready or [True] * n), np.zeros(1, np.int64),
+        70.0, 30.0, 65.0, 35.0, out,
+    )  # fmt: skip
+    return out.tolist()
+
+
+def test_rsi_trips_high_once_and_resets_only_below_65() -> None:
+    # 71 trips high (DOWN); 69 and 72 stay tripped (69 is not below 65); 60 resets; 75 trips again.
+    assert rsi_directions([50, 71, 69, 72, 60, 75]) == [0, DOWN, 0, 0, 0, DOWN]
+
+
+def test_rsi_trips_low_once_and_resets_only_above_35() -> None:
+    assert rsi_directions([50, 29, 31, 28, 36, 25]) == [0, UP, 0, 0, 0, UP]
+
+
+def test_rsi_goes_straight_from_low_to_high() -> None:
+    assert rsi_directions([29, 71, 29]) == [UP, DOWN, UP]
+
+
+def test_rsi_states_reached_during_warm_up_emit_nothing_later() -> None:
+    # Lean runs the state machine on unready values: tripped high while warming up, still high when
+    # ready -> no insight (the state did not change).
+    assert rsi_directions([75, 80, 72, 60, 71], ready=[False, False, True, True, True]) == [0, 0, 0, 0, DOWN]
+
+
+def ema_cross(fast: list[float], slow: list[float], fast_ready: list[bool], slow_ready: list[bool], lean: bool) -> list[int]:
+    n = len(fast)
+    out = np.empty(n, np.int64)
+    _ema_cross_insights(
+        np.zeros(n, np.int32), np.array(fast), np.array(fast_ready), np.array(slow), np.array(slow_ready),
+        np.zeros(1, np.bool_), np.zeros(1, np.bool_), lean, out,
+    )  # fmt: skip
+    return out.tolist()
+
+
+def test_ema_cross_lean_first_ready_bar() -> None:
+    # Lean master: the slow EMA reads 0 until ready while the fast one is ready, so "fast over slow" is
+    # already true on the first ready bar: slow > fast there emits DOWN, fast > slow emits nothing.
+    fast_ready, slow_ready = [False, True, True, True], [False, False, True, True]
+    assert ema_cross([0, 10, 10, 12], [0, 0, 11, 11], fast_ready, slow_ready, lean=True) == [0, 0, DOWN, UP]
+    assert ema_cross([0, 10, 12, 12], [0, 0, 11, 11], fast_ready, slow_ready, lean=True) == [0, 0, 0, 0]
+
+
+def test_ema_cross_without_the_quirk_starts_quietly() -> None:
+    fast_ready, slow_ready = [False, True, True, True, True], [False, False, True, True, True]
+    assert ema_cross([0, 10, 10, 12, 10], [0, 0, 11, 11, 11], fast_ready, slow_ready, lean=False) == [0, 0, 0, UP, DOWN]
+
+
+@pytest.fixture(scope="module")
+def goog_bars() -> pl.DataFrame:
+    from utp.core.ids import correlation_id_expr
+
+    return dataset("goog").bars().with_columns(correlation_id_expr().alias("correlation_id"))
+
+
+def test_alpha_engine_emits_lean_insights_on_goog(goog_bars: pl.DataFrame) -> None:
+    engine = AlphaEngine(AlphaConfig(), Universe(["GOOG"]))
+    signals = engine.insights(goog_bars)
+    assert signals.height > 20
+    assert set(signals["source_model"]) == {"rsi", "ema_cross"}
+    assert signals["confidence"].null_count() == signals.height  # Lean's models give no confidence
+    periods = dict(signals.group_by("source_model").agg(pl.col("period_bars").first()).iter_rows())
+    assert periods == {"rsi": 14, "ema_cross": 12}
+    assert signals["event_time_ns"].is_sorted()
+    # An EMA-cross model alternates: two UPs never follow each other.
+    ema = signals.filter(pl.col("source_model") == "ema_cross")["direction"].to_list()
+    assert all(a != b for a, b in zip(ema, ema[1:], strict=False))
+
+
+def test_disabled_models_are_silent(goog_bars: pl.DataFrame) -> None:
+    config = AlphaConfig(rsi=RsiAlphaConfig(enabled=False), ema_cross=EmaCrossAlphaConfig(enabled=True))
+    signals = AlphaEngine(config, Universe(["GOOG"])).insights(goog_bars)
+    assert set(signals["source_model"]) == {"ema_cross"}
