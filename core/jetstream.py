@@ -16,6 +16,7 @@ nothing twice.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 from collections.abc import Callable
@@ -114,6 +115,46 @@ class _BatchAssembler:
         return Batch(self.kind.name, watermark.producer, frame, through, position)
 
 
+class _ContinuousPull:
+    """Keeps one pull request of `batch` messages outstanding on a durable consumer and yields messages
+    as they arrive (the JetStream pull protocol: $JS.API.CONSUMER.MSG.NEXT). Unlike `fetch`, it never
+    lingers for a full batch, so a lone message is handled at once and a backlog streams in."""
+
+    def __init__(self, nc: nats.NATS, stream: str, durable: str, batch: int, expires_s: float = 5.0) -> None:
+        self.nc = nc
+        self.api = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        self.batch = batch
+        self.expires_s = expires_s
+        self.outstanding = 0
+        self.inbox = nc.new_inbox()
+        self.sub = None
+
+    async def start(self) -> None:
+        self.sub = await self.nc.subscribe(self.inbox)
+
+    async def next(self) -> Msg:
+        while True:
+            if self.outstanding <= 0:
+                request = {"batch": self.batch, "expires": int(self.expires_s * 1e9)}
+                await self.nc.publish(self.api, json.dumps(request).encode(), reply=self.inbox)
+                self.outstanding = self.batch
+            try:
+                msg = await self.sub.next_msg(timeout=self.expires_s + 1.0)
+            except nats.errors.TimeoutError:
+                self.outstanding = 0  # the request was lost (reconnect) or expired silently: ask again
+                continue
+            status = (msg.headers or {}).get("Status")
+            if status is None:
+                self.outstanding -= 1
+                return msg
+            if status != "100":  # 404/408 no messages or expired, 409 exceeded/deleted: ask again
+                self.outstanding = 0
+
+    async def close(self) -> None:
+        if self.sub is not None:
+            await self.sub.unsubscribe()
+
+
 @dataclass(eq=False)
 class _JetStreamSubscription(Subscription):
     name: str
@@ -152,7 +193,7 @@ class JetStreamBus(Bus):
         subject_root: str = "utp",
         duplicate_window_s: float = 600.0,
         start_after: int = 0,
-        fetch_batch: int = 1024,
+        fetch_batch: int = 512,
         ack_wait_s: float = 60.0,
         client_name: str = "utp",
         quarantine: QuarantineHandler = _log_quarantine,
@@ -259,8 +300,9 @@ class JetStreamBus(Bus):
         durable = _consumer_name(consumer)
         position = self.start_after if resume_after is None else resume_after
         await self._ensure_consumer(durable, kind, position)
-        pull = await self._js.pull_subscribe_bind(durable, self.stream)
-        sub = _JetStreamSubscription(durable, nats_sub=pull)
+        pull = _ContinuousPull(self._nc, self.stream, durable, self.fetch_batch)
+        await pull.start()
+        sub = _JetStreamSubscription(durable, nats_sub=pull.sub)
         sub.task = asyncio.create_task(self._consume(sub, pull, kind, handler), name=f"consume-{durable}")
         self._subscriptions.append(sub)
         return sub
@@ -273,15 +315,16 @@ class JetStreamBus(Bus):
         except nats.js.errors.NotFoundError:
             info = None
         if info is not None:
+            # Reuse it only if everything it delivered is acked and its acked floor is our commit.
             if (
                 info.config.filter_subject == filter_subject
                 and info.num_ack_pending == 0
-                and info.delivered.stream_seq == position
+                and info.ack_floor.stream_seq == position
             ):
                 return
             log.info(
-                "re-creating consumer %s at %d (it had delivered %d with %d unacked)",
-                durable, position + 1, info.delivered.stream_seq, info.num_ack_pending,
+                "re-creating consumer %s at %d (acked up to %d, %d unacked)",
+                durable, position + 1, info.ack_floor.stream_seq, info.num_ack_pending,
             )  # fmt: skip
             await self._js.delete_consumer(self.stream, durable)
         await self._js.add_consumer(
@@ -298,32 +341,27 @@ class JetStreamBus(Bus):
             ),
         )
 
-    async def _consume(self, sub: _JetStreamSubscription, pull: object, kind: str, handler: BatchHandler) -> None:
+    async def _consume(self, sub: _JetStreamSubscription, pull: _ContinuousPull, kind: str, handler: BatchHandler) -> None:
         assembler = _BatchAssembler(KINDS[kind], self.subjects, self.quarantine)
+        watermarked = KINDS[kind].watermarked
         highest = 0
         while not sub.closed:
             try:
-                messages = await pull.fetch(self.fetch_batch, timeout=1.0)  # type: ignore[attr-defined]
-            except (asyncio.TimeoutError, nats.errors.TimeoutError):
-                continue
+                msg = await pull.next()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # connection trouble: the client reconnects by itself
-                if sub.closed:
+                if sub.closed or self._nc is None or self._nc.is_closed:
                     return
-                log.warning("%s: fetch failed (%s); retrying", sub.name, exc)
+                log.warning("%s: pull failed (%s); retrying", sub.name, exc)
                 await asyncio.sleep(0.25)
                 continue
-            for msg in messages:
-                sequence = msg.metadata.sequence.stream
-                if sequence <= highest:  # redelivered after ack_wait; already handled in order
-                    continue
-                highest = sequence
-                batch = assembler.add(msg)
-                if batch is None:
-                    if not KINDS[kind].watermarked:
-                        await msg.ack()
-                    continue
+            sequence = msg.metadata.sequence.stream
+            if sequence <= highest:  # redelivered after ack_wait; already handled in order
+                continue
+            highest = sequence
+            batch = assembler.add(msg)
+            if batch is not None:
                 try:
                     await handler(batch)
                 except Exception as exc:
@@ -331,7 +369,13 @@ class JetStreamBus(Bus):
                     log.error("%s: handler failed, consumer stopped: %s", sub.name, exc)
                     sub.error = exc
                     return
+            elif watermarked:
+                continue  # acked with the watermark that closes its batch
+            try:
                 await msg.ack()
+            except nats.errors.ConnectionClosedError:
+                # Committed already; a restart re-creates the consumer at the committed position.
+                return
 
     async def tap(self, handler: TapHandler, wants: KindFilter) -> Subscription:
         async def on_message(msg: Msg) -> None:

@@ -127,23 +127,36 @@ class Kind:
 
     def to_frame(self, messages: Sequence[Message]) -> pl.DataFrame:
         """Protobuf messages -> frame. Raises ValueError if a message is of another kind."""
+        if not messages:
+            return self.empty_frame()
         if self.name == "feature_vector":
             return _features_to_frame(messages)
         fields = [f for f in self.message.DESCRIPTOR.fields if f.name != "header"]
-        optional = [f.has_presence and f.type != FieldDescriptor.TYPE_MESSAGE for f in fields]
-        rows = []
+        columns: dict[str, list[Any]] = {name: [] for name in self.schema}
+        event_id, correlation_id = columns["event_id"], columns["correlation_id"]
+        event_time, symbol = columns["event_time_ns"], columns["symbol"]
+        # Built column by column: far cheaper for polars than rows checked against the schema.
+        plan = [
+            (columns[f.name], f.name, f.has_presence and f.type != FieldDescriptor.TYPE_MESSAGE,
+             f.type == FieldDescriptor.TYPE_MESSAGE or f.is_repeated, f)
+            for f in fields
+        ]  # fmt: skip
         for message in messages:
             if message.DESCRIPTOR is not self.message.DESCRIPTOR:
                 raise ValueError(f"expected {self.message.DESCRIPTOR.name}, got {message.DESCRIPTOR.name}")
             h = message.header  # type: ignore[attr-defined]
-            row: list[Any] = [h.event_id, h.correlation_id, h.event_time_ns, h.symbol]
-            for field, has_presence in zip(fields, optional, strict=True):
-                if has_presence and not message.HasField(field.name):
-                    row.append(None)
+            event_id.append(h.event_id)
+            correlation_id.append(h.correlation_id)
+            event_time.append(h.event_time_ns)
+            symbol.append(h.symbol)
+            for column, name, has_presence, convert, field in plan:
+                if has_presence and not message.HasField(name):
+                    column.append(None)
+                elif convert:
+                    column.append(_to_python(getattr(message, name), field))
                 else:
-                    row.append(_to_python(getattr(message, field.name), field))
-            rows.append(row)
-        return pl.DataFrame(rows, schema=self.schema, orient="row")
+                    column.append(getattr(message, name))
+        return pl.DataFrame(columns, schema=self.schema)
 
 
 def _features_to_messages(frame: pl.DataFrame) -> list[Message]:

@@ -35,3 +35,15 @@ class Universe:
         if n <= 256:  # a live batch: a dict lookup beats any columnar call's fixed cost
             return np.fromiter((self._index.get(s, -1) for s in symbols.to_list()), np.int32, n)
         return symbols.cast(self._enum, strict=False).to_physical().fill_null(-1).cast(pl.Int32).to_numpy()
+
+    def split(self, frame: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray, int]:
+        """(rows whose symbol is in the universe, their indices, number of rows dropped).
+
+        Engines that keep per-symbol arrays call this on every input: a row for an unknown symbol
+        (possible from another process on the bus) is counted and dropped, never indexed.
+        """
+        sid = self.indices(frame["symbol"])
+        unknown = sid < 0
+        if not unknown.any():
+            return frame, sid, 0
+        return frame.filter(pl.Series(~unknown)), sid[~unknown], int(unknown.sum())

@@ -95,9 +95,9 @@ class AlphaEngine(Engine):
         self.fast_over_slow = np.zeros(n, np.bool_)
         self.ema_started = np.zeros(n, np.bool_)
 
-    def insights(self, bars: pl.DataFrame) -> pl.DataFrame:
-        """Alpha signals caused by bars (sorted by time), advancing the models' state."""
-        sid = self.universe.indices(bars["symbol"])
+    def insights(self, bars: pl.DataFrame, sid: np.ndarray | None = None) -> pl.DataFrame:
+        """Alpha signals caused by bars (sorted by time, symbols in the universe), advancing the models' state."""
+        sid = self.universe.indices(bars["symbol"]) if sid is None else sid
         close = bars["close"].to_numpy()
         per_model: list[tuple[str, np.ndarray, int]] = []
         if self.config.rsi.enabled:
@@ -153,7 +153,11 @@ class AlphaEngine(Engine):
         )
 
     def on_step(self, ctx: EngineContext, through_ns: int, frames: Mapping[str, pl.DataFrame]) -> None:
-        ctx.emit("alpha_signal", self.insights(frames["bar"]))
+        bars, sid, unknown = self.universe.split(frames["bar"])
+        if unknown:
+            ctx.log.warning("dropped %d bars of symbols outside the universe", unknown)
+            ctx.count_rejected(unknown)
+        ctx.emit("alpha_signal", self.insights(bars, sid))
 
     def snapshot(self) -> Any:
         return {k: getattr(self, k) for k in ("rsi", "rsi_state", "fast", "slow", "fast_over_slow", "ema_started")}

@@ -136,9 +136,18 @@ class EnsembleEngine(Engine):
         self.last_conf = np.zeros((n, m))
         self.sma_fast_column = f"sma_{config.regime_sma_fast}"
         self.sma_slow_column = f"sma_{config.regime_sma_slow}"
+        columns = ("close", self.sma_fast_column, self.sma_slow_column)
+        self._no_features = pl.DataFrame(schema={**KINDS["feature_vector"].schema, **dict.fromkeys(columns, pl.Float64)})
 
-    def score(self, alphas: pl.DataFrame, features: pl.DataFrame) -> pl.DataFrame:
-        """Scored signals for one time range of alpha signals and feature vectors (both time-sorted)."""
+    def score(
+        self,
+        alphas: pl.DataFrame,
+        features: pl.DataFrame,
+        alpha_sid: np.ndarray | None = None,
+        feature_sid: np.ndarray | None = None,
+    ) -> pl.DataFrame:
+        """Scored signals for one time range of alpha signals and feature vectors (both time-sorted,
+        symbols in the universe; pass their indices if known)."""
         missing = {"close", self.sma_fast_column, self.sma_slow_column} - set(features.columns)
         if missing:
             raise ValueError(f"feature vectors lack {', '.join(sorted(missing))}, needed for the regime")
@@ -155,12 +164,12 @@ class EnsembleEngine(Engine):
         out_regime = np.empty(n_rows, np.int64)
         n_out = _vote(
             features["event_time_ns"].to_numpy(),
-            self.universe.indices(features["symbol"]),
+            self.universe.indices(features["symbol"]) if feature_sid is None else feature_sid,
             features["close"].to_numpy(),
             features[self.sma_fast_column].to_numpy(),
             features[self.sma_slow_column].to_numpy(),
             alphas["event_time_ns"].to_numpy(),
-            self.universe.indices(alphas["symbol"]),
+            self.universe.indices(alphas["symbol"]) if alpha_sid is None else alpha_sid,
             acomp,
             asign,
             alphas["confidence"].fill_null(1.0).to_numpy(),
@@ -211,11 +220,13 @@ class EnsembleEngine(Engine):
 
     def on_step(self, ctx: EngineContext, through_ns: int, frames: Mapping[str, pl.DataFrame]) -> None:
         alphas = frames.get("alpha_signal", KINDS["alpha_signal"].empty_frame())
-        features = frames.get("feature_vector")
-        if features is None:
-            features = pl.DataFrame(schema={**KINDS["feature_vector"].schema, "close": pl.Float64,
-                                            self.sma_fast_column: pl.Float64, self.sma_slow_column: pl.Float64})
-        ctx.emit("scored_signal", self.score(alphas, features))
+        features = frames.get("feature_vector", self._no_features)
+        alphas, alpha_sid, unknown_alphas = self.universe.split(alphas)
+        features, feature_sid, unknown_features = self.universe.split(features)
+        if unknown_alphas or unknown_features:
+            ctx.log.warning("dropped %d rows of symbols outside the universe", unknown_alphas + unknown_features)
+            ctx.count_rejected(unknown_alphas + unknown_features)
+        ctx.emit("scored_signal", self.score(alphas, features, alpha_sid, feature_sid))
 
     _STATE = ("active", "sign", "conf", "expires", "bars_seen", "last_active", "last_sign", "last_conf")
 

@@ -70,9 +70,9 @@ class FeatureEngine(Engine):
         self.emas = {p: Ema(n, p) for p in config.ema_periods}
         self.rsi = Rsi(n, config.rsi_period)
 
-    def compute(self, bars: pl.DataFrame) -> pl.DataFrame:
-        """Feature vectors for bars (sorted by time), advancing the streaming state."""
-        sid = self.universe.indices(bars["symbol"])
+    def compute(self, bars: pl.DataFrame, sid: np.ndarray | None = None) -> pl.DataFrame:
+        """Feature vectors for bars (sorted by time, symbols in the universe), advancing the streaming state."""
+        sid = self.universe.indices(bars["symbol"]) if sid is None else sid
         close = bars["close"].to_numpy()
         rets = self.returns.update(sid, close)
         values: dict[str, np.ndarray] = {"close": close}
@@ -93,7 +93,11 @@ class FeatureEngine(Engine):
         ).with_columns(pl.Series(name, values[name]) for name in self.spec.names)
 
     def on_step(self, ctx: EngineContext, through_ns: int, frames: Mapping[str, pl.DataFrame]) -> None:
-        ctx.emit("feature_vector", self.compute(frames["bar"]))
+        bars, sid, unknown = self.universe.split(frames["bar"])
+        if unknown:
+            ctx.log.warning("dropped %d bars of symbols outside the universe", unknown)
+            ctx.count_rejected(unknown)
+        ctx.emit("feature_vector", self.compute(bars, sid))
 
     def snapshot(self) -> Any:
         return {"returns": self.returns, "smas": self.smas, "emas": self.emas, "rsi": self.rsi}
