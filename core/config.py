@@ -185,6 +185,17 @@ def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
+def _plain_dates(value: Any) -> Any:
+    """YAML reads 2008-06-30 as a date; settings hold dates as ISO strings, so turn them back."""
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        return {k: _plain_dates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain_dates(v) for v in value]
+    return value
+
+
 def _scalar(text: str) -> Any:
     """Parse a flag or environment value the way YAML would: 0.2 -> float, true -> bool, [1, 2] -> list."""
     return yaml.safe_load(text) if text.strip() else ""
@@ -222,7 +233,7 @@ def load_config(
     for dotted, value in (overrides or {}).items():
         _set_path(tree, dotted, value)
     try:
-        config = msgspec.convert(tree, Config)
+        config = msgspec.convert(_plain_dates(tree), Config)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"invalid configuration: {exc}") from None
     validate(config)

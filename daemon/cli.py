@@ -146,14 +146,13 @@ def write_equity_curve(result: api.BacktestResult, path: Path) -> Path:
 
 
 def _backtest(config: Config, title: str, out: Path | None, as_json: bool) -> int:
-    from google.protobuf.json_format import MessageToDict
-
     from utp.daemon.session import run_backtest
 
     result = asyncio.run(run_backtest(config))
     path = write_equity_curve(result, out) if out is not None else None
     if as_json:
-        print(json.dumps(MessageToDict(result.summary, preserving_proto_field_name=True)))
+        # Plain numbers for scripts (protobuf's JSON mapping would quote the 64-bit integers).
+        print(json.dumps({f.name: getattr(result.summary, f.name) for f in result.summary.DESCRIPTOR.fields}))
     else:
         print(format_summary(title, result, path))
     return 0

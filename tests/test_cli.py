@@ -1,0 +1,45 @@
+"""The command line: `utp demo` and `utp backtest` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def utp(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "utp.daemon.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+
+
+def test_demo_prints_a_summary_and_writes_the_equity_curve(tmp_path: Path) -> None:
+    result = utp("demo", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for label in ("bars", "signals", "orders", "trades", "total return", "sharpe", "max drawdown", "equity curve"):
+        assert label in result.stdout
+    assert "bars           2148" in result.stdout
+    curve = pl.read_csv(tmp_path / "utp-demo-equity.csv")
+    assert curve.columns == ["time", "equity"] and curve.height == 2148
+    assert str(tmp_path / "utp-demo-equity.csv") in result.stdout
+
+
+def test_backtest_takes_data_set_symbols_dates_and_weights(tmp_path: Path) -> None:
+    result = utp("backtest", "--dataset", "sp500", "--symbols", "KO,PEP", "--start", "2015-01-01", "--end", "2016-12-31",
+                 "--weights", "rsi=1,ema_cross=0", "--json", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["bars"] == 2 * 504  # two symbols, 504 trading days
+    assert int(summary["orders"]) > 0
+    rsi_only = utp("backtest", "--dataset", "sp500", "--symbols", "KO,PEP", "--start", "2015-01-01",
+                   "--end", "2016-12-31", "--json", cwd=tmp_path)  # fmt: skip
+    assert json.loads(rsi_only.stdout.strip().splitlines()[-1]) != summary  # weights change decisions
+
+
+def test_backtest_refuses_an_unknown_symbol(tmp_path: Path) -> None:
+    result = utp("backtest", "--dataset", "goog", "--symbols", "MSFT", cwd=tmp_path)
+    assert result.returncode == 2 and "goog has no symbol MSFT" in result.stderr
