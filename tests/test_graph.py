@@ -155,3 +155,16 @@ def test_rejected_bars_carry_their_reason(goog_reference: Session) -> None:
     assert seen == expected
     assert any("high 1.0 < low 2.0" in m for m in messages)
     assert session.completed
+
+
+def test_eurusd_hourly_bars_run_through_the_graph() -> None:
+    config = load_config(environ={}, overrides={
+        "market_data.dataset": "eurusd", "market_data.batch_bar_times": 1000, "risk.max_position_pct": 1.0,
+        "execution.commission_per_share": 0.0, "execution.commission_min": 0.0, "execution.commission_bps": 0.2,
+        "risk.fractional_shares": True})  # fmt: skip
+    result = run(config).collector.result
+    s = result.summary
+    assert s.bars == 5000 and s.orders > 20 and s.periods_per_year == 24 * 5 * 52
+    hours = {(t.entry_time_ns // 3_600_000_000_000) % 24 for t in result.trades}
+    assert len(hours) > 5  # trades at many hours of the day: hourly bars, not daily
+    assert all(t.quantity != int(t.quantity) for t in result.trades[:5])  # fractional units
