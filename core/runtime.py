@@ -196,7 +196,6 @@ class _RunnerBase:
         self._emitted: dict[str, list[pl.DataFrame]] = {}
         self._records: list[RecordWrite] = []
         self._published_wm: dict[str, int] = {k: NOTHING for k in engine.outputs if KINDS[k].watermarked}
-        self._status_seq = 0
         self._last_status_ns = NOTHING
         self.finished = asyncio.Event()
 
@@ -277,9 +276,8 @@ class _RunnerBase:
     def status(self) -> pb.EngineStatus:
         now = self.clock.now_ns()
         return pb.EngineStatus(
-            header=pb.EventHeader(
-                event_id=event_id("engine_status", self.engine.name, self._status_seq), event_time_ns=now
-            ),
+            # Operational, not a decision: stamped with the clock so ids stay unique across restarts.
+            header=pb.EventHeader(event_id=event_id("engine_status", self.engine.name, now), event_time_ns=now),
             engine=self.engine.name,
             state=self.state,
             through_time_ns=self.through,
@@ -294,14 +292,11 @@ class _RunnerBase:
         if not force and (self.status_interval_ns is None or now - self._last_status_ns < self.status_interval_ns):
             return
         self._last_status_ns = now
-        self._status_seq += 1
         frame = KINDS["engine_status"].to_frame([self.status()])
         await self.bus.publish(Batch("engine_status", self.engine.name, frame, None))
 
-    async def _set_state(self, state: int, error: str = "") -> None:
+    async def _set_state(self, state: int) -> None:
         self.state = state
-        if error:
-            self.last_error = error
         if state in (pb.ENGINE_STATE_FINISHED, pb.ENGINE_STATE_FAILED, pb.ENGINE_STATE_STOPPED):
             self.finished.set()
         try:
@@ -309,12 +304,12 @@ class _RunnerBase:
         except Exception:  # status is informational; never let it mask the real state change
             log.exception("%s: could not publish status", self.engine.name)
 
-    def _fail(self, where: str, exc: BaseException) -> EngineFailure:
+    async def _fail(self, where: str, exc: BaseException) -> EngineFailure:
+        """Mark the engine failed (its committed state stays as it was) and say so on the bus."""
         message = f"{self.engine.name} failed {where}: {type(exc).__name__}: {exc}"
         log.error(message, exc_info=exc)
-        self.state = pb.ENGINE_STATE_FAILED
         self.last_error = message
-        self.finished.set()
+        await self._set_state(pb.ENGINE_STATE_FAILED)
         return EngineFailure(message)
 
 
@@ -380,13 +375,13 @@ class EngineRunner(_RunnerBase):
                 self._accept(state, batch)
                 self._advance()
         except Exception as exc:
-            raise self._fail(f"on {batch.kind} from {batch.producer}", exc) from exc
+            raise await self._fail(f"on {batch.kind} from {batch.producer}", exc) from exc
         if batch.position is not None:
             state.position = batch.position
         try:
             await self._publish_outputs()
-        except EngineFailure as exc:
-            raise self._fail("publishing", exc) from exc
+        except Exception as exc:
+            raise await self._fail("publishing", exc) from exc
         self._checkpoint()
         await self._publish_status()
         if self.state == pb.ENGINE_STATE_RUNNING and self._all_done():
@@ -435,13 +430,13 @@ class EngineRunner(_RunnerBase):
     def _all_done(self) -> bool:
         return self.through == END and all(fb.watermark == END for fb in self._feedback)
 
-    async def _set_state(self, state: int, error: str = "") -> None:
+    async def _set_state(self, state: int) -> None:
         if state == pb.ENGINE_STATE_FINISHED and not self._finish_called:
             self._finish_called = True
             self.engine.finish(self.ctx)
             await self._publish_outputs()
             self._checkpoint()
-        await super()._set_state(state, error)
+        await super()._set_state(state)
 
     def _output_watermark(self, kind: str) -> int:
         if kind in self.engine.feedback_outputs and self._feedback:
@@ -477,18 +472,7 @@ class SourceRunner(_RunnerBase):
     """Runs a source engine: produce a batch, publish it, checkpoint, pace, repeat."""
 
     engine: SourceEngine
-
-    def __init__(
-        self,
-        engine: SourceEngine,
-        bus: Bus,
-        clock: Clock,
-        checkpointer: Checkpointer | None = None,
-        *,
-        status_interval_s: float | None = None,
-    ) -> None:
-        super().__init__(engine, bus, clock, checkpointer, status_interval_s=status_interval_s)
-        self._stopping = False
+    _stopping = False
 
     async def start(self) -> None:
         self._restore()
@@ -502,7 +486,7 @@ class SourceRunner(_RunnerBase):
             try:
                 more = engine.produce(self.ctx)
             except Exception as exc:
-                raise self._fail("producing", exc) from exc
+                raise await self._fail("producing", exc) from exc
             self.through = engine.through_ns if more else END
             if more:
                 self.clock.observe(self.through)

@@ -83,9 +83,15 @@ async def _run_core(config: Config) -> int:
     from utp.daemon.core import CoreDaemon
     from utp.daemon.server import serve, shutdown
 
+    from utp.daemon.core import SessionMismatch
+
     data_dir = Path(config.data_dir).expanduser() if config.data_dir else _default_data_dir()
     daemon = CoreDaemon(config, data_dir, version=version())
-    await daemon.start()
+    try:
+        await daemon.start()
+    except SessionMismatch as exc:
+        print(f"utp: error: {exc}", file=sys.stderr)
+        return 2
     server, health = await serve(daemon, config.server.listen)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

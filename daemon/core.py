@@ -91,11 +91,11 @@ class CoreDaemon:
                 client_name="utp-core",
             )
             await bus.connect()
-            bus.start_after = await self._session_start(bus)
+            bus.start_after = await self._claim_session(bus)
             checkpointer = ImmediateCheckpointer(self.store)
         else:
             bus = InProcessBus()
-            self._check_session("in_process")
+            await self._claim_session(bus)
             checkpointer = DeferredCheckpointer(self.store)  # type: ignore[assignment]
         self.bus = bus
         self.controls = self.store.control_state()
@@ -154,24 +154,31 @@ class CoreDaemon:
             watcher.offer(pb.Event())  # wakes the stream so it ends
         self.store.close()
 
-    async def _session_start(self, bus: JetStreamBus) -> int:
-        """Stream position where this data folder's session begins (recorded on first start)."""
+    def _session_identity(self, bus: Bus) -> dict[str, object]:
+        """What a data folder's checkpoints belong to; restarting with anything else would mix sessions."""
+        md = self.config.market_data
+        identity: dict[str, object] = {
+            "bus": bus.name, "dataset": md.dataset, "symbols": list(md.symbols), "start": md.start, "end": md.end,
+        }  # fmt: skip
+        if isinstance(bus, JetStreamBus):
+            identity.update(stream=bus.stream, subject_root=bus.subjects.root)
+        return identity
+
+    async def _claim_session(self, bus: Bus) -> int:
+        """Record this folder's session on first start (with the stream position it starts after), or
+        check that a restart is the same session. Returns the stream position to start after."""
+        identity = self._session_identity(bus)
         recorded = self.store.meta("session")
-        identity = {"bus": "jetstream", "stream": bus.stream, "subject_root": bus.subjects.root}
         if recorded is None:
-            start_after = await bus.last_sequence()
+            start_after = await bus.last_sequence() if isinstance(bus, JetStreamBus) else 0
             self.store.set_meta("session", {**identity, "start_after": start_after})
             return start_after
-        if {k: recorded.get(k) for k in identity} != identity:  # type: ignore[union-attr]
-            raise SessionMismatch(f"{self.data_dir} holds a session on {recorded}; use another --data-dir")
-        return int(recorded["start_after"])  # type: ignore[index]
-
-    def _check_session(self, bus: str) -> None:
-        recorded = self.store.meta("session")
-        if recorded is None:
-            self.store.set_meta("session", {"bus": bus})
-        elif recorded.get("bus") != bus:  # type: ignore[union-attr]
-            raise SessionMismatch(f"{self.data_dir} holds a session on {recorded}; use another --data-dir")
+        assert isinstance(recorded, dict)
+        differs = {k: (recorded.get(k), v) for k, v in identity.items() if recorded.get(k) != v}
+        if differs:
+            detail = "; ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in differs.items())
+            raise SessionMismatch(f"{self.data_dir} holds another session ({detail}); use another --data-dir")
+        return int(recorded.get("start_after", 0))
 
     # -- events ------------------------------------------------------------------------------------
     def _tap_wants(self, kind: str) -> bool:

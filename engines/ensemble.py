@@ -46,6 +46,16 @@ def _regime(close, sma_fast, sma_slow):  # noqa: ANN001
 
 
 @njit(cache=True)
+def _activate(j, asid, acomp, asign, aconf, aperiod, active, sign, conf, expires, bars_seen):  # noqa: ANN001
+    s, m = asid[j], acomp[j]
+    if m >= 0:  # a source without a weight has no vote
+        active[s, m] = True
+        sign[s, m] = asign[j]
+        conf[s, m] = aconf[j]
+        expires[s, m] = bars_seen[s] + aperiod[j]
+
+
+@njit(cache=True)
 def _vote(  # noqa: ANN001, PLR0913 - a kernel takes its state as arrays
     ftime, fsid, fclose, fsma_fast, fsma_slow,
     atime, asid, acomp, asign, aconf, aperiod,
@@ -65,12 +75,7 @@ def _vote(  # noqa: ANN001, PLR0913 - a kernel takes its state as arrays
             end += 1
         # Signals of this bar start counting their period here: active for bars t .. t + period - 1.
         while j < atime.shape[0] and atime[j] <= t:
-            s, m = asid[j], acomp[j]
-            if m >= 0:
-                active[s, m] = True
-                sign[s, m] = asign[j]
-                conf[s, m] = aconf[j]
-                expires[s, m] = bars_seen[s] + aperiod[j]
+            _activate(j, asid, acomp, asign, aconf, aperiod, active, sign, conf, expires, bars_seen)
             j += 1
         for k in range(i, end):
             s = fsid[k]
@@ -104,12 +109,7 @@ def _vote(  # noqa: ANN001, PLR0913 - a kernel takes its state as arrays
         i = end
     # Signals for bars without a feature vector (none in a healthy graph) still update the state.
     while j < atime.shape[0]:
-        s, m = asid[j], acomp[j]
-        if m >= 0:
-            active[s, m] = True
-            sign[s, m] = asign[j]
-            conf[s, m] = aconf[j]
-            expires[s, m] = bars_seen[s] + aperiod[j]
+        _activate(j, asid, acomp, asign, aconf, aperiod, active, sign, conf, expires, bars_seen)
         j += 1
     return n_out
 

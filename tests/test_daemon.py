@@ -142,3 +142,12 @@ def test_sigterm_shuts_down_cleanly_and_state_survives_a_restart(daemon_factory)
     second = daemon_factory("--replay-rate", "40", data_dir=first.data_dir).start()
     status = second.wait_for(lambda s: s.account.equity > 0, what="restart")
     assert status.halted and status.halt_reason == "before restart" and status.execution_approved
+
+
+def test_a_data_folder_refuses_another_session(daemon_factory, tmp_path) -> None:  # noqa: ANN001
+    first = daemon_factory("--replay-rate", "40").start()
+    first.wait_for(lambda s: s.account.equity > 0, what="first bars")
+    assert first.kill(signal.SIGTERM) == 0
+    other = daemon_factory("--dataset", "sp500", data_dir=first.data_dir)
+    with pytest.raises(AssertionError, match=r"(?s)exited with 2.*holds another session \(dataset: 'goog' there, 'sp500' now"):
+        other.start(timeout=30)

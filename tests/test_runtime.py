@@ -1,0 +1,158 @@
+"""The engine runtime with toy engines: joins by time, feedback, commands, failures."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+
+import polars as pl
+import pytest
+
+from utp.core.batch import END, Batch
+from utp.core.bus import InProcessBus
+from utp.core.clock import SimulatedClock
+from utp.core.kinds import KINDS
+from utp.core.runtime import Engine, EngineContext, EngineFailure, EngineRunner, Input, InputMode
+from utp.v1 import events_pb2 as pb
+
+
+def bars(times: list[int], symbol: str = "A") -> pl.DataFrame:
+    return KINDS["bar"].to_frame(
+        [pb.Bar(header=pb.EventHeader(event_id=f"bar/{symbol}@{t}", correlation_id=f"{symbol}@{t}", event_time_ns=t,
+                                      symbol=symbol), close=float(t)) for t in times]  # fmt: skip
+    )
+
+
+def alphas(times: list[int]) -> pl.DataFrame:
+    return KINDS["alpha_signal"].to_frame(
+        [pb.AlphaSignal(header=pb.EventHeader(event_id=f"a/{t}", event_time_ns=t, symbol="A")) for t in times]
+    )
+
+
+class Recorder(Engine):
+    """Records what it is handed; echoes each joined bar time as a scored signal."""
+
+    name = "recorder"
+    outputs = ("scored_signal",)
+
+    def __init__(self, inputs: tuple[Input, ...], fail_at: int | None = None) -> None:
+        self.inputs = inputs
+        self.calls: list[tuple[int, dict[str, list[int]]]] = []
+        self.commands: list[int] = []
+        self.fail_at = fail_at
+
+    def on_step(self, ctx: EngineContext, through_ns: int, frames: Mapping[str, pl.DataFrame]) -> None:
+        if self.fail_at is not None and through_ns >= self.fail_at:
+            raise ZeroDivisionError("boom")
+        self.calls.append((through_ns, {k: f["event_time_ns"].to_list() for k, f in frames.items()}))
+
+    def on_command(self, ctx: EngineContext, kind: str, frame: pl.DataFrame) -> None:
+        self.commands.append(frame.height)
+
+
+async def started(engine: Engine) -> tuple[InProcessBus, EngineRunner, list[Batch]]:
+    bus = InProcessBus()
+    runner = EngineRunner(engine, bus, SimulatedClock())
+    await runner.start()
+    published: list[Batch] = []
+
+    async def record(batch: Batch) -> None:
+        published.append(batch)
+
+    for kind in engine.outputs:
+        await bus.subscribe(kind, "test", record)
+    return bus, runner, published
+
+
+def test_joined_inputs_are_handed_over_only_when_both_are_complete() -> None:
+    async def go() -> Recorder:
+        engine = Recorder((Input("bar"), Input("alpha_signal")))
+        bus, runner, _ = await started(engine)
+        await bus.publish(Batch("bar", "p", bars([1, 2, 3]), 3))  # bars ahead
+        assert engine.calls == []
+        await bus.publish(Batch("alpha_signal", "p", alphas([1]), 1))
+        await bus.publish(Batch("alpha_signal", "p", alphas([3]), 4))
+        await bus.publish(Batch("bar", "p", bars([4]), END))
+        await bus.publish(Batch("alpha_signal", "p", alphas([]), END))
+        assert runner.state == pb.ENGINE_STATE_FINISHED
+        return engine
+
+    engine = asyncio.run(go())
+    assert engine.calls == [
+        (1, {"bar": [1], "alpha_signal": [1]}),
+        (3, {"bar": [2, 3], "alpha_signal": [3]}),  # one call for everything complete through 3
+        (4, {"bar": [4]}),
+    ]
+
+
+def test_feedback_inputs_gate_each_step_and_hold_back_their_outputs_watermark() -> None:
+    class Stepper(Recorder):
+        outputs = ("order", "fill")
+        feedback_outputs = frozenset({"order"})
+
+    async def go() -> tuple[Stepper, list[Batch]]:
+        engine = Stepper((Input("bar"), Input("risk_decision", InputMode.FEEDBACK)))
+        bus, runner, published = await started(engine)
+        await bus.publish(Batch("bar", "p", bars([1, 2, 3]), 3))
+        assert [c[0] for c in engine.calls] == [1]  # the first step needs no feedback; the next waits
+        await bus.publish(Batch("risk_decision", "risk", KINDS["risk_decision"].empty_frame(), 1))
+        assert [c[0] for c in engine.calls] == [1, 2]
+        return engine, published
+
+    engine, published = asyncio.run(go())
+    marks = [(b.kind, b.through_ns) for b in published]
+    assert ("fill", 1) in marks and ("fill", 2) in marks
+    assert ("order", 1) in marks and ("order", 2) not in marks  # orders wait for the feedback of step 2
+
+
+def test_commands_are_applied_on_arrival_and_never_wait() -> None:
+    async def go() -> Recorder:
+        engine = Recorder((Input("bar"), Input("control_command", InputMode.COMMAND)))
+        bus, _, _ = await started(engine)
+        command = pb.ControlCommand(header=pb.EventHeader(event_id="c/1"), action=pb.CONTROL_ACTION_HALT, sequence=1)
+        await bus.publish(Batch("control_command", "core", KINDS["control_command"].to_frame([command]), None))
+        return engine
+
+    assert asyncio.run(go()).commands == [1]
+
+
+def test_a_failing_engine_stops_says_why_and_publishes_its_state() -> None:
+    async def go() -> tuple[EngineRunner, list[pb.EngineStatus]]:
+        engine = Recorder((Input("bar"),), fail_at=2)
+        bus, runner, _ = await started(engine)
+        statuses: list[pb.EngineStatus] = []
+
+        async def on_status(kind: str, messages: list) -> None:
+            statuses.extend(messages)
+
+        await bus.tap(on_status, lambda kind: kind == "engine_status")
+        await bus.publish(Batch("bar", "p", bars([1]), 1))
+        with pytest.raises(EngineFailure, match="ZeroDivisionError: boom"):
+            await bus.publish(Batch("bar", "p", bars([2]), 2))
+        with pytest.raises(EngineFailure, match="has failed"):
+            await bus.publish(Batch("bar", "p", bars([3]), 3))  # it takes nothing more
+        return runner, statuses
+
+    runner, statuses = asyncio.run(go())
+    assert runner.state == pb.ENGINE_STATE_FAILED and runner.through == 1
+    assert statuses[-1].state == pb.ENGINE_STATE_FAILED and "boom" in statuses[-1].last_error
+
+
+def test_an_engine_may_not_publish_into_the_past() -> None:
+    class Liar(Engine):
+        name = "liar"
+        inputs = (Input("bar"),)
+        outputs = ("feature_vector",)
+
+        def on_step(self, ctx: EngineContext, through_ns: int, frames: Mapping[str, pl.DataFrame]) -> None:
+            ctx.emit("feature_vector", KINDS["feature_vector"].empty_frame().vstack(
+                pl.DataFrame({"event_id": ["f"], "correlation_id": ["c"], "event_time_ns": [0], "symbol": ["A"],
+                              "feature_set_version": ["v"]})))  # fmt: skip
+
+    async def go() -> None:
+        bus, _, _ = await started(Liar())
+        await bus.publish(Batch("bar", "p", bars([5]), 5))
+        await bus.publish(Batch("bar", "p", bars([6]), 6))
+
+    with pytest.raises(EngineFailure, match="not after its watermark"):
+        asyncio.run(go())
