@@ -20,7 +20,13 @@ from google.protobuf.message import Message
 
 from utp.v1 import events_pb2 as pb
 
-HEADER_COLUMNS: tuple[str, ...] = ("event_id", "correlation_id", "event_time_ns", "symbol")
+_HEADER_DTYPES: dict[str, pl.DataType] = {
+    "event_id": pl.Utf8(),
+    "correlation_id": pl.Utf8(),
+    "event_time_ns": pl.Int64(),
+    "symbol": pl.Utf8(),
+}
+HEADER_COLUMNS: tuple[str, ...] = tuple(_HEADER_DTYPES)
 TIME = "event_time_ns"
 
 _SCALAR_DTYPES: dict[int, pl.DataType] = {
@@ -43,30 +49,19 @@ _SCALAR_DTYPES: dict[int, pl.DataType] = {
 }
 
 
-def _is_repeated(field: FieldDescriptor) -> bool:
-    return bool(field.is_repeated)
-
-
 def _dtype(field: FieldDescriptor) -> pl.DataType:
     if field.type == FieldDescriptor.TYPE_MESSAGE:
         inner: pl.DataType = pl.Struct({f.name: _dtype(f) for f in field.message_type.fields})
     else:
         inner = _SCALAR_DTYPES[field.type]
-    return pl.List(inner) if _is_repeated(field) else inner
+    return pl.List(inner) if field.is_repeated else inner
 
 
 def _message_schema(descriptor: Descriptor) -> dict[str, pl.DataType]:
     schema: dict[str, pl.DataType] = {}
     for field in descriptor.fields:
         if field.name == "header":
-            schema.update(
-                {
-                    "event_id": pl.Utf8(),
-                    "correlation_id": pl.Utf8(),
-                    "event_time_ns": pl.Int64(),
-                    "symbol": pl.Utf8(),
-                }
-            )
+            schema.update(_HEADER_DTYPES)
         else:
             schema[field.name] = _dtype(field)
     return schema
@@ -75,10 +70,10 @@ def _message_schema(descriptor: Descriptor) -> dict[str, pl.DataType]:
 def _to_python(value: Any, field: FieldDescriptor) -> Any:
     """Protobuf field value -> the plain Python value polars expects for its column."""
     if field.type == FieldDescriptor.TYPE_MESSAGE:
-        if _is_repeated(field):
+        if field.is_repeated:
             return [_message_to_dict(v) for v in value]
         return _message_to_dict(value)
-    if _is_repeated(field):
+    if field.is_repeated:
         return list(value)
     return value
 
@@ -180,8 +175,6 @@ def _features_to_messages(frame: pl.DataFrame) -> list[Message]:
 
 
 def _features_to_frame(messages: Sequence[Message]) -> pl.DataFrame:
-    if not messages:
-        return KINDS["feature_vector"].empty_frame()
     names = list(messages[0].names)  # type: ignore[attr-defined]
     columns: dict[str, list[Any]] = {c: [] for c in (*HEADER_COLUMNS, "feature_set_version", *names)}
     for m in messages:

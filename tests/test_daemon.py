@@ -59,9 +59,9 @@ def test_status_reports_session_engines_and_safe_defaults(daemon) -> None:  # no
 
 def test_nothing_reaches_the_broker_until_execution_is_approved(daemon) -> None:  # noqa: ANN001
     stub = daemon.stub
-    events = collect(stub, api.WatchEventsRequest(kinds=[pb.EVENT_KIND_RISK_DECISION, pb.EVENT_KIND_ORDER]), 6)
+    events = collect(stub, api.WatchEventsRequest(kinds=[pb.EVENT_KIND_RISK_DECISION, pb.EVENT_KIND_ORDER]), 10)
     decisions = [e.risk_decision for e in events if e.WhichOneof("payload") == "risk_decision"]
-    assert decisions, "expected risk decisions within 6 s"
+    assert decisions, "expected risk decisions within 10 s"
     assert all(not d.approved and d.reason == pb.RISK_REASON_EXECUTION_NOT_APPROVED for d in decisions)
     assert not [e for e in events if e.WhichOneof("payload") == "order"]
     assert stub.ListOrders(api.ListOrdersRequest()).orders == []
