@@ -59,7 +59,7 @@ def _activate(j, asid, acomp, asign, aconf, aperiod, active, sign, conf, expires
 def _vote(  # noqa: ANN001, PLR0913 - a kernel takes its state as arrays
     ftime, fsid, fclose, fsma_fast, fsma_slow,
     atime, asid, acomp, asign, aconf, aperiod,
-    weights, min_confidence,
+    weights,
     active, sign, conf, expires, bars_seen, last_active, last_sign, last_conf,
     out_row, out_active, out_sign, out_conf, out_score, out_regime,
 ):  # fmt: skip
@@ -175,7 +175,6 @@ class EnsembleEngine(Engine):
             alphas["confidence"].fill_null(1.0).to_numpy(),
             alphas["period_bars"].cast(pl.Int64).to_numpy(),
             self.weights,
-            self.config.min_confidence,
             self.active, self.sign, self.conf, self.expires, self.bars_seen,
             self.last_active, self.last_sign, self.last_conf,
             out_row, out_active, out_sign, out_conf, out_score, out_regime,
