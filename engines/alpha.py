@@ -88,7 +88,7 @@ class AlphaEngine(Engine):
         self.config = config
         self.universe = universe
         n = len(universe)
-        self.rsi = Rsi(n, config.rsi.period)
+        self.rsi = Rsi(n, config.rsi.period, lean=True)
         self.rsi_state = np.zeros(n, np.int64)
         self.fast = Ema(n, config.ema_cross.fast)
         self.slow = Ema(n, config.ema_cross.slow)
@@ -102,7 +102,7 @@ class AlphaEngine(Engine):
         per_model: list[tuple[str, np.ndarray, int]] = []
         if self.config.rsi.enabled:
             c = self.config.rsi
-            update = self.rsi.update(sid, close)
+            update = self.rsi.update_current(sid, close)
             out = np.empty(close.shape[0], np.int64)
             _rsi_insights(
                 sid, update.value, update.ready, self.rsi_state, c.upper, c.lower, c.upper_reset, c.lower_reset, out
@@ -110,7 +110,7 @@ class AlphaEngine(Engine):
             per_model.append(("rsi", out, c.period))
         if self.config.ema_cross.enabled:
             c = self.config.ema_cross
-            f, s = self.fast.update(sid, close), self.slow.update(sid, close)
+            f, s = self.fast.update_current(sid, close), self.slow.update_current(sid, close)
             out = np.empty(close.shape[0], np.int64)
             _ema_cross_insights(
                 sid, f.value, f.ready, s.value, s.ready, self.fast_over_slow, self.ema_started, c.lean_first_ready, out

@@ -79,11 +79,11 @@ class FeatureEngine(Engine):
         for h in self.config.return_horizons:
             values[f"ret_{h}"] = rets[:, self._horizon_column[h]]
         values["log_ret_1"] = np.log1p(rets[:, self._horizon_column[1]])
-        smas = {p: sma.update(sid, close).where_ready() for p, sma in self.smas.items()}
+        smas = {p: sma.update(sid, close) for p, sma in self.smas.items()}
         values.update({f"sma_{p}": v for p, v in smas.items()})
         values.update({f"close_to_sma_{p}": close / v - 1.0 for p, v in smas.items()})
-        values.update({f"ema_{p}": ema.update(sid, close).where_ready() for p, ema in self.emas.items()})
-        values[f"rsi_{self.config.rsi_period}"] = self.rsi.update(sid, close).where_ready()
+        values.update({f"ema_{p}": ema.update(sid, close) for p, ema in self.emas.items()})
+        values[f"rsi_{self.config.rsi_period}"] = self.rsi.update(sid, close)
         return bars.select(
             ("feature_vector/" + pl.col("correlation_id")).alias("event_id"),
             "correlation_id",

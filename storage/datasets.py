@@ -6,6 +6,9 @@
   Only closes exist, so open = high = low = close and the volume is 0 (unknown).
 
 Timestamps are the sources' own (dates at 00:00, hours), read as UTC.
+
+`synthetic_bars(n)` makes any number of deterministic, realistic minute bars (a geometric random walk in
+390-bar sessions on weekdays) for tests and benchmarks that need more bars than the real sets have.
 """
 
 from __future__ import annotations
@@ -104,6 +107,31 @@ class Dataset:
         order = {s: i for i, s in enumerate(chosen)}
         frame = frame.with_columns(pl.col("symbol").replace_strict(order, return_dtype=pl.Int32).alias("_order"))
         return frame.sort(["event_time_ns", "_order"]).drop("_order").select(BAR_COLUMNS)
+
+
+def synthetic_bars(n: int, *, seed: int = 7, symbol: str = "SYN", start: date = date(2000, 1, 3)) -> pl.DataFrame:
+    """`n` deterministic one-minute OHLCV bars with columns BAR_COLUMNS.
+
+    Close follows a geometric random walk (0.1% per bar); each bar opens near the previous close, its
+    high and low enclose open and close; volume is log-normal. Sessions are 390 bars from 14:30 UTC on
+    weekdays, so session indicators (VWAP) see real session breaks.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    close = 100.0 * np.exp(np.cumsum(rng.normal(0.0, 0.001, n)))
+    open_ = np.r_[100.0, close[:-1]] * np.exp(rng.normal(0.0, 0.0002, n))
+    high = np.maximum(open_, close) * np.exp(np.abs(rng.normal(0.0, 0.0005, n)))
+    low = np.minimum(open_, close) * np.exp(-np.abs(rng.normal(0.0, 0.0005, n)))
+    volume = np.round(rng.lognormal(np.log(20_000.0), 0.8, n))
+    sessions = np.arange(n) // 390
+    days = np.busday_offset(np.datetime64(start, "D"), sessions, roll="forward").astype("datetime64[ns]")
+    minutes = (np.arange(n) % 390 + 14 * 60 + 30).astype("timedelta64[m]")
+    times = (days + minutes).astype(np.int64)
+    return pl.DataFrame(
+        {"event_time_ns": times, "symbol": [symbol] * n, "open": open_, "high": high, "low": low,
+         "close": close, "volume": volume}  # fmt: skip
+    ).select(BAR_COLUMNS)
 
 
 def _date_ns(d: date) -> int:
