@@ -75,9 +75,21 @@ class EmaCrossAlphaConfig(_Section):
     lean_first_ready: bool = True
 
 
+class MacdAlphaConfig(_Section):
+    """Lean's MacdAlphaModel: the MACD signal line over the price against a bounce threshold."""
+
+    enabled: bool = True
+    fast: int = 12
+    slow: int = 26
+    signal: int = 9
+    #: Lean hard-codes 0.01: signal / price above it is UP, below its negative DOWN, else FLAT.
+    bounce_threshold: float = 0.01
+
+
 class AlphaConfig(_Section):
     rsi: RsiAlphaConfig = RsiAlphaConfig()
     ema_cross: EmaCrossAlphaConfig = EmaCrossAlphaConfig()
+    macd: MacdAlphaConfig = MacdAlphaConfig()
 
 
 class EnsembleConfig(_Section):
@@ -259,6 +271,10 @@ def validate(config: Config) -> None:
             raise ConfigError(f"ensemble regime needs features.sma_periods to include {period}")
     if config.alpha.ema_cross.fast >= config.alpha.ema_cross.slow:
         raise ConfigError("alpha.ema_cross.fast must be < alpha.ema_cross.slow")
+    if config.alpha.macd.fast >= config.alpha.macd.slow:
+        raise ConfigError("alpha.macd.fast must be < alpha.macd.slow")
+    if config.alpha.macd.bounce_threshold < 0:
+        raise ConfigError("alpha.macd.bounce_threshold must be >= 0")
     rsi = config.alpha.rsi
     if not rsi.lower < rsi.lower_reset <= rsi.upper_reset < rsi.upper:
         raise ConfigError("alpha.rsi needs lower < lower_reset <= upper_reset < upper")

@@ -13,6 +13,12 @@ Semantics follow Lean's Algorithm.Framework (master):
   DOWN; else if fast was not over slow and fast > slow now -> UP. The flag is updated on every bar with
   the EMAs' current values, which Lean keeps at 0 until ready (see `EmaCrossAlphaConfig`). Insight
   period: 12 bars (the fast period).
+* MacdAlphaModel(12, 26, 9): normalised = MACD signal line / close; above 0.01 -> UP, below -0.01 ->
+  DOWN, else FLAT. Nothing when the direction is unchanged; FLAT cancels the model's open insight
+  (an AlphaSignal with `cancel`, sent only if one is open) and emits nothing else; a close of 0 is
+  skipped. No readiness check, as in Lean: the signal EMA reads 0 until ready, i.e. FLAT. Lean's MACD
+  seeds its fast EMA with the first 12 values (`Macd(lean=True)`). Insight period: 12 bars (the fast
+  period).
 
 Lean's models give no magnitude and no confidence; the signals leave both unset.
 """
@@ -27,14 +33,15 @@ import polars as pl
 from numba import njit
 
 from utp.core.config import AlphaConfig
-from utp.core.indicators import Ema, Rsi
+from utp.core.indicators import Ema, Macd, Rsi
 from utp.core.kinds import KINDS
 from utp.core.runtime import Engine, EngineContext, Input
 from utp.core.universe import Universe
 from utp.v1 import events_pb2 as pb
 
 _MIDDLE, _TRIPPED_LOW, _TRIPPED_HIGH = 0, 1, 2
-_UP, _DOWN = pb.DIRECTION_UP, pb.DIRECTION_DOWN
+_UP, _DOWN, _FLAT = pb.DIRECTION_UP, pb.DIRECTION_DOWN, pb.DIRECTION_FLAT
+_CANCEL = -1  # kernel output: withdraw the model's open insight
 
 
 @njit(cache=True)
@@ -79,6 +86,31 @@ def _ema_cross_insights(sid, fast, fast_ready, slow, slow_ready, fast_over_slow,
             started[s] = started[s] or both_ready
 
 
+@njit(cache=True)
+def _macd_insights(sid, signal, close, previous, open_insight, threshold, out):  # noqa: ANN001
+    for i in range(signal.shape[0]):
+        s = sid[i]
+        out[i] = 0
+        if close[i] == 0.0:
+            continue
+        normalized = signal[i] / close[i]
+        direction = _FLAT
+        if normalized > threshold:
+            direction = _UP
+        elif normalized < -threshold:
+            direction = _DOWN
+        if direction == previous[s]:
+            continue
+        previous[s] = direction
+        if direction == _FLAT:
+            if open_insight[s]:
+                out[i] = _CANCEL
+                open_insight[s] = False
+            continue
+        out[i] = direction
+        open_insight[s] = True
+
+
 class AlphaEngine(Engine):
     name = "alpha"
     inputs = (Input("bar"),)
@@ -94,6 +126,10 @@ class AlphaEngine(Engine):
         self.slow = Ema(n, config.ema_cross.slow)
         self.fast_over_slow = np.zeros(n, np.bool_)
         self.ema_started = np.zeros(n, np.bool_)
+        m = config.macd
+        self.macd = Macd(n, m.fast, m.slow, m.signal, lean=True)
+        self.macd_previous = np.zeros(n, np.int64)  # 0 = no direction yet (Lean's None)
+        self.macd_open = np.zeros(n, np.bool_)
 
     def insights(self, bars: pl.DataFrame, sid: np.ndarray | None = None) -> pl.DataFrame:
         """Alpha signals caused by bars (sorted by time, symbols in the universe), advancing the models' state."""
@@ -116,10 +152,17 @@ class AlphaEngine(Engine):
                 sid, f.value, f.ready, s.value, s.ready, self.fast_over_slow, self.ema_started, c.lean_first_ready, out
             )
             per_model.append(("ema_cross", out, c.fast))
+        if self.config.macd.enabled:
+            c = self.config.macd
+            update = self.macd.update_current(sid, close)
+            out = np.empty(close.shape[0], np.int64)
+            _macd_insights(sid, update.signal, close, self.macd_previous, self.macd_open, c.bounce_threshold, out)
+            per_model.append(("macd", out, c.fast))
         parts = []
         for order, (model, direction, period) in enumerate(per_model):
             rows = np.flatnonzero(direction)
             if rows.size:
+                cancel = direction[rows] == _CANCEL
                 parts.append(
                     bars[rows].select(
                         pl.Series("_row", rows),
@@ -128,9 +171,10 @@ class AlphaEngine(Engine):
                         "event_time_ns",
                         "symbol",
                         pl.lit(model).alias("source_model"),
-                        pl.Series("direction", direction[rows], pl.Int32),
-                        pl.lit(period, pl.Int32).alias("period_bars"),
+                        pl.Series("direction", np.where(cancel, _FLAT, direction[rows]), pl.Int32),
+                        pl.Series("period_bars", np.where(cancel, 0, period), pl.Int32),
                         pl.col("close").alias("reference_price"),
+                        pl.Series("cancel", cancel),
                     )
                 )
         if not parts:
@@ -149,6 +193,7 @@ class AlphaEngine(Engine):
                 pl.lit(None, pl.Float64).alias("confidence"),
                 "period_bars",
                 "reference_price",
+                "cancel",
             )
         )
 
@@ -160,7 +205,11 @@ class AlphaEngine(Engine):
         ctx.emit("alpha_signal", self.insights(bars, sid))
 
     def snapshot(self) -> Any:
-        return {k: getattr(self, k) for k in ("rsi", "rsi_state", "fast", "slow", "fast_over_slow", "ema_started")}
+        return {
+            k: getattr(self, k)
+            for k in ("rsi", "rsi_state", "fast", "slow", "fast_over_slow", "ema_started", "macd", "macd_previous",
+                      "macd_open")
+        }  # fmt: skip
 
     def restore(self, state: Any) -> None:
         for key, value in state.items():

@@ -9,7 +9,7 @@ Sources without an active signal drop out and the weights of the rest renormalis
     score = sum(w_i * d_i * c_i) / sum(w_i)   over active sources,  d = +1 up, -1 down, 0 flat
 
 where c_i is the signal's confidence (1 when the model gives none, as Lean's RSI and EMA-cross models
-do). The ensemble confidence is |score|; the direction is UP/DOWN by the score's sign when the confidence
+do). A signal with `cancel` withdraws its source's active signal. The ensemble confidence is |score|; the direction is UP/DOWN by the score's sign when the confidence
 reaches `min_confidence`, FLAT otherwise. A ScoredSignal is emitted when the set of active votes of a
 symbol changes (a new signal or an expiry), carrying every component's vote and the market regime
 (bull when close > SMA50 and SMA20 > SMA50, bear when both are below, sideways otherwise).
@@ -46,9 +46,13 @@ def _regime(close, sma_fast, sma_slow):  # noqa: ANN001
 
 
 @njit(cache=True)
-def _activate(j, asid, acomp, asign, aconf, aperiod, active, sign, conf, expires, bars_seen):  # noqa: ANN001
+def _activate(j, asid, acomp, asign, aconf, aperiod, acancel, active, sign, conf, expires, bars_seen):  # noqa: ANN001
     s, m = asid[j], acomp[j]
-    if m >= 0:  # a source without a weight has no vote
+    if m < 0:  # a source without a weight has no vote
+        return
+    if acancel[j]:  # the source withdrew its view
+        active[s, m] = False
+    else:
         active[s, m] = True
         sign[s, m] = asign[j]
         conf[s, m] = aconf[j]
@@ -58,7 +62,7 @@ def _activate(j, asid, acomp, asign, aconf, aperiod, active, sign, conf, expires
 @njit(cache=True)
 def _vote(  # noqa: ANN001, PLR0913 - a kernel takes its state as arrays
     ftime, fsid, fclose, fsma_fast, fsma_slow,
-    atime, asid, acomp, asign, aconf, aperiod,
+    atime, asid, acomp, asign, aconf, aperiod, acancel,
     weights,
     active, sign, conf, expires, bars_seen, last_active, last_sign, last_conf,
     out_row, out_active, out_sign, out_conf, out_score, out_regime,
@@ -75,7 +79,7 @@ def _vote(  # noqa: ANN001, PLR0913 - a kernel takes its state as arrays
             end += 1
         # Signals of this bar start counting their period here: active for bars t .. t + period - 1.
         while j < atime.shape[0] and atime[j] <= t:
-            _activate(j, asid, acomp, asign, aconf, aperiod, active, sign, conf, expires, bars_seen)
+            _activate(j, asid, acomp, asign, aconf, aperiod, acancel, active, sign, conf, expires, bars_seen)
             j += 1
         for k in range(i, end):
             s = fsid[k]
@@ -109,7 +113,7 @@ def _vote(  # noqa: ANN001, PLR0913 - a kernel takes its state as arrays
         i = end
     # Signals for bars without a feature vector (none in a healthy graph) still update the state.
     while j < atime.shape[0]:
-        _activate(j, asid, acomp, asign, aconf, aperiod, active, sign, conf, expires, bars_seen)
+        _activate(j, asid, acomp, asign, aconf, aperiod, acancel, active, sign, conf, expires, bars_seen)
         j += 1
     return n_out
 
@@ -174,6 +178,7 @@ class EnsembleEngine(Engine):
             asign,
             alphas["confidence"].fill_null(1.0).to_numpy(),
             alphas["period_bars"].cast(pl.Int64).to_numpy(),
+            alphas["cancel"].to_numpy(),
             self.weights,
             self.active, self.sign, self.conf, self.expires, self.bars_seen,
             self.last_active, self.last_sign, self.last_conf,

@@ -6,9 +6,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from utp.core.config import AlphaConfig, EmaCrossAlphaConfig, RsiAlphaConfig
+from utp.core.config import AlphaConfig, EmaCrossAlphaConfig, MacdAlphaConfig, RsiAlphaConfig
 from utp.core.universe import Universe
-from utp.engines.alpha import AlphaEngine, _ema_cross_insights, _rsi_insights
+from utp.engines.alpha import _CANCEL, AlphaEngine, _ema_cross_insights, _macd_insights, _rsi_insights
 from utp.storage.datasets import dataset
 from utp.v1 import events_pb2 as pb
 
@@ -78,10 +78,14 @@ def test_alpha_engine_emits_lean_insights_on_goog(goog_bars: pl.DataFrame) -> No
     engine = AlphaEngine(AlphaConfig(), Universe(["GOOG"]))
     signals = engine.insights(goog_bars)
     assert signals.height > 20
-    assert set(signals["source_model"]) == {"rsi", "ema_cross"}
+    assert set(signals["source_model"]) == {"rsi", "ema_cross", "macd"}
     assert signals["confidence"].null_count() == signals.height  # Lean's models give no confidence
-    periods = dict(signals.group_by("source_model").agg(pl.col("period_bars").first()).iter_rows())
-    assert periods == {"rsi": 14, "ema_cross": 12}
+    insights = signals.filter(~pl.col("cancel"))
+    periods = dict(insights.group_by("source_model").agg(pl.col("period_bars").first()).iter_rows())
+    assert periods == {"rsi": 14, "ema_cross": 12, "macd": 12}
+    cancels = signals.filter(pl.col("cancel"))
+    assert cancels.height > 0 and set(cancels["source_model"]) == {"macd"}
+    assert (cancels["direction"] == pb.DIRECTION_FLAT).all() and (cancels["period_bars"] == 0).all()
     assert signals["event_time_ns"].is_sorted()
     # An EMA-cross model alternates: two UPs never follow each other.
     ema = signals.filter(pl.col("source_model") == "ema_cross")["direction"].to_list()
@@ -89,6 +93,30 @@ def test_alpha_engine_emits_lean_insights_on_goog(goog_bars: pl.DataFrame) -> No
 
 
 def test_disabled_models_are_silent(goog_bars: pl.DataFrame) -> None:
-    config = AlphaConfig(rsi=RsiAlphaConfig(enabled=False), ema_cross=EmaCrossAlphaConfig(enabled=True))
+    config = AlphaConfig(rsi=RsiAlphaConfig(enabled=False), ema_cross=EmaCrossAlphaConfig(enabled=True),
+                         macd=MacdAlphaConfig(enabled=False))  # fmt: skip
     signals = AlphaEngine(config, Universe(["GOOG"])).insights(goog_bars)
     assert set(signals["source_model"]) == {"ema_cross"}
+
+
+def macd_directions(signal: list[float], close: list[float], threshold: float = 0.01) -> list[int]:
+    n = len(signal)
+    out = np.empty(n, np.int64)
+    _macd_insights(
+        np.zeros(n, np.int32), np.array(signal), np.array(close), np.zeros(1, np.int64), np.zeros(1, np.bool_),
+        threshold, out,
+    )  # fmt: skip
+    return out.tolist()
+
+
+def test_macd_emits_on_direction_changes_and_flat_cancels() -> None:
+    close = [100.0] * 8
+    # signal/price: 0 (flat: nothing open, nothing to cancel), 2% up, 1.5% up (unchanged), 0.5% flat (cancel),
+    # -2% down, 0 flat (cancel), 0 flat (unchanged), 1% exactly (not above the threshold: flat, unchanged)
+    signal = [0.0, 2.0, 1.5, 0.5, -2.0, 0.0, 0.0, 1.0]
+    assert macd_directions(signal, close) == [0, UP, 0, _CANCEL, DOWN, _CANCEL, 0, 0]
+
+
+def test_macd_skips_a_zero_price_and_honours_its_threshold() -> None:
+    assert macd_directions([5.0, 5.0, 5.0], [0.0, 100.0, 100.0]) == [0, UP, 0]
+    assert macd_directions([0.6, -0.6], [100.0, 100.0], threshold=0.005) == [UP, DOWN]

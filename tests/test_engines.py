@@ -98,6 +98,23 @@ def test_ensemble_renormalises_weights_over_active_sources_and_expires_signals()
     assert scored[0].regime == pb.REGIME_SIDEWAYS  # close 10 < sma50 10.5 < sma20 11
 
 
+def test_a_cancelled_signal_leaves_the_vote() -> None:
+    engine = EnsembleEngine(EnsembleConfig(min_confidence=0.0), Universe(["AAA"]))
+    times = [i * DAY for i in range(1, 5)]
+    signals = [
+        pb.AlphaSignal(header=header("alpha_signal", "AAA", times[0], "macd"), source_model="macd",
+                       direction=pb.DIRECTION_UP, period_bars=12),
+        pb.AlphaSignal(header=header("alpha_signal", "AAA", times[0], "rsi"), source_model="rsi",
+                       direction=pb.DIRECTION_DOWN, period_bars=12),
+        pb.AlphaSignal(header=header("alpha_signal", "AAA", times[2], "macd"), source_model="macd",
+                       direction=pb.DIRECTION_FLAT, cancel=True),
+    ]  # fmt: skip
+    scored = KINDS["scored_signal"].to_messages(engine.score(KINDS["alpha_signal"].to_frame(signals), features(times)))
+    # bar 0: macd up (0.1) and rsi down (0.2) -> (0.1 - 0.2) / 0.3; bar 2: macd withdrawn -> rsi alone, -1
+    assert [(s.header.event_time_ns, round(s.score, 9)) for s in scored] == [(times[0], round(-0.1 / 0.3, 9)), (times[2], -1.0)]
+    assert scored[1].active_alphas == ["rsi"]
+
+
 def test_ensemble_gate_and_confidence_weighting() -> None:
     engine = EnsembleEngine(EnsembleConfig(weights={"rsi": 0.2, "ema_cross": 0.8}, min_confidence=0.65), Universe(["AAA"]))
     times = [DAY, 2 * DAY]

@@ -229,7 +229,7 @@ class FeatureVector(_message.Message):
     def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., feature_set_version: _Optional[str] = ..., names: _Optional[_Iterable[str]] = ..., values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class AlphaSignal(_message.Message):
-    __slots__ = ("header", "source_model", "direction", "magnitude", "confidence", "period_bars", "reference_price")
+    __slots__ = ("header", "source_model", "direction", "magnitude", "confidence", "period_bars", "reference_price", "cancel")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     SOURCE_MODEL_FIELD_NUMBER: _ClassVar[int]
     DIRECTION_FIELD_NUMBER: _ClassVar[int]
@@ -237,6 +237,7 @@ class AlphaSignal(_message.Message):
     CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     PERIOD_BARS_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_PRICE_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
     header: EventHeader
     source_model: str
     direction: Direction
@@ -244,7 +245,8 @@ class AlphaSignal(_message.Message):
     confidence: float
     period_bars: int
     reference_price: float
-    def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., source_model: _Optional[str] = ..., direction: _Optional[_Union[Direction, str]] = ..., magnitude: _Optional[float] = ..., confidence: _Optional[float] = ..., period_bars: _Optional[int] = ..., reference_price: _Optional[float] = ...) -> None: ...
+    cancel: bool
+    def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., source_model: _Optional[str] = ..., direction: _Optional[_Union[Direction, str]] = ..., magnitude: _Optional[float] = ..., confidence: _Optional[float] = ..., period_bars: _Optional[int] = ..., reference_price: _Optional[float] = ..., cancel: _Optional[bool] = ...) -> None: ...
 
 class QuantileForecast(_message.Message):
     __slots__ = ("horizon_bars", "q10", "q50", "q90")
