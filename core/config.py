@@ -43,10 +43,38 @@ class MarketDataConfig(_Section):
 
 
 class FeaturesConfig(_Section):
+    """Parameters of the feature set (`core.features`); its version hash covers all of them."""
+
     return_horizons: tuple[int, ...] = (1, 5, 20)
-    sma_periods: tuple[int, ...] = (20, 50)
-    ema_periods: tuple[int, ...] = (12, 26)
+    #: (fast, slow): price to each SMA, and fast SMA to slow SMA (the regime uses them too).
+    sma_periods: tuple[int, int] = (20, 50)
+    ema_periods: tuple[int, int] = (12, 26)
+    tema_period: int = 20
     rsi_period: int = 14
+    #: (fast, slow, signal)
+    macd: tuple[int, int, int] = (12, 26, 9)
+    bbands_period: int = 20
+    bbands_deviations: float = 2.0
+    atr_period: int = 14
+    adx_period: int = 14
+    #: (fast %K, slow %K, slow %D)
+    stoch: tuple[int, int, int] = (14, 3, 3)
+    willr_period: int = 14
+    cci_period: int = 20
+    roc_period: int = 10
+    #: (EMA period, ATR period, ATR multiplier)
+    keltner: tuple[int, int, float] = (20, 10, 2.0)
+    donchian_period: int = 20
+    mfi_period: int = 14
+    volume_period: int = 20
+    volatility_period: int = 20
+    spread_period: int = 20
+    #: Features also given as their percentile rank across the universe at each bar time.
+    rank_features: tuple[str, ...] = ("ret_20", "rsi_14", "realized_vol_20")
+    #: Relative strength: ret_<horizon> minus the benchmark's return over as many of its bars.
+    benchmark_horizon: int = 20
+    #: "sp500" (skfolio's S&P 500 index) or "" for none (the feature is then NaN).
+    benchmark: str = "sp500"
 
 
 class RsiAlphaConfig(_Section):
@@ -86,10 +114,47 @@ class MacdAlphaConfig(_Section):
     bounce_threshold: float = 0.01
 
 
+class MeanReversionAlphaConfig(_Section):
+    """The seed's intraday mean reversion: z-score of the price against session VWAP, RSI confirming."""
+
+    enabled: bool = False
+    #: Bars of the rolling deviation of (close - VWAP) that scales the z-score.
+    deviation_period: int = 20
+    entry_z: float = 2.0
+    exit_z: float = 0.5
+    rsi_period: int = 14
+    rsi_upper: float = 70.0
+    rsi_lower: float = 30.0
+    atr_period: int = 14
+    #: Stop this many ATRs (at entry) against the position.
+    stop_atr: float = 1.5
+    #: Minute of the UTC day (bar time) from which positions are closed and none opened: 20:55 for US
+    #: equities in winter time (close 21:00 UTC).
+    flatten_minute_utc: int = 20 * 60 + 55
+    #: How long an insight stays active when no exit comes first: one session of minute bars.
+    period_bars: int = 390
+
+
+class TrendFollowingAlphaConfig(_Section):
+    """The seed's swing trend following: EMA cross with ADX strength, entry on a pullback."""
+
+    enabled: bool = False
+    fast: int = 20
+    slow: int = 50
+    adx_period: int = 14
+    adx_min: float = 20.0
+    atr_period: int = 14
+    #: Trailing stop this many ATRs from the best close since entry.
+    trail_atr: float = 3.0
+    period_bars: int = 100
+
+
 class AlphaConfig(_Section):
     rsi: RsiAlphaConfig = RsiAlphaConfig()
     ema_cross: EmaCrossAlphaConfig = EmaCrossAlphaConfig()
     macd: MacdAlphaConfig = MacdAlphaConfig()
+    mean_reversion: MeanReversionAlphaConfig = MeanReversionAlphaConfig()
+    trend_following: TrendFollowingAlphaConfig = TrendFollowingAlphaConfig()
 
 
 class EnsembleConfig(_Section):
@@ -266,9 +331,21 @@ def validate(config: Config) -> None:
         raise ConfigError("ensemble.weights must be >= 0")
     if not 0 <= config.ensemble.min_confidence <= 1:
         raise ConfigError("ensemble.min_confidence must be in [0, 1]")
-    for period in (config.ensemble.regime_sma_fast, config.ensemble.regime_sma_slow):
-        if period not in config.features.sma_periods:
-            raise ConfigError(f"ensemble regime needs features.sma_periods to include {period}")
+    if (config.ensemble.regime_sma_fast, config.ensemble.regime_sma_slow) != config.features.sma_periods:
+        raise ConfigError("ensemble.regime_sma_fast/slow must equal features.sma_periods (the regime reads them)")
+    f = config.features
+    if f.benchmark_horizon not in f.return_horizons:
+        raise ConfigError("features.benchmark_horizon must be one of features.return_horizons")
+    if 1 not in f.return_horizons:
+        raise ConfigError("features.return_horizons must include 1")
+    if f.benchmark not in ("", "sp500"):
+        raise ConfigError("features.benchmark must be 'sp500' or ''")
+    from utp.core.features import FeatureSpec  # the definition knows its own names
+
+    try:
+        FeatureSpec(f).names
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if config.alpha.ema_cross.fast >= config.alpha.ema_cross.slow:
         raise ConfigError("alpha.ema_cross.fast must be < alpha.ema_cross.slow")
     if config.alpha.macd.fast >= config.alpha.macd.slow:

@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from utp.core.config import Config, ConfigError, validate
+from utp.core.config import AlphaConfig, Config, ConfigError, validate
 from utp.core.kinds import KIND_BY_NUMBER
 from utp.daemon.core import CoreDaemon
 from utp.daemon.session import run_backtest
@@ -25,7 +25,8 @@ from utp.v1 import core_service_pb2_grpc as api_grpc
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = api.DESCRIPTOR.services_by_name["CoreService"].full_name
-KNOWN_SOURCES = frozenset({"tft", "rsi", "ema_cross", "macd"})
+#: Ensemble sources: the alpha models plus the learned model (tft).
+KNOWN_SOURCES = frozenset({"tft", *AlphaConfig.__struct_fields__})
 _MAX_TEXT = 1_000
 
 

@@ -26,6 +26,7 @@ from utp.core.bus import Bus, InProcessBus
 from utp.core.clock import Clock, SimulatedClock
 from utp.core.config import Config
 from utp.core.controls import ControlState
+from utp.core.features import Benchmark
 from utp.core.runtime import Checkpointer, Engine, EngineRunner, SourceRunner
 from utp.core.universe import Universe
 from utp.engines.alpha import AlphaEngine
@@ -36,7 +37,7 @@ from utp.engines.exit import ExitEngine
 from utp.engines.features import FeatureEngine
 from utp.engines.market_data import MarketDataEngine
 from utp.engines.risk import RiskEngine
-from utp.storage.datasets import Dataset, dataset
+from utp.storage.datasets import Dataset, dataset, load_sp500_index
 from utp.v1 import core_service_pb2 as api
 from utp.v1 import events_pb2 as pb
 
@@ -98,8 +99,9 @@ class Session:
             commission_min=ex.commission_min,
             commission_bps=ex.commission_bps,
         )
+        benchmark = Benchmark.from_frame(load_sp500_index()) if config.features.benchmark == "sp500" else None
         engines: list[Engine] = [
-            FeatureEngine(config.features, universe),
+            FeatureEngine(config.features, universe, benchmark),
             AlphaEngine(config.alpha, universe),
             EnsembleEngine(config.ensemble, universe),
             RiskEngine(config.risk, controls),

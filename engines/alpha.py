@@ -20,6 +20,14 @@ Semantics follow Lean's Algorithm.Framework (master):
   seeds its fast EMA with the first 12 values (`Macd(lean=True)`). Insight period: 12 bars (the fast
   period).
 
+The seed's two strategies, off by default (`alpha.mean_reversion`, `alpha.trend_following`), emit UP or
+DOWN on entry and a cancel on exit:
+* mean_reversion (intraday): z = (close - session VWAP) / its rolling standard deviation; enter against
+  the stretch when |z| >= 2 and RSI confirms (below 30 for UP, above 70 for DOWN); exit when |z| < 0.5,
+  at a 1.5 x ATR stop from the entry, or from the session's flatten time on.
+* trend_following (swing): an EMA 20/50 cross with ADX > 20 arms its direction; a pullback to the fast
+  EMA enters; a 3 x ATR trailing stop or the opposite cross exits.
+
 Lean's models give no magnitude and no confidence; the signals leave both unset.
 """
 
@@ -33,7 +41,7 @@ import polars as pl
 from numba import njit
 
 from utp.core.config import AlphaConfig
-from utp.core.indicators import Ema, Macd, Rsi
+from utp.core.indicators import Adx, Atr, Ema, Macd, Rsi, SessionVwap, Stddev
 from utp.core.kinds import KINDS
 from utp.core.runtime import Engine, EngineContext, Input
 from utp.core.universe import Universe
@@ -111,6 +119,75 @@ def _macd_insights(sid, signal, close, previous, open_insight, threshold, out): 
         open_insight[s] = True
 
 
+@njit(cache=True)
+def _mean_reversion_insights(  # noqa: ANN001, PLR0913
+    sid, close, z, rsi, atr, flatten, position, entry, stop, entry_z, exit_z, rsi_upper, rsi_lower, stop_atr, out
+):
+    """The seed's intraday mean reversion. `z` is (close - session VWAP) over its rolling deviation;
+    `flatten` marks bars at or after the session's flatten time. Per symbol: position (+1/-1/0), entry
+    price and stop distance (stop_atr x ATR at entry)."""
+    for i in range(close.shape[0]):
+        s = sid[i]
+        out[i] = 0
+        if np.isnan(z[i]) or np.isnan(rsi[i]) or np.isnan(atr[i]):
+            continue
+        if position[s] != 0:
+            stopped = close[i] <= entry[s] - stop[s] if position[s] > 0 else close[i] >= entry[s] + stop[s]
+            if abs(z[i]) < exit_z or stopped or flatten[i]:
+                out[i] = _CANCEL
+                position[s] = 0
+            continue
+        if flatten[i]:
+            continue  # no new positions at the end of the session
+        if z[i] <= -entry_z and rsi[i] < rsi_lower:
+            out[i], position[s] = _UP, 1
+        elif z[i] >= entry_z and rsi[i] > rsi_upper:
+            out[i], position[s] = _DOWN, -1
+        else:
+            continue
+        entry[s] = close[i]
+        stop[s] = stop_atr * atr[i]
+
+
+@njit(cache=True)
+def _trend_following_insights(  # noqa: ANN001, PLR0913
+    sid, close, high, low, fast, slow, adx, atr, fast_over_slow, armed, position, extreme, adx_min, trail_atr, out
+):
+    """The seed's swing trend following. A cross of the fast over the slow EMA with ADX above `adx_min`
+    arms that direction; a pullback (the bar reaches the fast EMA while the close stays beyond the slow
+    one) enters; a trailing stop `trail_atr` x ATR from the best close since entry, or the opposite
+    cross, exits."""
+    for i in range(close.shape[0]):
+        s = sid[i]
+        out[i] = 0
+        if np.isnan(fast[i]) or np.isnan(slow[i]) or np.isnan(adx[i]) or np.isnan(atr[i]):
+            continue
+        above = fast[i] > slow[i]
+        cross_up = above and not fast_over_slow[s]
+        cross_down = fast_over_slow[s] and slow[i] > fast[i]
+        fast_over_slow[s] = above
+        if position[s] != 0:
+            if position[s] > 0:
+                extreme[s] = max(extreme[s], close[i])
+                exit_now = close[i] < extreme[s] - trail_atr * atr[i] or cross_down
+            else:
+                extreme[s] = min(extreme[s], close[i])
+                exit_now = close[i] > extreme[s] + trail_atr * atr[i] or cross_up
+            if exit_now:
+                out[i] = _CANCEL
+                position[s] = 0
+        if cross_up or cross_down:
+            armed[s] = (1 if cross_up else -1) if adx[i] > adx_min else 0
+        if position[s] == 0 and out[i] == 0 and armed[s] != 0:
+            if armed[s] > 0 and low[i] <= fast[i] and close[i] > slow[i]:
+                out[i], position[s] = _UP, 1
+            elif armed[s] < 0 and high[i] >= fast[i] and close[i] < slow[i]:
+                out[i], position[s] = _DOWN, -1
+            if position[s] != 0:
+                armed[s] = 0
+                extreme[s] = close[i]
+
+
 class AlphaEngine(Engine):
     name = "alpha"
     inputs = (Input("bar"),)
@@ -130,6 +207,23 @@ class AlphaEngine(Engine):
         self.macd = Macd(n, m.fast, m.slow, m.signal, lean=True)
         self.macd_previous = np.zeros(n, np.int64)  # 0 = no direction yet (Lean's None)
         self.macd_open = np.zeros(n, np.bool_)
+        r = config.mean_reversion
+        self.mr_vwap = SessionVwap(n)
+        self.mr_deviation = Stddev(n, r.deviation_period)
+        self.mr_rsi = Rsi(n, r.rsi_period)
+        self.mr_atr = Atr(n, r.atr_period)
+        self.mr_position = np.zeros(n, np.int64)
+        self.mr_entry = np.zeros(n)
+        self.mr_stop = np.zeros(n)
+        t = config.trend_following
+        self.tf_fast = Ema(n, t.fast)
+        self.tf_slow = Ema(n, t.slow)
+        self.tf_adx = Adx(n, t.adx_period)
+        self.tf_atr = Atr(n, t.atr_period)
+        self.tf_fast_over_slow = np.zeros(n, np.bool_)
+        self.tf_armed = np.zeros(n, np.int64)
+        self.tf_position = np.zeros(n, np.int64)
+        self.tf_extreme = np.zeros(n)
 
     def insights(self, bars: pl.DataFrame, sid: np.ndarray | None = None) -> pl.DataFrame:
         """Alpha signals caused by bars (sorted by time, symbols in the universe), advancing the models' state."""
@@ -158,6 +252,20 @@ class AlphaEngine(Engine):
             out = np.empty(close.shape[0], np.int64)
             _macd_insights(sid, update.signal, close, self.macd_previous, self.macd_open, c.bounce_threshold, out)
             per_model.append(("macd", out, c.fast))
+        if self.config.mean_reversion.enabled or self.config.trend_following.enabled:
+            high, low = bars["high"].to_numpy(), bars["low"].to_numpy()
+        if self.config.mean_reversion.enabled:
+            per_model.append(("mean_reversion", self._mean_reversion(bars, sid, close, high, low),
+                              self.config.mean_reversion.period_bars))  # fmt: skip
+        if self.config.trend_following.enabled:
+            c = self.config.trend_following
+            out = np.empty(close.shape[0], np.int64)
+            _trend_following_insights(
+                sid, close, high, low, self.tf_fast.update(sid, close), self.tf_slow.update(sid, close),
+                self.tf_adx.update(sid, high, low, close).adx, self.tf_atr.update(sid, high, low, close),
+                self.tf_fast_over_slow, self.tf_armed, self.tf_position, self.tf_extreme, c.adx_min, c.trail_atr, out,
+            )  # fmt: skip
+            per_model.append(("trend_following", out, c.period_bars))
         parts = []
         for order, (model, direction, period) in enumerate(per_model):
             rows = np.flatnonzero(direction)
@@ -197,6 +305,25 @@ class AlphaEngine(Engine):
             )
         )
 
+    def _mean_reversion(
+        self, bars: pl.DataFrame, sid: np.ndarray, close: np.ndarray, high: np.ndarray, low: np.ndarray
+    ) -> np.ndarray:
+        c = self.config.mean_reversion
+        times = bars["event_time_ns"].to_numpy()
+        vwap = self.mr_vwap.update(sid, times, high, low, close, bars["volume"].to_numpy())
+        stretch = close - vwap
+        deviation = self.mr_deviation.update(sid, stretch)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = np.where(deviation > 0.0, stretch / deviation, np.where(np.isnan(deviation), np.nan, 0.0))
+        minute_of_day = (times // 60_000_000_000) % 1440
+        out = np.empty(close.shape[0], np.int64)
+        _mean_reversion_insights(
+            sid, close, z, self.mr_rsi.update(sid, close), self.mr_atr.update(sid, high, low, close),
+            minute_of_day >= c.flatten_minute_utc, self.mr_position, self.mr_entry, self.mr_stop,
+            c.entry_z, c.exit_z, c.rsi_upper, c.rsi_lower, c.stop_atr, out,
+        )  # fmt: skip
+        return out
+
     def on_step(self, ctx: EngineContext, through_ns: int, frames: Mapping[str, pl.DataFrame]) -> None:
         bars, sid, unknown = self.universe.split(frames["bar"])
         if unknown:
@@ -204,12 +331,14 @@ class AlphaEngine(Engine):
             ctx.count_rejected(unknown)
         ctx.emit("alpha_signal", self.insights(bars, sid))
 
+    _STATE = (
+        "rsi", "rsi_state", "fast", "slow", "fast_over_slow", "ema_started", "macd", "macd_previous", "macd_open",
+        "mr_vwap", "mr_deviation", "mr_rsi", "mr_atr", "mr_position", "mr_entry", "mr_stop",
+        "tf_fast", "tf_slow", "tf_adx", "tf_atr", "tf_fast_over_slow", "tf_armed", "tf_position", "tf_extreme",
+    )  # fmt: skip
+
     def snapshot(self) -> Any:
-        return {
-            k: getattr(self, k)
-            for k in ("rsi", "rsi_state", "fast", "slow", "fast_over_slow", "ema_started", "macd", "macd_previous",
-                      "macd_open")
-        }  # fmt: skip
+        return {k: getattr(self, k) for k in self._STATE}
 
     def restore(self, state: Any) -> None:
         for key, value in state.items():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -130,6 +131,22 @@ class BacktestEngine(Engine):
             account = frames["account_snapshot"]
             self._times.append(account["event_time_ns"].to_numpy())
             self._equity.append(account["equity"].to_numpy())
+
+    def snapshot(self) -> Any:
+        times, equity = self.equity_curve
+        return {
+            "counts": (self.bars, self.bars_rejected, self.signals, self.scored, self.orders),
+            "order_events": [o.SerializeToString() for o in self.order_events],
+            "fills": [f.SerializeToString() for f in self.fills],
+            "equity": (times, equity),
+        }
+
+    def restore(self, state: Any) -> None:
+        self.bars, self.bars_rejected, self.signals, self.scored, self.orders = state["counts"]
+        self.order_events = [pb.Order.FromString(raw) for raw in state["order_events"]]
+        self.fills = [pb.Fill.FromString(raw) for raw in state["fills"]]
+        times, equity = state["equity"]
+        self._times, self._equity = ([times], [equity]) if times.size else ([], [])
 
     @property
     def equity_curve(self) -> tuple[np.ndarray, np.ndarray]:

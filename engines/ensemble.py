@@ -12,7 +12,8 @@ where c_i is the signal's confidence (1 when the model gives none, as Lean's RSI
 do). A signal with `cancel` withdraws its source's active signal. The ensemble confidence is |score|; the direction is UP/DOWN by the score's sign when the confidence
 reaches `min_confidence`, FLAT otherwise. A ScoredSignal is emitted when the set of active votes of a
 symbol changes (a new signal or an expiry), carrying every component's vote and the market regime
-(bull when close > SMA50 and SMA20 > SMA50, bear when both are below, sideways otherwise).
+(bull when close > SMA50 and SMA20 > SMA50, bear when both are below, sideways otherwise; read from the
+features close_to_sma_50 and sma_20_to_sma_50).
 """
 
 from __future__ import annotations
@@ -35,12 +36,13 @@ _SIGN_DIRECTION = {1: pb.DIRECTION_UP, -1: pb.DIRECTION_DOWN, 0: pb.DIRECTION_FL
 
 
 @njit(cache=True)
-def _regime(close, sma_fast, sma_slow):  # noqa: ANN001
-    if np.isnan(sma_fast) or np.isnan(sma_slow):
+def _regime(close_to_slow, fast_to_slow):  # noqa: ANN001
+    """From the features close/SMA_slow - 1 and SMA_fast/SMA_slow - 1."""
+    if np.isnan(close_to_slow) or np.isnan(fast_to_slow):
         return 0  # REGIME_UNSPECIFIED
-    if close > sma_slow and sma_fast > sma_slow:
+    if close_to_slow > 0.0 and fast_to_slow > 0.0:
         return 1  # REGIME_BULL
-    if close < sma_slow and sma_fast < sma_slow:
+    if close_to_slow < 0.0 and fast_to_slow < 0.0:
         return 2  # REGIME_BEAR
     return 3  # REGIME_SIDEWAYS
 
@@ -61,7 +63,7 @@ def _activate(j, asid, acomp, asign, aconf, aperiod, acancel, active, sign, conf
 
 @njit(cache=True)
 def _vote(  # noqa: ANN001, PLR0913 - a kernel takes its state as arrays
-    ftime, fsid, fclose, fsma_fast, fsma_slow,
+    ftime, fsid, fclose_to_slow, ffast_to_slow,
     atime, asid, acomp, asign, aconf, aperiod, acancel,
     weights,
     active, sign, conf, expires, bars_seen, last_active, last_sign, last_conf,
@@ -108,7 +110,7 @@ def _vote(  # noqa: ANN001, PLR0913 - a kernel takes its state as arrays
                 out_conf[n_out, m] = conf[s, m]
             out_row[n_out] = k
             out_score[n_out] = score
-            out_regime[n_out] = _regime(fclose[k], fsma_fast[k], fsma_slow[k])
+            out_regime[n_out] = _regime(fclose_to_slow[k], ffast_to_slow[k])
             n_out += 1
         i = end
     # Signals for bars without a feature vector (none in a healthy graph) still update the state.
@@ -138,9 +140,10 @@ class EnsembleEngine(Engine):
         self.last_active = np.zeros((n, m), np.bool_)
         self.last_sign = np.zeros((n, m), np.int64)
         self.last_conf = np.zeros((n, m))
-        self.sma_fast_column = f"sma_{config.regime_sma_fast}"
-        self.sma_slow_column = f"sma_{config.regime_sma_slow}"
-        columns = ("close", self.sma_fast_column, self.sma_slow_column)
+        fast, slow = config.regime_sma_fast, config.regime_sma_slow
+        self.close_to_slow_column = f"close_to_sma_{slow}"
+        self.fast_to_slow_column = f"sma_{fast}_to_sma_{slow}"
+        columns = ("close", self.close_to_slow_column, self.fast_to_slow_column)
         self._no_features = pl.DataFrame(schema={**KINDS["feature_vector"].schema, **dict.fromkeys(columns, pl.Float64)})
 
     def score(
@@ -152,7 +155,7 @@ class EnsembleEngine(Engine):
     ) -> pl.DataFrame:
         """Scored signals for one time range of alpha signals and feature vectors (both time-sorted,
         symbols in the universe; pass their indices if known)."""
-        missing = {"close", self.sma_fast_column, self.sma_slow_column} - set(features.columns)
+        missing = {"close", self.close_to_slow_column, self.fast_to_slow_column} - set(features.columns)
         if missing:
             raise ValueError(f"feature vectors lack {', '.join(sorted(missing))}, needed for the regime")
         # Alpha signals are sparse: plain lookups are cheaper than columnar calls here.
@@ -169,9 +172,8 @@ class EnsembleEngine(Engine):
         n_out = _vote(
             features["event_time_ns"].to_numpy(),
             self.universe.indices(features["symbol"]) if feature_sid is None else feature_sid,
-            features["close"].to_numpy(),
-            features[self.sma_fast_column].to_numpy(),
-            features[self.sma_slow_column].to_numpy(),
+            features[self.close_to_slow_column].to_numpy(),
+            features[self.fast_to_slow_column].to_numpy(),
             alphas["event_time_ns"].to_numpy(),
             self.universe.indices(alphas["symbol"]) if alpha_sid is None else alpha_sid,
             acomp,

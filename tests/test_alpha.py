@@ -120,3 +120,89 @@ def test_macd_emits_on_direction_changes_and_flat_cancels() -> None:
 def test_macd_skips_a_zero_price_and_honours_its_threshold() -> None:
     assert macd_directions([5.0, 5.0, 5.0], [0.0, 100.0, 100.0]) == [0, UP, 0]
     assert macd_directions([0.6, -0.6], [100.0, 100.0], threshold=0.005) == [UP, DOWN]
+
+
+def mean_reversion(z: list[float], rsi: list[float], close: list[float], flatten: list[bool] | None = None) -> list[int]:
+    from utp.engines.alpha import _mean_reversion_insights
+
+    n = len(z)
+    out = np.empty(n, np.int64)
+    _mean_reversion_insights(
+        np.zeros(n, np.int32), np.array(close), np.array(z), np.array(rsi), np.full(n, 2.0),
+        np.array(flatten or [False] * n), np.zeros(1, np.int64), np.zeros(1), np.zeros(1),
+        2.0, 0.5, 70.0, 30.0, 1.5, out,
+    )  # fmt: skip
+    return out.tolist()
+
+
+def test_mean_reversion_enters_on_stretched_z_with_rsi_and_exits_near_vwap() -> None:
+    # z -2.5 without RSI confirmation: nothing; with RSI 25: UP; z -1 holds; z -0.4: back near VWAP, exit.
+    assert mean_reversion([-2.5, -2.5, -1.0, -0.4], [40, 25, 35, 45], [100, 100, 101, 102]) == [0, UP, 0, _CANCEL]
+    # Short side: z +2.1 with RSI 75: DOWN; the ATR stop (1.5 x 2 = 3 above entry) exits at 103.
+    assert mean_reversion([2.1, 1.5, 1.5], [75, 60, 60], [100, 102.9, 103.0]) == [DOWN, 0, _CANCEL]
+
+
+def test_mean_reversion_flattens_at_the_session_end_and_waits_for_the_next() -> None:
+    assert mean_reversion([-2.5, -1.5, -2.5], [25, 25, 25], [100, 100, 100], [False, True, True]) == [UP, _CANCEL, 0]
+
+
+def trend_following(fast: list[float], slow: list[float], close: list[float], low: list[float], high: list[float],
+                    adx: list[float]) -> list[int]:  # fmt: skip
+    from utp.engines.alpha import _trend_following_insights
+
+    n = len(fast)
+    out = np.empty(n, np.int64)
+    _trend_following_insights(
+        np.zeros(n, np.int32), np.array(close), np.array(high), np.array(low), np.array(fast), np.array(slow),
+        np.array(adx), np.full(n, 1.0), np.zeros(1, np.bool_), np.zeros(1, np.int64), np.zeros(1, np.int64),
+        np.zeros(1), 20.0, 3.0, out,
+    )  # fmt: skip
+    return out.tolist()
+
+
+def test_trend_following_waits_for_a_pullback_after_a_strong_cross_and_trails_its_stop() -> None:
+    fast = [9, 11, 11.5, 12, 12.5, 13]
+    slow = [10, 10, 10.2, 10.4, 10.6, 10.8]
+    close = [9, 12, 12, 14, 15, 11.9]  # bar 2 pulls back to the fast EMA (low 11.4); best close 15, stop 12
+    low = [9, 11.8, 11.4, 13.5, 14.5, 11.5]
+    high = [10, 12.5, 12.5, 14.5, 15.5, 12.5]
+    adx = [15, 25, 25, 25, 25, 25]
+    assert trend_following(fast, slow, close, low, high, adx) == [0, 0, UP, 0, 0, _CANCEL]
+
+
+def test_trend_following_ignores_weak_crosses_and_exits_on_the_opposite_cross() -> None:
+    weak = trend_following([9, 11, 11.5], [10, 10, 10.2], [9, 12, 12], [9, 11.8, 11.4], [10, 12.5, 12.5], [15, 18, 18])
+    assert weak == [0, 0, 0]
+    crossing = trend_following(
+        [9, 11, 11.5, 10.0], [10, 10, 10.2, 10.3], [9, 12, 12, 10.25], [9, 11.8, 11.4, 10.1], [10, 12.5, 12.5, 10.5],
+        [15, 25, 25, 25],
+    )  # fmt: skip
+    assert crossing == [0, 0, UP, _CANCEL]
+
+
+def test_the_seed_strategies_trade_real_and_synthetic_bars() -> None:
+    from utp.core.ids import correlation_id_expr
+    from utp.storage.datasets import synthetic_bars
+
+    config = AlphaConfig(rsi=RsiAlphaConfig(enabled=False), ema_cross=EmaCrossAlphaConfig(enabled=False),
+                         macd=MacdAlphaConfig(enabled=False))  # fmt: skip
+    import msgspec
+
+    swing = msgspec.structs.replace(config, trend_following=msgspec.structs.replace(config.trend_following, enabled=True))
+    goog = dataset("goog").bars().with_columns(correlation_id_expr().alias("correlation_id"))
+    signals = AlphaEngine(swing, Universe(["GOOG"])).insights(goog)
+    assert set(signals["source_model"]) == {"trend_following"}
+    entries, exits = signals.filter(~pl.col("cancel")), signals.filter(pl.col("cancel"))
+    assert entries.height >= 3 and abs(entries.height - exits.height) <= 1  # every entry is closed (but the last)
+
+    intraday = msgspec.structs.replace(config, mean_reversion=msgspec.structs.replace(config.mean_reversion, enabled=True))
+    minutes = synthetic_bars(390 * 20).with_columns(correlation_id_expr().alias("correlation_id"))
+    signals = AlphaEngine(intraday, Universe(["SYN"])).insights(minutes)
+    entries, exits = signals.filter(~pl.col("cancel")), signals.filter(pl.col("cancel"))
+    assert entries.height >= 5 and abs(entries.height - exits.height) <= 1
+    minute = (entries["event_time_ns"] // 60_000_000_000) % 1440
+    assert (minute < config.mean_reversion.flatten_minute_utc).all()  # no entries at the session's end
+    # Whatever happens, a session never ends with a position still open.
+    by_day = signals.with_columns((pl.col("event_time_ns") // 86_400_000_000_000).alias("day"))
+    net = by_day.group_by("day").agg((~pl.col("cancel")).sum().alias("entries"), pl.col("cancel").sum().alias("exits"))
+    assert (net["entries"] == net["exits"]).all()

@@ -48,7 +48,8 @@ def test_layers_files_then_environment_then_flags(tmp_path: Path) -> None:
         ({"alpha.ema_cross.fast": 30}, "fast must be < "),
         ({"alpha.rsi.lower_reset": 20.0}, "alpha.rsi"),
         ({"ensemble.min_confidence": 2.0}, "min_confidence"),
-        ({"features.sma_periods": [10]}, "regime needs features.sma_periods"),
+        ({"features.sma_periods": [10, 40]}, "must equal features.sma_periods"),
+        ({"features.rank_features": ["nope"]}, "unknown features: nope"),
     ],
 )
 def test_values_that_cannot_work_are_refused_at_start(overrides: dict, message: str) -> None:

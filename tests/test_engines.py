@@ -64,8 +64,8 @@ def features(times: list[int], symbol: str = "AAA", close: float = 10.0) -> pl.D
             "symbol": [symbol] * n,
             "feature_set_version": ["v"] * n,
             "close": [close] * n,
-            "sma_20": [11.0] * n,
-            "sma_50": [10.5] * n,
+            "close_to_sma_50": [close / 10.5 - 1] * n,
+            "sma_20_to_sma_50": [11.0 / 10.5 - 1] * n,
         }
     )
 

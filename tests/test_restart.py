@@ -7,7 +7,7 @@ import signal
 import time
 
 import nats
-from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from utp.core.config import load_config
 from utp.daemon.session import Session
@@ -51,13 +51,16 @@ async def new_order_events(url: str, stream: str, root: str) -> list[pb.Order]:
     """Every NEW order event stored in the stream: what was submitted, as the bus recorded it."""
     nc = await nats.connect(url)
     js = nc.jetstream()
-    sub = await js.pull_subscribe(f"{root}.order.>", stream=stream, config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL))
+    # A read-only consumer: no acks, so the server's cap on unacked messages never stalls it.
+    config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE)
+    sub = await js.pull_subscribe(f"{root}.order.>", stream=stream, config=config)
     events = []
-    while True:
+    # Read until the consumer has nothing pending: a fetch that times out proves nothing by itself.
+    while (await sub.consumer_info()).num_pending > 0:
         try:
-            msgs = await sub.fetch(500, timeout=1.0)
+            msgs = await sub.fetch(500, timeout=5.0)
         except (nats.errors.TimeoutError, asyncio.TimeoutError):
-            break
+            continue
         for m in msgs:
             if not m.subject.endswith("._wm"):
                 order = pb.Order.FromString(m.data)

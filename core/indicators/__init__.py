@@ -1,16 +1,35 @@
 """Technical indicators as numba kernels, each in a batch and a streaming form from one definition.
 
-See `_base` for the conventions. Everything public is re-exported here.
+See `_base` for the conventions. Everything public is re-exported here:
+* averages: SMA, EMA, WMA, DEMA, TEMA
+* momentum: RSI, MACD
+* oscillators: ROC, MOM, STOCH, STOCHF, WILLR, CCI, MFI, OBV
+* bands: STDDEV, Bollinger bands (with %B), true range, ATR, NATR, ADX/+DI/-DI, DX, Keltner, Donchian,
+  rolling max/min
+* statistics: rolling z-score, realized / Parkinson / Garman-Klass volatility, session VWAP and the
+  distance to it, volume z-score
+* microstructure: Corwin-Schultz and Roll spread estimates
+* lag: values n bars back
 """
 
 from utp.core.indicators._base import IndicatorUpdate
 from utp.core.indicators.averages import Dema, Ema, Sma, Tema, Wma, dema, ema, sma, tema, wma
+from utp.core.indicators.bands import (
+    Adx, AdxResult, AdxUpdate, Atr, Bbands, BbandsResult, BbandsUpdate, Donchian, DonchianResult, DonchianUpdate,
+    Dx, Keltner, KeltnerResult, KeltnerUpdate, Natr, RollingMax, RollingMin, Stddev, TrueRange, adx, atr, bbands,
+    donchian, dx, keltner, natr, rolling_max, rolling_min, stddev, trange,
+)  # fmt: skip
+from utp.core.indicators.microstructure import CorwinSchultzSpread, RollSpread, corwin_schultz_spread, roll_spread
 from utp.core.indicators.momentum import Macd, MacdResult, MacdUpdate, Rsi, macd, rsi
-from utp.core.indicators.returns import Returns
+from utp.core.indicators.oscillators import (
+    Cci, Mfi, Mom, Obv, Roc, Stoch, StochF, StochFResult, StochFUpdate, StochResult, StochUpdate, Willr, cci, mfi, mom,
+    obv, roc, stoch, stochf, willr,
+)  # fmt: skip
+from utp.core.indicators.returns import Lag, lag
+from utp.core.indicators.statistics import (
+    GarmanKlassVolatility, ParkinsonVolatility, RealizedVolatility, SessionVwap, VolumeZScore, VwapDistance, ZScore,
+    garman_klass_volatility, parkinson_volatility, realized_volatility, session_vwap, volume_zscore, vwap_distance,
+    zscore,
+)  # fmt: skip
 
-__all__ = [
-    "IndicatorUpdate",
-    "Dema", "Ema", "Sma", "Tema", "Wma", "dema", "ema", "sma", "tema", "wma",
-    "Macd", "MacdResult", "MacdUpdate", "Rsi", "macd", "rsi",
-    "Returns",
-]  # fmt: skip
+__all__ = [name for name in dir() if not name.startswith("_")]

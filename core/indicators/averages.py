@@ -241,9 +241,8 @@ def _dema_stream(sid, x, period, count, ema, seed, value, ready):  # noqa: ANN00
     k = 2.0 / (period + 1.0)
     for i in range(x.shape[0]):
         s = sid[i]
-        c, e, d = count[s], ema[s], seed[s]
-        value[i], ready[i], c[0], e[0], d[0], c[1], e[1], d[1] = _dema_step(
-            x[i], c[0], e[0], d[0], c[1], e[1], d[1], period, k
+        value[i], ready[i], count[s, 0], ema[s, 0], seed[s, 0], count[s, 1], ema[s, 1], seed[s, 1] = _dema_step(
+            x[i], count[s, 0], ema[s, 0], seed[s, 0], count[s, 1], ema[s, 1], seed[s, 1], period, k
         )
 
 
@@ -274,10 +273,11 @@ def _tema_stream(sid, x, period, count, ema, seed, value, ready):  # noqa: ANN00
     k = 2.0 / (period + 1.0)
     for i in range(x.shape[0]):
         s = sid[i]
-        c, e, d = count[s], ema[s], seed[s]
-        value[i], ready[i], c[0], e[0], d[0], c[1], e[1], d[1], c[2], e[2], d[2] = _tema_step(
-            x[i], c[0], e[0], d[0], c[1], e[1], d[1], c[2], e[2], d[2], period, k
-        )
+        (value[i], ready[i], count[s, 0], ema[s, 0], seed[s, 0], count[s, 1], ema[s, 1], seed[s, 1], count[s, 2],
+         ema[s, 2], seed[s, 2]) = _tema_step(
+            x[i], count[s, 0], ema[s, 0], seed[s, 0], count[s, 1], ema[s, 1], seed[s, 1], count[s, 2], ema[s, 2],
+            seed[s, 2], period, k
+        )  # fmt: skip
 
 
 def dema(x: np.ndarray, period: int) -> np.ndarray:

@@ -184,10 +184,11 @@ def _macd_stream(sid, x, fp, sp, gp, lean, count, ema, sums, line, signal, hist,
     # ema[s] = (fast, slow, signal); sums[s] = (fast, slow, signal) seeds
     for i in range(x.shape[0]):
         s = sid[i]
-        e, m = ema[s], sums[s]
-        line[i], signal[i], hist[i], ready[i], count[s], e[0], e[1], e[2], m[0], m[1], m[2] = _macd_step(
-            x[i], count[s], e[0], e[1], e[2], m[0], m[1], m[2], fp, sp, gp, lean
-        )
+        # Explicit 2-d indexing: a per-row view (ema[s]) would cost reference counting on every row.
+        (line[i], signal[i], hist[i], ready[i], count[s], ema[s, 0], ema[s, 1], ema[s, 2], sums[s, 0], sums[s, 1],
+         sums[s, 2]) = _macd_step(
+            x[i], count[s], ema[s, 0], ema[s, 1], ema[s, 2], sums[s, 0], sums[s, 1], sums[s, 2], fp, sp, gp, lean
+        )  # fmt: skip
 
 
 def _macd_periods(fast: int, slow: int, signal: int) -> tuple[int, int, int]:
