@@ -34,6 +34,15 @@ def test_rsi_trips_low_once_and_resets_only_above_35() -> None:
     assert rsi_directions([50, 29, 31, 28, 36, 25]) == [0, UP, 0, 0, 0, UP]
 
 
+def test_rsi_thresholds_are_strict_at_every_edge() -> None:
+    # Exactly 70 or 30 does not trip (Lean: > 70, < 30).
+    assert rsi_directions([70, 30, 50]) == [0, 0, 0]
+    # Tripped high, exactly 65 is not below 65: still tripped, so 71 emits nothing; 64.99 resets.
+    assert rsi_directions([71, 65, 71, 64.99, 71]) == [DOWN, 0, 0, 0, DOWN]
+    # Tripped low, exactly 35 is not above 35: still tripped; 35.01 resets.
+    assert rsi_directions([29, 35, 29, 35.01, 29]) == [UP, 0, 0, 0, UP]
+
+
 def test_rsi_goes_straight_from_low_to_high() -> None:
     assert rsi_directions([29, 71, 29]) == [UP, DOWN, UP]
 
@@ -60,6 +69,12 @@ def test_ema_cross_lean_first_ready_bar() -> None:
     fast_ready, slow_ready = [False, True, True, True], [False, False, True, True]
     assert ema_cross([0, 10, 10, 12], [0, 0, 11, 11], fast_ready, slow_ready, lean=True) == [0, 0, DOWN, UP]
     assert ema_cross([0, 10, 12, 12], [0, 0, 11, 11], fast_ready, slow_ready, lean=True) == [0, 0, 0, 0]
+
+
+def test_ema_cross_ignores_ties() -> None:
+    ready = [True] * 4
+    # fast == slow is neither over nor under: no insight, and the next strict cross still counts.
+    assert ema_cross([10, 10, 11, 10], [11, 10, 10, 10.5], ready, ready, lean=True) == [0, 0, UP, DOWN]
 
 
 def test_ema_cross_without_the_quirk_starts_quietly() -> None:
