@@ -78,3 +78,13 @@ def test_bad_arguments_are_refused() -> None:
         macd(np.ones(50), 26, 12, 9)
     with pytest.raises(ValueError, match="symbol index outside the universe"):
         Ema(2, 3).update(np.array([2]), np.array([1.0]))
+
+
+def test_lag_streams_like_batch() -> None:
+    from utp.core.indicators import Lag, lag
+
+    close = goog_bars()["close"]
+    for n in (1, 5):
+        out = lag(close, n)
+        assert np.isnan(out[:n]).all() and np.array_equal(out[n:], close[:-n])
+        assert_streaming_equals_batch(lambda k: Lag(k, n), lambda x: lag(x, n), {"close": close})

@@ -3,13 +3,12 @@
 See `_base` for the conventions. Everything public is re-exported here:
 * averages: SMA, EMA, WMA, DEMA, TEMA
 * momentum: RSI, MACD
-* oscillators: ROC, MOM, STOCH, STOCHF, WILLR, CCI, MFI, OBV
+* oscillators: ROC, MOM, STOCH, STOCHF, WILLR, CCI, MFI, OBV, lag (the value n bars back)
 * bands: STDDEV, Bollinger bands (with %B), true range, ATR, NATR, ADX/+DI/-DI, DX, Keltner, Donchian,
   rolling max/min
 * statistics: rolling z-score, realized / Parkinson / Garman-Klass volatility, session VWAP and the
   distance to it, volume z-score
 * microstructure: Corwin-Schultz and Roll spread estimates
-* lag: values n bars back
 """
 
 from utp.core.indicators._base import IndicatorUpdate
@@ -22,10 +21,9 @@ from utp.core.indicators.bands import (
 from utp.core.indicators.microstructure import CorwinSchultzSpread, RollSpread, corwin_schultz_spread, roll_spread
 from utp.core.indicators.momentum import Macd, MacdResult, MacdUpdate, Rsi, macd, rsi
 from utp.core.indicators.oscillators import (
-    Cci, Mfi, Mom, Obv, Roc, Stoch, StochF, StochFResult, StochFUpdate, StochResult, StochUpdate, Willr, cci, mfi, mom,
-    obv, roc, stoch, stochf, willr,
+    Cci, Lag, Mfi, Mom, Obv, Roc, Stoch, StochF, StochFResult, StochFUpdate, StochResult, StochUpdate, Willr, cci, mfi, mom,
+    obv, roc, stoch, stochf, willr, lag,
 )  # fmt: skip
-from utp.core.indicators.returns import Lag, lag
 from utp.core.indicators.statistics import (
     GarmanKlassVolatility, ParkinsonVolatility, RealizedVolatility, SessionVwap, VolumeZScore, VwapDistance, ZScore,
     garman_klass_volatility, parkinson_volatility, realized_volatility, session_vwap, volume_zscore, vwap_distance,

@@ -127,6 +127,24 @@ def mom(close: np.ndarray, period: int = 10) -> np.ndarray:
     return out
 
 
+@njit(**KERNEL)
+def _lag_stream(sid, x, period, ring, pos, count, value, ready):  # noqa: ANN001
+    for i in range(x.shape[0]):
+        s = sid[i]
+        value[i], pos[s], count[s] = _lag_step(x[i], ring, s, pos[s], count[s], period)
+        ready[i] = count[s] > period
+
+
+def lag(x: np.ndarray, n: int = 1) -> np.ndarray:
+    """x shifted n bars later: lag(x, n)[t] = x[t - n]; NaN for the first n bars (the value ROC and MOM
+    compare with)."""
+    (x,) = series(x)
+    n = check_period("lag", n)
+    out = np.full_like(x, NAN)
+    out[n:] = x[:-n]
+    return out
+
+
 class _Lag:
     name: str
 
@@ -147,6 +165,18 @@ class _Lag:
 
     def update(self, sid: np.ndarray, close: np.ndarray) -> np.ndarray:
         return self.update_current(sid, close).where_ready()
+
+
+class Lag(_Lag):
+    """Streaming `lag`: NaN until `n` bars back exist."""
+
+    name = "lag"
+
+    def __init__(self, n_symbols: int, n: int = 1) -> None:
+        super().__init__(n_symbols, n)
+
+    def _kernel(self, *args: object) -> None:
+        _lag_stream(*args)
 
 
 class Roc(_Lag):
