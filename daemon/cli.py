@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import logging
 import signal
 import sys
@@ -126,14 +127,25 @@ def format_summary(title: str, result: api.BacktestResult, equity_path: Path | N
         f"  signals        {s.signals}",
         f"  orders         {s.orders}",
         f"  trades         {s.trades}",
-        f"  total return   {s.total_return:.2%}",
-        f"  sharpe         {s.sharpe:.2f}",
-        f"  max drawdown   {s.max_drawdown:.2%}",
+        f"  total return   {s.total_return:.2%}  (annual {s.annual_return:.2%}, volatility {s.annual_volatility:.2%})",
+        f"  sharpe         {s.sharpe:.2f}  (sortino {s.sortino:.2f}, calmar {s.calmar:.2f})",
+        f"  max drawdown   {s.max_drawdown:.2%}  (longest {s.max_drawdown_bars} bars)",
+        f"  vs benchmark   alpha {s.alpha:.2%}, beta {s.beta:.2f}, information ratio {s.information_ratio:.2f}",
+        f"  win rate       {s.win_rate:.2%}  (profit factor {s.profit_factor:.2f})",
+        f"  exposure       {s.exposure_time:.2%} of bars, turnover {s.turnover:.2f}/year",
+        f"  commissions    {s.commissions:,.2f}",
         f"  final equity   {s.final_equity:,.2f}",
     ]
     if equity_path is not None:
         lines.append(f"  equity curve   {equity_path}")
     return "\n".join(lines)
+
+
+def summary_dict(summary: api.BacktestSummary) -> dict[str, float | int | None]:
+    """Plain numbers for scripts: protobuf's JSON mapping would quote 64-bit integers, and strict JSON
+    has no NaN (an undefined statistic becomes null)."""
+    values = {f.name: getattr(summary, f.name) for f in summary.DESCRIPTOR.fields}
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in values.items()}
 
 
 def write_equity_curve(result: api.BacktestResult, path: Path) -> Path:
@@ -158,7 +170,7 @@ def _backtest(config: Config, title: str, out: Path | None, as_json: bool) -> in
     path = write_equity_curve(result, out) if out is not None else None
     if as_json:
         # Plain numbers for scripts (protobuf's JSON mapping would quote the 64-bit integers).
-        print(json.dumps({f.name: getattr(result.summary, f.name) for f in result.summary.DESCRIPTOR.fields}))
+        print(json.dumps(summary_dict(result.summary)))
     else:
         print(format_summary(title, result, path))
     return 0

@@ -114,6 +114,7 @@ class Session:
                 initial_equity=ex.initial_cash,
                 periods_per_year=self.market_data.dataset.periods_per_year,
                 include_details=include_details,
+                benchmark=benchmark,
             )
             engines.append(self.collector)
         self.engines = engines

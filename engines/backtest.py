@@ -19,7 +19,8 @@ import numpy as np
 import polars as pl
 
 from utp.core.kinds import KINDS
-from utp.core.performance import max_drawdown, sharpe_ratio, simple_returns, total_return
+from utp.core.features import Benchmark
+from utp.core.performance import compute_metrics, simple_returns
 from utp.core.runtime import Engine, EngineContext, Input, InputMode
 from utp.v1 import core_service_pb2 as api
 from utp.v1 import events_pb2 as pb
@@ -100,9 +101,17 @@ class BacktestEngine(Engine):
         Input("rejected_bar", InputMode.COMMAND),
     )
 
-    def __init__(self, *, initial_equity: float, periods_per_year: float, include_details: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        initial_equity: float,
+        periods_per_year: float,
+        include_details: bool = True,
+        benchmark: Benchmark | None = None,
+    ) -> None:
         self.initial_equity = initial_equity
         self.periods_per_year = periods_per_year
+        self.benchmark = benchmark
         self.include_details = include_details
         self.bars = 0
         self.bars_rejected = 0
@@ -113,6 +122,8 @@ class BacktestEngine(Engine):
         self.fills: list[pb.Fill] = []
         self._times: list[np.ndarray] = []
         self._equity: list[np.ndarray] = []
+        self._gross: list[np.ndarray] = []
+        self._commissions = 0.0
         self.result: api.BacktestResult | None = None
 
     def on_command(self, ctx: EngineContext, kind: str, frame: pl.DataFrame) -> None:
@@ -131,6 +142,8 @@ class BacktestEngine(Engine):
             account = frames["account_snapshot"]
             self._times.append(account["event_time_ns"].to_numpy())
             self._equity.append(account["equity"].to_numpy())
+            self._gross.append(account["gross_exposure"].to_numpy())
+            self._commissions = float(account["commissions"][-1])
 
     def snapshot(self) -> Any:
         times, equity = self.equity_curve
@@ -139,6 +152,8 @@ class BacktestEngine(Engine):
             "order_events": [o.SerializeToString() for o in self.order_events],
             "fills": [f.SerializeToString() for f in self.fills],
             "equity": (times, equity),
+            "gross": np.concatenate(self._gross) if self._gross else np.empty(0),
+            "commissions": self._commissions,
         }
 
     def restore(self, state: Any) -> None:
@@ -147,6 +162,8 @@ class BacktestEngine(Engine):
         self.fills = [pb.Fill.FromString(raw) for raw in state["fills"]]
         times, equity = state["equity"]
         self._times, self._equity = ([times], [equity]) if times.size else ([], [])
+        self._gross = [state["gross"]] if times.size else []
+        self._commissions = state["commissions"]
 
     @property
     def equity_curve(self) -> tuple[np.ndarray, np.ndarray]:
@@ -157,8 +174,25 @@ class BacktestEngine(Engine):
     def finish(self, ctx: EngineContext) -> None:
         times, equity = self.equity_curve
         trades = trades_from_fills(self.fills)
-        # The first snapshot is the first bar's equity (initial cash, as nothing has filled yet).
-        curve = equity if equity.size else np.array([self.initial_equity])
+        # The first snapshot is the first bar's equity (initial cash, as nothing has filled yet); returns
+        # are measured from the initial equity so a loss on the first bar counts.
+        curve = np.concatenate([[self.initial_equity], equity])
+        returns = simple_returns(curve)
+        benchmark_returns = None
+        if self.benchmark is not None and times.size:
+            at = np.searchsorted(self.benchmark.times, times, side="right") - 1
+            closes = np.where(at >= 0, self.benchmark.closes[np.maximum(at, 0)], np.nan)
+            # The first bar's benchmark return is zero, as the strategy's is (it cannot have traded yet).
+            benchmark_returns = simple_returns(np.concatenate([closes[:1], closes]))
+        metrics = compute_metrics(
+            returns,
+            self.periods_per_year,
+            benchmark=benchmark_returns,
+            trade_pnls=[t.pnl for t in trades],
+            traded_notional=sum(f.price * f.quantity for f in self.fills),
+            equity=equity,
+            invested=np.concatenate(self._gross) > 0 if self._gross else None,
+        )
         summary = api.BacktestSummary(
             bars=self.bars,
             bars_rejected=self.bars_rejected,
@@ -168,12 +202,27 @@ class BacktestEngine(Engine):
             trades=len(trades),
             initial_equity=self.initial_equity,
             final_equity=float(curve[-1]),
-            total_return=total_return(curve, self.initial_equity),
-            sharpe=sharpe_ratio(simple_returns(curve), self.periods_per_year),
-            max_drawdown=max_drawdown(curve),
+            total_return=metrics.total_return if returns.size else 0.0,
+            sharpe=metrics.sharpe,
+            max_drawdown=-metrics.max_drawdown if returns.size else 0.0,
             start_time_ns=int(times[0]) if times.size else 0,
             end_time_ns=int(times[-1]) if times.size else 0,
             periods_per_year=self.periods_per_year,
+            annual_return=metrics.annual_return,
+            annual_volatility=metrics.annual_volatility,
+            sortino=metrics.sortino,
+            calmar=metrics.calmar,
+            max_drawdown_bars=metrics.max_drawdown_duration,
+            alpha=metrics.alpha,
+            beta=metrics.beta,
+            information_ratio=metrics.information_ratio,
+            win_rate=metrics.win_rate,
+            profit_factor=metrics.profit_factor,
+            average_win=metrics.average_win,
+            average_loss=metrics.average_loss,
+            turnover=metrics.turnover,
+            exposure_time=metrics.exposure_time,
+            commissions=self._commissions,
         )
         result = api.BacktestResult(summary=summary)
         if self.include_details:

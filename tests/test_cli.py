@@ -43,3 +43,14 @@ def test_backtest_takes_data_set_symbols_dates_and_weights(tmp_path: Path) -> No
 def test_backtest_refuses_an_unknown_symbol(tmp_path: Path) -> None:
     result = utp("backtest", "--dataset", "goog", "--symbols", "MSFT", cwd=tmp_path)
     assert result.returncode == 2 and "goog has no symbol MSFT" in result.stderr
+
+
+def test_json_summary_is_strict_json_with_null_for_undefined_statistics() -> None:
+    from utp.daemon.cli import summary_dict
+    from utp.v1 import core_service_pb2 as api
+
+    summary = api.BacktestSummary(bars=3, sharpe=float("nan"), profit_factor=float("inf"), total_return=0.25)
+    values = summary_dict(summary)
+    assert values["sharpe"] is None and values["profit_factor"] is None
+    assert values["bars"] == 3 and values["total_return"] == 0.25
+    json.loads(json.dumps(values, allow_nan=False))

@@ -58,6 +58,39 @@ def test_goog_backtest_trades(goog_reference: Session) -> None:
     assert 0 < s.max_drawdown < 1
 
 
+def test_summary_statistics_are_empyricals_on_the_equity_curve(goog_reference: Session) -> None:
+    """Every statistic of the summary recomputed by empyrical from what the result itself reports."""
+    import empyrical
+    import numpy as np
+
+    from utp.storage.datasets import load_sp500_index
+
+    result = goog_reference.collector.result
+    s = result.summary
+    equity = np.array([p.equity for p in result.equity_curve])
+    times = np.array([p.time_ns for p in result.equity_curve])
+    curve = np.concatenate([[s.initial_equity], equity])
+    returns = curve[1:] / curve[:-1] - 1
+    index = load_sp500_index().sort("event_time_ns")
+    closes = index["close"].to_numpy()[np.searchsorted(index["event_time_ns"].to_numpy(), times, "right") - 1]
+    bench = np.concatenate([[0.0], closes[1:] / closes[:-1] - 1])
+    ppy = s.periods_per_year
+    assert ppy == 252
+    assert s.total_return == pytest.approx(empyrical.cum_returns_final(returns), rel=1e-9)
+    assert s.annual_return == pytest.approx(empyrical.annual_return(returns, annualization=ppy), rel=1e-9)
+    assert s.sharpe == pytest.approx(empyrical.sharpe_ratio(returns, annualization=ppy), rel=1e-9)
+    assert s.sortino == pytest.approx(empyrical.sortino_ratio(returns, annualization=ppy), rel=1e-9)
+    assert s.calmar == pytest.approx(empyrical.calmar_ratio(returns, annualization=ppy), rel=1e-9)
+    assert s.max_drawdown == pytest.approx(-empyrical.max_drawdown(returns), rel=1e-9)
+    assert s.beta == pytest.approx(empyrical.beta(returns, bench), rel=1e-9)
+    assert s.alpha == pytest.approx(empyrical.alpha(returns, bench, annualization=ppy), rel=1e-9)
+    pnls = np.array([t.pnl for t in result.trades])
+    assert s.trades == pnls.size and s.win_rate == pytest.approx((pnls > 0).mean())
+    assert s.profit_factor == pytest.approx(pnls[pnls > 0].sum() / -pnls[pnls < 0].sum())
+    assert s.commissions == pytest.approx(sum(f.commission for f in goog_reference.collector.fills))
+    assert 0 < s.exposure_time < 1 and s.turnover > 0 and s.max_drawdown_bars > 0
+
+
 def test_batch_size_never_changes_a_decision_on_goog(goog_reference: Session) -> None:
     reference = order_log(goog_reference)
     assert reference

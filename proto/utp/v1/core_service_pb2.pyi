@@ -203,7 +203,7 @@ class Trade(_message.Message):
     def __init__(self, symbol: _Optional[str] = ..., side: _Optional[_Union[_events_pb2.OrderSide, str]] = ..., quantity: _Optional[float] = ..., entry_time_ns: _Optional[int] = ..., entry_price: _Optional[float] = ..., exit_time_ns: _Optional[int] = ..., exit_price: _Optional[float] = ..., pnl: _Optional[float] = ..., return_pct: _Optional[float] = ...) -> None: ...
 
 class BacktestSummary(_message.Message):
-    __slots__ = ("bars", "bars_rejected", "signals", "orders", "fills", "trades", "initial_equity", "final_equity", "total_return", "sharpe", "max_drawdown", "start_time_ns", "end_time_ns", "periods_per_year")
+    __slots__ = ("bars", "bars_rejected", "signals", "orders", "fills", "trades", "initial_equity", "final_equity", "total_return", "sharpe", "max_drawdown", "start_time_ns", "end_time_ns", "periods_per_year", "annual_return", "annual_volatility", "sortino", "calmar", "max_drawdown_bars", "alpha", "beta", "information_ratio", "win_rate", "profit_factor", "average_win", "average_loss", "turnover", "exposure_time", "commissions")
     BARS_FIELD_NUMBER: _ClassVar[int]
     BARS_REJECTED_FIELD_NUMBER: _ClassVar[int]
     SIGNALS_FIELD_NUMBER: _ClassVar[int]
@@ -218,6 +218,21 @@ class BacktestSummary(_message.Message):
     START_TIME_NS_FIELD_NUMBER: _ClassVar[int]
     END_TIME_NS_FIELD_NUMBER: _ClassVar[int]
     PERIODS_PER_YEAR_FIELD_NUMBER: _ClassVar[int]
+    ANNUAL_RETURN_FIELD_NUMBER: _ClassVar[int]
+    ANNUAL_VOLATILITY_FIELD_NUMBER: _ClassVar[int]
+    SORTINO_FIELD_NUMBER: _ClassVar[int]
+    CALMAR_FIELD_NUMBER: _ClassVar[int]
+    MAX_DRAWDOWN_BARS_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    BETA_FIELD_NUMBER: _ClassVar[int]
+    INFORMATION_RATIO_FIELD_NUMBER: _ClassVar[int]
+    WIN_RATE_FIELD_NUMBER: _ClassVar[int]
+    PROFIT_FACTOR_FIELD_NUMBER: _ClassVar[int]
+    AVERAGE_WIN_FIELD_NUMBER: _ClassVar[int]
+    AVERAGE_LOSS_FIELD_NUMBER: _ClassVar[int]
+    TURNOVER_FIELD_NUMBER: _ClassVar[int]
+    EXPOSURE_TIME_FIELD_NUMBER: _ClassVar[int]
+    COMMISSIONS_FIELD_NUMBER: _ClassVar[int]
     bars: int
     bars_rejected: int
     signals: int
@@ -232,7 +247,22 @@ class BacktestSummary(_message.Message):
     start_time_ns: int
     end_time_ns: int
     periods_per_year: float
-    def __init__(self, bars: _Optional[int] = ..., bars_rejected: _Optional[int] = ..., signals: _Optional[int] = ..., orders: _Optional[int] = ..., fills: _Optional[int] = ..., trades: _Optional[int] = ..., initial_equity: _Optional[float] = ..., final_equity: _Optional[float] = ..., total_return: _Optional[float] = ..., sharpe: _Optional[float] = ..., max_drawdown: _Optional[float] = ..., start_time_ns: _Optional[int] = ..., end_time_ns: _Optional[int] = ..., periods_per_year: _Optional[float] = ...) -> None: ...
+    annual_return: float
+    annual_volatility: float
+    sortino: float
+    calmar: float
+    max_drawdown_bars: int
+    alpha: float
+    beta: float
+    information_ratio: float
+    win_rate: float
+    profit_factor: float
+    average_win: float
+    average_loss: float
+    turnover: float
+    exposure_time: float
+    commissions: float
+    def __init__(self, bars: _Optional[int] = ..., bars_rejected: _Optional[int] = ..., signals: _Optional[int] = ..., orders: _Optional[int] = ..., fills: _Optional[int] = ..., trades: _Optional[int] = ..., initial_equity: _Optional[float] = ..., final_equity: _Optional[float] = ..., total_return: _Optional[float] = ..., sharpe: _Optional[float] = ..., max_drawdown: _Optional[float] = ..., start_time_ns: _Optional[int] = ..., end_time_ns: _Optional[int] = ..., periods_per_year: _Optional[float] = ..., annual_return: _Optional[float] = ..., annual_volatility: _Optional[float] = ..., sortino: _Optional[float] = ..., calmar: _Optional[float] = ..., max_drawdown_bars: _Optional[int] = ..., alpha: _Optional[float] = ..., beta: _Optional[float] = ..., information_ratio: _Optional[float] = ..., win_rate: _Optional[float] = ..., profit_factor: _Optional[float] = ..., average_win: _Optional[float] = ..., average_loss: _Optional[float] = ..., turnover: _Optional[float] = ..., exposure_time: _Optional[float] = ..., commissions: _Optional[float] = ...) -> None: ...
 
 class BacktestResult(_message.Message):
     __slots__ = ("summary", "trades", "equity_curve")
