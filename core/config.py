@@ -171,23 +171,38 @@ class EnsembleConfig(_Section):
 
 
 class RiskConfig(_Section):
-    #: Largest position per symbol as a share of equity; entries are sized to it.
+    #: Target position per symbol as a share of equity: an UP signal asks for +this, DOWN for 0 (or -this
+    #: with shorts). Execution sizes the order from the portfolio when it places it.
     max_position_pct: float = 0.10
     allow_short: bool = False
-    fractional_shares: bool = False
 
 
 class ExecutionConfig(_Section):
     initial_cash: float = 100_000.0
+    #: fixed: slippage_bps; spread: the larger of slippage_bps and half the Corwin-Schultz spread of the
+    #: previous two bars (smoothed over spread_period bars); volatility: slippage_bps plus
+    #: volatility_factor x the previous bar's (high - low) / close. Market and stop fills pay it.
+    slippage_model: str = "fixed"
     slippage_bps: float = 1.0
+    spread_period: int = 20
+    volatility_factor: float = 0.1
+    #: A fill takes at most this share of the bar's volume (0 = no limit); the rest fills on later bars.
+    volume_limit: float = 0.0
     #: Commission = max(commission_min, commission_per_share x shares) + commission_bps of the notional.
     commission_per_share: float = 0.005
     commission_min: float = 1.0
     commission_bps: float = 0.0
+    fractional_shares: bool = False
+    #: Yearly fee on the market value of short positions, accrued bar by bar.
+    borrow_rate: float = 0.0
+    #: Market orders of the decisions: DAY or GTC.
+    time_in_force: str = "day"
 
 
 class ExitConfig(_Section):
-    #: The seeds' bracket: take profit at +3%, stop loss at -1.5% from the average price (on closes).
+    #: The seeds' bracket: every entry gets a take-profit limit at +3% and a stop-loss stop at -1.5% from
+    #: its reference price (the close it was decided on), one-cancels-other, resting at the broker.
+    #: 0 leaves that leg out.
     take_profit_pct: float = 0.03
     stop_loss_pct: float = 0.015
 
@@ -327,6 +342,20 @@ def validate(config: Config) -> None:
         raise ConfigError("market_data.replay_rate must be >= 0")
     if not 0 < config.risk.max_position_pct <= 10:
         raise ConfigError("risk.max_position_pct must be in (0, 10]")
+    ex = config.execution
+    if ex.slippage_model not in ("fixed", "spread", "volatility"):
+        raise ConfigError("execution.slippage_model must be fixed, spread or volatility")
+    if ex.time_in_force not in ("day", "gtc"):
+        raise ConfigError("execution.time_in_force must be day or gtc")
+    if not 0 <= ex.volume_limit <= 1:
+        raise ConfigError("execution.volume_limit must be in [0, 1]")
+    if ex.spread_period < 1:
+        raise ConfigError("execution.spread_period must be >= 1")
+    if min(ex.initial_cash, ex.slippage_bps, ex.volatility_factor, ex.commission_per_share, ex.commission_min,
+           ex.commission_bps, ex.borrow_rate) < 0:  # fmt: skip
+        raise ConfigError("execution: cash, slippage, commissions and the borrow rate must be >= 0")
+    if not (0 <= config.exit.take_profit_pct and 0 <= config.exit.stop_loss_pct < 1):
+        raise ConfigError("exit.take_profit_pct must be >= 0 and exit.stop_loss_pct in [0, 1)")
     if any(w < 0 for w in config.ensemble.weights.values()):
         raise ConfigError("ensemble.weights must be >= 0")
     if not 0 <= config.ensemble.min_confidence <= 1:

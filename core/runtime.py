@@ -92,6 +92,8 @@ class EngineContext:
         self._runner = runner
         self.clock: Clock = runner.clock
         self.log = logging.getLogger(f"utp.engine.{runner.engine.name}")
+        #: Whether hot-state records are kept (a session with LMDB); a backtest skips building them.
+        self.keeps_records = runner.checkpointer is not None
 
     def emit(self, kind: str, frame: pl.DataFrame) -> None:
         """Queue rows of an output kind for publishing; rows must be sorted by event time."""

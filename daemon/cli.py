@@ -164,9 +164,9 @@ def write_equity_curve(result: api.BacktestResult, path: Path) -> Path:
 
 
 def _backtest(config: Config, title: str, out: Path | None, as_json: bool) -> int:
-    from utp.daemon.session import run_backtest
+    from utp.daemon.session import backtest
 
-    result = asyncio.run(run_backtest(config))
+    result = backtest(config)
     path = write_equity_curve(result, out) if out is not None else None
     if as_json:
         # Plain numbers for scripts (protobuf's JSON mapping would quote the 64-bit integers).

@@ -17,7 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from utp.core.config import AlphaConfig, Config, ConfigError, validate
 from utp.core.kinds import KIND_BY_NUMBER
 from utp.daemon.core import CoreDaemon
-from utp.daemon.session import run_backtest
+from utp.daemon.session import backtest
 from utp.storage.datasets import DATASETS
 from utp.v1 import core_service_pb2 as api
 from utp.v1 import core_service_pb2_grpc as api_grpc
@@ -174,9 +174,7 @@ class CoreServicer(api_grpc.CoreServiceServicer):
         def work() -> None:
             # Its own thread and event loop: a long backtest never stalls the live session.
             try:
-                result = asyncio.run(
-                    run_backtest(config, on_progress=on_progress, include_details=request.include_details)
-                )
+                result = backtest(config, on_progress=on_progress, include_details=request.include_details)
                 loop.call_soon_threadsafe(queue.put_nowait, api.RunBacktestResponse(result=result))
             except Exception as exc:  # reported to the caller below
                 log.exception("backtest failed")

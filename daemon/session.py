@@ -5,10 +5,14 @@ A backtest and a live or paper session are the same engines; they differ only in
     backtest: InProcessBus, SimulatedClock, SimulatedBroker, no persistence, execution approved
     paper:    InProcessBus or JetStreamBus, WallClock, SimulatedBroker, LMDB hot state, operator flags
 
-    market_data -> bar -> features -> feature_vector --------------\\
-                       -> alpha -> alpha_signal ------------------> ensemble -> scored_signal -> risk
-                       -> execution <- risk_decision <- risk <- order_intent <- exit <- position_snapshot
-                          execution -> order, fill, position_snapshot, account_snapshot -> risk, exit, backtest
+    market_data -> bar -> features -> feature_vector --\
+                       -> alpha -> alpha_signal ---------+-> ensemble -> scored_signal -> risk -> risk_decision
+                       risk_decision -> exit -> order_intent (protective legs)
+                       bar, risk_decision, order_intent -> execution -> order, fill, position_snapshot,
+                                                                        account_snapshot -> backtest
+
+The graph has no cycle: risk asks for target positions and execution sizes the orders from its own
+books, so every engine takes a whole batch of bar times in one step.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import msgspec
 import numpy as np
 import polars as pl
 
@@ -94,10 +99,16 @@ class Session:
         )
         ex = config.execution
         broker = SimulatedBroker(
+            universe.symbols,
             slippage_bps=ex.slippage_bps,
+            slippage_model=ex.slippage_model,
+            spread_period=ex.spread_period,
+            volatility_factor=ex.volatility_factor,
+            volume_limit=ex.volume_limit,
             commission_per_share=ex.commission_per_share,
             commission_min=ex.commission_min,
             commission_bps=ex.commission_bps,
+            fractional=ex.fractional_shares,
         )
         benchmark = Benchmark.from_frame(load_sp500_index()) if config.features.benchmark == "sp500" else None
         engines: list[Engine] = [
@@ -105,7 +116,7 @@ class Session:
             AlphaEngine(config.alpha, universe),
             EnsembleEngine(config.ensemble, universe),
             RiskEngine(config.risk, controls),
-            ExecutionEngine(config.execution, broker, controls),
+            ExecutionEngine(config.execution, broker, controls, universe),
             ExitEngine(config.exit),
         ]
         self.collector: BacktestEngine | None = None
@@ -161,7 +172,16 @@ async def run_backtest(
     on_progress: ProgressCallback | None = None,
     include_details: bool = True,
 ) -> api.BacktestResult:
-    """Run the engine graph over recorded bars on the in-process bus with a simulated clock."""
+    """Run the engine graph over recorded bars on the in-process bus with a simulated clock.
+
+    With `on_progress`, batches are at most a hundredth of the run so that progress moves in steps of about
+    1% (batch size never changes a decision, only how often progress can be told)."""
+    market_data = market_data or MarketData.from_config(config)
+    if on_progress is not None:
+        bar_times = market_data.bars["event_time_ns"].n_unique()
+        md = config.market_data
+        batch = max(1, min(md.batch_bar_times, -(-bar_times // 100)))
+        config = msgspec.structs.replace(config, market_data=msgspec.structs.replace(md, batch_bar_times=batch))
     bus = InProcessBus()
     session = Session(
         config,
@@ -190,3 +210,23 @@ async def run_backtest(
     await session.run()
     assert session.collector is not None and session.collector.result is not None
     return session.collector.result
+
+
+def backtest(
+    config: Config,
+    *,
+    market_data: MarketData | None = None,
+    on_progress: ProgressCallback | None = None,
+    include_details: bool = True,
+) -> api.BacktestResult:
+    """`run_backtest` on an event loop of its own (for callers outside one: the CLI, a worker thread)."""
+    holder: list[api.BacktestResult] = []
+
+    async def go() -> None:
+        # The result stays out of the task's return value: asyncio formats a finished main task's result
+        # when it restores the SIGINT handler, and a long equity curve takes seconds to print.
+        holder.append(await run_backtest(config, market_data=market_data, on_progress=on_progress,
+                                         include_details=include_details))  # fmt: skip
+
+    asyncio.run(go())
+    return holder[0]

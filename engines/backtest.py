@@ -5,88 +5,142 @@ Produces: nothing on the bus; `result` holds the BacktestResult once every input
 
 A backtest is the ordinary engine graph on the in-process bus with a simulated clock and broker (see
 `utp.daemon.session.run_backtest`); this engine only listens, so what it reports is exactly what the
-trading engines did. Trades are round trips rebuilt from the fills: a position opened from flat and
-closed back to flat (a fill that crosses zero closes one trade and opens the next).
+trading engines did. It keeps the frames it receives and does the work once, at the end:
+
+* trades are round trips rebuilt from the fills: a position opened from flat and closed back to flat (a
+  fill that crosses zero closes one trade and opens the next); a position still open at the end is a
+  trade marked `open`, valued at the symbol's last close;
+* the statistics are `utp.core.performance.compute_metrics` on the bar-to-bar returns of equity, against
+  the benchmark's returns on the same bars;
+* attribution: the P&L of the trades (net of commissions) by symbol and by strategy (the alpha sources
+  behind each entry).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import polars as pl
+from numba import njit
 
-from utp.core.kinds import KINDS
 from utp.core.features import Benchmark
+from utp.core.kinds import KINDS
 from utp.core.performance import compute_metrics, simple_returns
 from utp.core.runtime import Engine, EngineContext, Input, InputMode
 from utp.v1 import core_service_pb2 as api
 from utp.v1 import events_pb2 as pb
 
-
-@dataclass(slots=True)
-class _OpenTrade:
-    side: int
-    quantity: float  # absolute, still open
-    total_quantity: float
-    entry_time_ns: int
-    entry_price: float  # average
-    exit_value: float = 0.0
-    exit_quantity: float = 0.0
-    realized: float = 0.0
-    commission: float = 0.0
+_TRADE_FIELDS = ("symbol", "side", "quantity", "entry_time", "entry_price", "exit_time", "exit_price", "pnl",
+                 "commission", "strategy", "open")  # fmt: skip
 
 
-def trades_from_fills(fills: list[pb.Fill]) -> list[api.Trade]:
-    """Round trips from fills in time order."""
-    open_trades: dict[str, _OpenTrade] = {}
-    trades: list[api.Trade] = []
-    for fill in fills:
-        symbol = fill.header.symbol
-        signed = fill.quantity if fill.side == pb.ORDER_SIDE_BUY else -fill.quantity
-        remaining = abs(signed)
-        commission_per_unit = fill.commission / fill.quantity if fill.quantity else 0.0
-        trade = open_trades.get(symbol)
-        if trade is not None and (trade.side == pb.ORDER_SIDE_BUY) != (signed > 0):
-            closed = min(remaining, trade.quantity)
-            direction = 1.0 if trade.side == pb.ORDER_SIDE_BUY else -1.0
-            trade.realized += (fill.price - trade.entry_price) * closed * direction
-            trade.exit_value += fill.price * closed
-            trade.exit_quantity += closed
-            trade.commission += commission_per_unit * closed
-            trade.quantity -= closed
+@njit(cache=True)
+def _round_trips(sym, qty, price, commission, time, strategy, n_symbols, last_close, last_time, out_f, out_i):  # noqa: ANN001
+    """Round trips from fills in time order (qty signed). Rows of out_f: quantity, entry price, exit price,
+    pnl, commission; of out_i: symbol, side, entry time, exit time, strategy, open. Returns the row count."""
+    side = np.zeros(n_symbols, np.int64)
+    open_q = np.zeros(n_symbols)
+    total_q = np.zeros(n_symbols)
+    entry_t = np.zeros(n_symbols, np.int64)
+    entry_px = np.zeros(n_symbols)
+    exit_value = np.zeros(n_symbols)
+    exit_q = np.zeros(n_symbols)
+    realized = np.zeros(n_symbols)
+    paid = np.zeros(n_symbols)
+    tag = np.zeros(n_symbols, np.int64)
+    n = 0
+    for f in range(sym.shape[0]):
+        s = sym[f]
+        remaining = abs(qty[f])
+        per_unit = commission[f] / remaining if remaining > 0 else 0.0
+        direction = 1 if qty[f] > 0 else -1
+        if side[s] != 0 and side[s] != direction:
+            closed = min(remaining, open_q[s])
+            realized[s] += (price[f] - entry_px[s]) * closed * side[s]
+            exit_value[s] += price[f] * closed
+            exit_q[s] += closed
+            paid[s] += per_unit * closed
+            open_q[s] -= closed
             remaining -= closed
-            if trade.quantity <= 1e-12:
-                pnl = trade.realized - trade.commission
-                trades.append(
-                    api.Trade(
-                        symbol=symbol,
-                        side=trade.side,
-                        quantity=trade.total_quantity,
-                        entry_time_ns=trade.entry_time_ns,
-                        entry_price=trade.entry_price,
-                        exit_time_ns=fill.header.event_time_ns,
-                        exit_price=trade.exit_value / trade.exit_quantity,
-                        pnl=pnl,
-                        return_pct=pnl / (trade.entry_price * trade.total_quantity),
-                    )
-                )
-                del open_trades[symbol]
-                trade = None
+            if open_q[s] <= 1e-12:
+                out_f[n, 0], out_f[n, 1] = total_q[s], entry_px[s]
+                out_f[n, 2], out_f[n, 3], out_f[n, 4] = exit_value[s] / exit_q[s], realized[s] - paid[s], paid[s]
+                out_i[n, 0], out_i[n, 1], out_i[n, 2] = s, side[s], entry_t[s]
+                out_i[n, 3], out_i[n, 4], out_i[n, 5] = time[f], tag[s], 0
+                n += 1
+                side[s] = 0
         if remaining > 1e-12:
-            if trade is None:
-                side = pb.ORDER_SIDE_BUY if signed > 0 else pb.ORDER_SIDE_SELL
-                open_trades[symbol] = _OpenTrade(side, remaining, remaining, fill.header.event_time_ns, fill.price)
-                open_trades[symbol].commission = commission_per_unit * remaining
-            else:  # adding to an open trade
-                total = trade.quantity + remaining
-                trade.entry_price = (trade.entry_price * trade.quantity + fill.price * remaining) / total
-                trade.quantity = total
-                trade.total_quantity += remaining
-                trade.commission += commission_per_unit * remaining
-    return trades
+            if side[s] == 0:
+                side[s], open_q[s], total_q[s], entry_t[s], entry_px[s] = direction, remaining, remaining, time[f], price[f]
+                exit_value[s], exit_q[s], realized[s], paid[s], tag[s] = 0.0, 0.0, 0.0, per_unit * remaining, strategy[f]
+            else:  # adding to the open trade
+                total = open_q[s] + remaining
+                entry_px[s] = (entry_px[s] * open_q[s] + price[f] * remaining) / total
+                open_q[s] = total
+                total_q[s] += remaining
+                paid[s] += per_unit * remaining
+    for s in range(n_symbols):  # trades still open, valued at the last close
+        if side[s] != 0:
+            unrealized = (last_close[s] - entry_px[s]) * open_q[s] * side[s]
+            out_f[n, 0], out_f[n, 1], out_f[n, 2] = total_q[s], entry_px[s], last_close[s]
+            out_f[n, 3], out_f[n, 4] = realized[s] + unrealized - paid[s], paid[s]
+            out_i[n, 0], out_i[n, 1], out_i[n, 2] = s, side[s], entry_t[s]
+            out_i[n, 3], out_i[n, 4], out_i[n, 5] = last_time[s], tag[s], 1
+            n += 1
+    return n
+
+
+def trades_from_fills(fills: pl.DataFrame, last_close: Mapping[str, tuple[int, float]] | None = None) -> pl.DataFrame:
+    """Round trips from a frame of fills in time order: one row per trade with the columns of `api.Trade`
+    (side +1 long / -1 short). `last_close` (symbol -> (time, close)) values trades still open; without it
+    they are left out."""
+    if not fills.height:
+        return _empty_trades()
+    symbols = fills["symbol"].unique(maintain_order=True).to_list()
+    strategies = fills["strategy"].unique(maintain_order=True).to_list()
+    sym = fills["symbol"].replace_strict(symbols, list(range(len(symbols))), return_dtype=pl.Int64).to_numpy()
+    tag = fills["strategy"].replace_strict(strategies, list(range(len(strategies))), return_dtype=pl.Int64).to_numpy()
+    sign = np.where(fills["side"].to_numpy() == pb.ORDER_SIDE_BUY, 1.0, -1.0)
+    close = np.array([(last_close or {}).get(s, (0, np.nan))[1] for s in symbols], np.float64)
+    when = np.array([(last_close or {}).get(s, (0, 0))[0] for s in symbols], np.int64)
+    rows = fills.height + len(symbols)
+    out_f, out_i = np.zeros((rows, 5)), np.zeros((rows, 6), np.int64)
+    n = _round_trips(sym, sign * fills["quantity"].to_numpy(), fills["price"].to_numpy(), fills["commission"].to_numpy(),
+                     fills["event_time_ns"].to_numpy(), tag, len(symbols), close, when, out_f, out_i)  # fmt: skip
+    f, i = out_f[:n], out_i[:n]
+    trades = pl.DataFrame({
+        "symbol": [symbols[k] for k in i[:, 0]], "side": i[:, 1], "quantity": f[:, 0], "entry_time": i[:, 2],
+        "entry_price": f[:, 1], "exit_time": i[:, 3], "exit_price": f[:, 2], "pnl": f[:, 3], "commission": f[:, 4],
+        "strategy": [strategies[k] for k in i[:, 4]], "open": i[:, 5].astype(bool),
+    }, schema_overrides={"symbol": pl.Utf8, "strategy": pl.Utf8})  # fmt: skip
+    if last_close is None:
+        trades = trades.filter(~pl.col("open"))
+    return trades.sort("exit_time", "entry_time", maintain_order=True)
+
+
+def _empty_trades() -> pl.DataFrame:
+    return pl.DataFrame(schema={"symbol": pl.Utf8, "side": pl.Int64, "quantity": pl.Float64, "entry_time": pl.Int64,
+                                "entry_price": pl.Float64, "exit_time": pl.Int64, "exit_price": pl.Float64,
+                                "pnl": pl.Float64, "commission": pl.Float64, "strategy": pl.Utf8, "open": pl.Boolean})  # fmt: skip
+
+
+def attribution(trades: pl.DataFrame, by: str) -> list[api.Attribution]:
+    """P&L of trades (closed and open) grouped by `by` ("symbol" or "strategy"), largest first."""
+    if not trades.height:
+        return []
+    total = float(trades["pnl"].sum())
+    groups = trades.group_by(by).agg(
+        pl.col("pnl").sum(),
+        pl.len().alias("trades"),
+        (pl.col("pnl").filter(~pl.col("open")) > 0).mean().alias("win_rate"),
+    ).sort("pnl", by, descending=[True, False])  # fmt: skip
+    return [
+        api.Attribution(key=key or "(none)", pnl=pnl, trades=n, win_rate=win if win is not None else float("nan"),
+                        share=pnl / total if total else float("nan"))  # fmt: skip
+        for key, pnl, n, win in groups.select(by, "pnl", "trades", "win_rate").iter_rows()
+    ]
 
 
 class BacktestEngine(Engine):
@@ -117,63 +171,78 @@ class BacktestEngine(Engine):
         self.bars_rejected = 0
         self.signals = 0
         self.scored = 0
-        self.orders = 0
-        self.order_events: list[pb.Order] = []
-        self.fills: list[pb.Fill] = []
-        self._times: list[np.ndarray] = []
-        self._equity: list[np.ndarray] = []
-        self._gross: list[np.ndarray] = []
-        self._commissions = 0.0
+        self._frames: dict[str, list[pl.DataFrame]] = {"order": [], "fill": [], "account_snapshot": [], "last_bar": []}
         self.result: api.BacktestResult | None = None
 
     def on_command(self, ctx: EngineContext, kind: str, frame: pl.DataFrame) -> None:
         self.bars_rejected += frame.height
 
     def on_step(self, ctx: EngineContext, through_ns: int, frames: Mapping[str, pl.DataFrame]) -> None:
-        self.bars += frames["bar"].height if "bar" in frames else 0
+        if "bar" in frames:
+            bars = frames["bar"]
+            self.bars += bars.height
+            self._frames["last_bar"].append(bars.select("symbol", "event_time_ns", "close").unique("symbol", keep="last"))
         self.signals += frames["alpha_signal"].height if "alpha_signal" in frames else 0
         self.scored += frames["scored_signal"].height if "scored_signal" in frames else 0
-        if "order" in frames:
-            self.orders += frames["order"].filter(pl.col("status") == pb.ORDER_STATUS_NEW).height
-            self.order_events.extend(KINDS["order"].to_messages(frames["order"]))  # type: ignore[arg-type]
-        if "fill" in frames:
-            self.fills.extend(KINDS["fill"].to_messages(frames["fill"]))  # type: ignore[arg-type]
-        if "account_snapshot" in frames:
-            account = frames["account_snapshot"]
-            self._times.append(account["event_time_ns"].to_numpy())
-            self._equity.append(account["equity"].to_numpy())
-            self._gross.append(account["gross_exposure"].to_numpy())
-            self._commissions = float(account["commissions"][-1])
+        for kind in ("order", "fill", "account_snapshot"):
+            if kind in frames:
+                self._frames[kind].append(frames[kind])
 
-    def snapshot(self) -> Any:
-        times, equity = self.equity_curve
-        return {
-            "counts": (self.bars, self.bars_rejected, self.signals, self.scored, self.orders),
-            "order_events": [o.SerializeToString() for o in self.order_events],
-            "fills": [f.SerializeToString() for f in self.fills],
-            "equity": (times, equity),
-            "gross": np.concatenate(self._gross) if self._gross else np.empty(0),
-            "commissions": self._commissions,
-        }
+    def _all(self, kind: str) -> pl.DataFrame:
+        frames = [f for f in self._frames[kind] if f.height]
+        if not frames:
+            return KINDS[kind].empty_frame() if kind in KINDS else pl.DataFrame()
+        if len(frames) > 1:  # keep one frame: snapshots and later calls stay cheap
+            self._frames[kind] = [pl.concat(frames)]
+        return self._frames[kind][0]
 
-    def restore(self, state: Any) -> None:
-        self.bars, self.bars_rejected, self.signals, self.scored, self.orders = state["counts"]
-        self.order_events = [pb.Order.FromString(raw) for raw in state["order_events"]]
-        self.fills = [pb.Fill.FromString(raw) for raw in state["fills"]]
-        times, equity = state["equity"]
-        self._times, self._equity = ([times], [equity]) if times.size else ([], [])
-        self._gross = [state["gross"]] if times.size else []
-        self._commissions = state["commissions"]
+    # -- what tests and callers read ----------------------------------------------------------------
+    @property
+    def orders(self) -> int:
+        """Orders placed (NEW or HELD events; a bracket leg counts once)."""
+        frame = self._all("order")
+        return frame.filter(pl.col("status").is_in([pb.ORDER_STATUS_NEW, pb.ORDER_STATUS_HELD])).select(
+            pl.col("client_order_id").n_unique()).item() if frame.height else 0  # fmt: skip
+
+    @property
+    def order_events(self) -> list[pb.Order]:
+        return KINDS["order"].to_messages(self._all("order"))  # type: ignore[return-value]
+
+    @property
+    def fills(self) -> list[pb.Fill]:
+        return KINDS["fill"].to_messages(self._all("fill"))  # type: ignore[return-value]
+
+    @property
+    def fill_frame(self) -> pl.DataFrame:
+        return self._all("fill")
 
     @property
     def equity_curve(self) -> tuple[np.ndarray, np.ndarray]:
-        if not self._times:
-            return np.empty(0, np.int64), np.empty(0)
-        return np.concatenate(self._times), np.concatenate(self._equity)
+        account = self._all("account_snapshot")
+        return account["event_time_ns"].to_numpy(), account["equity"].to_numpy()
 
+    def last_closes(self) -> dict[str, tuple[int, float]]:
+        last = self._all("last_bar")
+        if not last.height:
+            return {}
+        last = last.unique("symbol", keep="last", maintain_order=True)
+        return {s: (t, c) for s, t, c in last.iter_rows()}
+
+    def snapshot(self) -> Any:
+        return {"counts": (self.bars, self.bars_rejected, self.signals, self.scored),
+                "frames": {k: self._all(k) for k in self._frames}}  # fmt: skip
+
+    def restore(self, state: Any) -> None:
+        self.bars, self.bars_rejected, self.signals, self.scored = state["counts"]
+        self._frames = {k: [f] for k, f in state["frames"].items()}
+
+    # -- the result ---------------------------------------------------------------------------------
     def finish(self, ctx: EngineContext) -> None:
-        times, equity = self.equity_curve
-        trades = trades_from_fills(self.fills)
+        account = self._all("account_snapshot")
+        times, equity = account["event_time_ns"].to_numpy(), account["equity"].to_numpy()
+        fills = self._all("fill")
+        trades = trades_from_fills(fills, self.last_closes())
+        closed = trades.filter(~pl.col("open"))
         # The first snapshot is the first bar's equity (initial cash, as nothing has filled yet); returns
         # are measured from the initial equity so a loss on the first bar counts.
         curve = np.concatenate([[self.initial_equity], equity])
@@ -188,18 +257,18 @@ class BacktestEngine(Engine):
             returns,
             self.periods_per_year,
             benchmark=benchmark_returns,
-            trade_pnls=[t.pnl for t in trades],
-            traded_notional=sum(f.price * f.quantity for f in self.fills),
+            trade_pnls=closed["pnl"].to_numpy(),
+            traded_notional=float((fills["price"] * fills["quantity"]).sum()) if fills.height else 0.0,
             equity=equity,
-            invested=np.concatenate(self._gross) > 0 if self._gross else None,
+            invested=account["gross_exposure"].to_numpy() > 0 if account.height else None,
         )
         summary = api.BacktestSummary(
             bars=self.bars,
             bars_rejected=self.bars_rejected,
             signals=self.signals,
             orders=self.orders,
-            fills=len(self.fills),
-            trades=len(trades),
+            fills=fills.height,
+            trades=closed.height,
             initial_equity=self.initial_equity,
             final_equity=float(curve[-1]),
             total_return=metrics.total_return if returns.size else 0.0,
@@ -222,11 +291,18 @@ class BacktestEngine(Engine):
             average_loss=metrics.average_loss,
             turnover=metrics.turnover,
             exposure_time=metrics.exposure_time,
-            commissions=self._commissions,
+            commissions=float(account["commissions"][-1]) if account.height else 0.0,
         )
         result = api.BacktestResult(summary=summary)
+        result.by_symbol.extend(attribution(trades, "symbol"))
+        result.by_strategy.extend(attribution(trades, "strategy"))
         if self.include_details:
-            result.trades.extend(trades)
+            result.trades.extend(
+                api.Trade(symbol=symbol, side=pb.ORDER_SIDE_BUY if side > 0 else pb.ORDER_SIDE_SELL, quantity=q,
+                          entry_time_ns=et, entry_price=ep, exit_time_ns=xt, exit_price=xp, pnl=pnl,
+                          return_pct=pnl / (ep * q), commission=c, strategy=strategy, open=is_open)  # fmt: skip
+                for symbol, side, q, et, ep, xt, xp, pnl, c, strategy, is_open in trades.select(_TRADE_FIELDS).iter_rows()
+            )
             result.equity_curve.extend(
                 api.EquityPoint(time_ns=int(t), equity=float(e)) for t, e in zip(times, equity, strict=True)
             )

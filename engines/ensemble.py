@@ -32,7 +32,6 @@ from utp.core.universe import Universe
 from utp.v1 import events_pb2 as pb
 
 _DIRECTION_SIGN = {pb.DIRECTION_UP: 1, pb.DIRECTION_DOWN: -1, pb.DIRECTION_FLAT: 0}
-_SIGN_DIRECTION = {1: pb.DIRECTION_UP, -1: pb.DIRECTION_DOWN, 0: pb.DIRECTION_FLAT}
 
 
 @njit(cache=True)
@@ -186,43 +185,58 @@ class EnsembleEngine(Engine):
             self.last_active, self.last_sign, self.last_conf,
             out_row, out_active, out_sign, out_conf, out_score, out_regime,
         )  # fmt: skip
-        messages = []
-        for r in range(n_out):
-            k = int(out_row[r])
-            corr = features["correlation_id"][k]
-            components, weight_sum = [], float(self.weights[out_active[r]].sum())
-            for c in np.flatnonzero(out_active[r]):
-                components.append(
-                    pb.ComponentSignal(
-                        source=self.sources[c],
-                        direction=_SIGN_DIRECTION[int(out_sign[r, c])],
-                        confidence=float(out_conf[r, c]),
-                        weight=float(self.weights[c] / weight_sum) if weight_sum > 0 else 0.0,
-                    )
-                )
-            score = float(out_score[r])
-            confidence = abs(score)
-            direction = pb.DIRECTION_FLAT
-            if confidence >= self.config.min_confidence and score != 0.0:
-                direction = pb.DIRECTION_UP if score > 0 else pb.DIRECTION_DOWN
-            messages.append(
-                pb.ScoredSignal(
-                    header=pb.EventHeader(
-                        event_id=f"scored_signal/{corr}",
-                        correlation_id=corr,
-                        event_time_ns=int(features["event_time_ns"][k]),
-                        symbol=features["symbol"][k],
-                    ),
-                    components=components,
-                    direction=direction,
-                    confidence=confidence,
-                    score=score,
-                    active_alphas=[c.source for c in components],
-                    regime=int(out_regime[r]),
-                    reference_price=float(features["close"][k]),
-                )
-            )
-        return KINDS["scored_signal"].to_frame(messages)
+        return self._scored_frame(features, n_out, out_row, out_active, out_sign, out_conf, out_score, out_regime)
+
+    def _scored_frame(  # noqa: PLR0913 - the kernel's outputs
+        self, features: pl.DataFrame, n_out: int, out_row: np.ndarray, out_active: np.ndarray, out_sign: np.ndarray,
+        out_conf: np.ndarray, out_score: np.ndarray, out_regime: np.ndarray,
+    ) -> pl.DataFrame:  # fmt: skip
+        """The kernel's votes as a scored_signal frame, built column by column (no per-row Python)."""
+        schema = KINDS["scored_signal"].schema
+        if n_out == 0:
+            return KINDS["scored_signal"].empty_frame()
+        rows = out_row[:n_out]
+        active = out_active[:n_out]
+        score = out_score[:n_out]
+        confidence = np.abs(score)
+        direction = np.where(
+            (confidence >= self.config.min_confidence) & (score != 0.0),
+            np.where(score > 0, pb.DIRECTION_UP, pb.DIRECTION_DOWN),
+            pb.DIRECTION_FLAT,
+        ).astype(np.int32)
+        # Components: one row per (signal, active source), in source order, gathered into lists.
+        r_idx, c_idx = np.nonzero(active)
+        weight_sum = (active * self.weights).sum(axis=1)
+        sources = np.array(self.sources, dtype=object)
+        sign_to_direction = np.array([pb.DIRECTION_DOWN, pb.DIRECTION_FLAT, pb.DIRECTION_UP], np.int32)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            weight = np.where(weight_sum[r_idx] > 0, self.weights[c_idx] / weight_sum[r_idx], 0.0)
+        flat = pl.DataFrame({
+            "r": r_idx.astype(np.int64),
+            "source": pl.Series(sources[c_idx].tolist(), dtype=pl.Utf8),
+            "direction": sign_to_direction[out_sign[:n_out][r_idx, c_idx] + 1],
+            "confidence": out_conf[:n_out][r_idx, c_idx],
+            "weight": weight,
+        })  # fmt: skip
+        lists = flat.group_by("r", maintain_order=True).agg(
+            pl.struct("source", "direction", "confidence", "weight").alias("components"),
+            pl.col("source").alias("active_alphas"),
+        )  # fmt: skip
+        picked = features.select("correlation_id", "event_time_ns", "symbol", "close")[rows]
+        frame = picked.with_columns(
+            (pl.lit("scored_signal/") + pl.col("correlation_id")).alias("event_id"),
+            pl.Series("direction", direction),
+            pl.Series("confidence", confidence),
+            pl.Series("score", score),
+            pl.Series("regime", out_regime[:n_out].astype(np.int32)),
+            pl.col("close").alias("reference_price"),
+            pl.Series("r", np.arange(n_out, dtype=np.int64)),
+        ).join(lists, on="r", how="left", maintain_order="left")
+        frame = frame.with_columns(
+            pl.col("components").fill_null(pl.lit([], dtype=schema["components"])),
+            pl.col("active_alphas").fill_null(pl.lit([], dtype=schema["active_alphas"])),
+        )
+        return frame.select(list(schema)).cast(schema)  # type: ignore[arg-type]
 
     def on_step(self, ctx: EngineContext, through_ns: int, frames: Mapping[str, pl.DataFrame]) -> None:
         alphas = frames.get("alpha_signal", KINDS["alpha_signal"].empty_frame())

@@ -1,13 +1,29 @@
-"""Execution: places approved intents with the broker, books fills, publishes orders, fills and the portfolio.
+"""Execution: turns targets into orders, books fills, publishes orders, fills and the portfolio.
 
-Consumes: `bar`, `risk_decision` (feedback: decisions of bar t arrive after this engine published the
-portfolio of bar t, and are placed before bar t+1 is processed), `control_command` (on arrival).
-Produces: `order` (one event per status change), `fill`, `position_snapshot`, `account_snapshot`.
-Hot state: `orders` by client order id, `positions` by symbol.
+Consumes: `bar`, `risk_decision` (targets), `order_intent` (protective legs from exit), all joined by bar
+time; `control_command` (on arrival).
+Produces: `order` (one event per status change), `fill`, `position_snapshot` (when a fill changes a
+position, and every held position at the end of each step), `account_snapshot` (after every bar time).
+Hot state: `orders` by client order id, `positions` by symbol (only in sessions that keep state).
+
+A step holds every bar time up to its watermark. Execution walks them in time order in one numba pass
+(`_execute`): at each bar time the simulated venue fills what it can at that time's bars (the rules are in
+`utp.core.broker`), the books take the fills and mark the closes, one account row is written, and then the
+decisions of that bar time are placed against the portfolio as it is then. From a target (a signed share
+of equity) it makes the order:
+
+* a target on the side already held (or already being bought/sold) does nothing: no rebalancing;
+* otherwise the symbol's open orders (resting exits included) are cancelled; a position on the other side
+  is closed with a market order; an entry is a market order for `target x equity` worth of shares
+  (a notional order, sized by the broker at its fill price), capped for buys by the cash left once the
+  buys already placed at that bar time are paid for (sales placed at that time count at their last
+  close). Closing orders are placed before entries, so an entry can count on what its bar's sales free.
+* exit's protective legs go in with their entry as a bracket (held until it fills, one-cancels-other).
 
 The client order id is a hash of the intent id, so an intent delivered twice (a retry, a replay after a
-crash) maps to the order that already exists and is never placed again; the broker refuses a known
-client order id too. Nothing is placed while trading is halted or execution is not approved.
+crash) maps to the order that already exists and is never placed again. Nothing is placed while trading is
+halted or execution is not approved. Per bar time the work is the same whether a step holds one bar time
+(live) or a million (a backtest): batch size never changes a decision.
 """
 
 from __future__ import annotations
@@ -15,197 +31,614 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import polars as pl
+from numba import njit
 
-from utp.core.broker import Broker, BrokerError, DuplicateOrderError
+from utp.core.broker import (
+    CANCEL_TEXT,
+    E_AUX,
+    E_AVG,
+    E_COMMISSION,
+    E_FILLED,
+    E_KIND,
+    E_ORDER_QTY,
+    E_PRICE,
+    E_QTY,
+    E_ROLE,
+    E_SLIPPAGE,
+    E_SLOT,
+    E_TIME,
+    EV_CANCELED,
+    EV_EXPIRED,
+    EV_FILL,
+    EV_HELD,
+    EV_NEW,
+    EV_REJECTED,
+    EV_SKIPPED,
+    F_FILLED,
+    F_LIMIT,
+    F_NOTIONAL,
+    F_QTY,
+    F_STOP,
+    FREE,
+    I_LEG,
+    I_PARENT,
+    I_SERIAL,
+    I_SIDE,
+    I_STATE,
+    I_SYM,
+    I_TYPE,
+    N_E,
+    TIF_DAY,
+    TIF_GTC,
+    SimulatedBroker,
+    close_order,
+    compact_open,
+    create_order,
+    match_bar,
+    order_event,
+    update_symbol_state,
+)
 from utp.core.config import ExecutionConfig
 from utp.core.controls import ControlState
 from utp.core.ids import client_order_id
 from utp.core.kinds import KINDS
-from utp.core.portfolio import Portfolio
+from utp.core.portfolio import (
+    A_CASH,
+    ACCOUNT_COLUMNS,
+    AVG,
+    BORROW,
+    COMMISSIONS,
+    LAST,
+    Q,
+    R_TIME,
+    REALIZED,
+    Portfolio,
+    accrue_borrow,
+    account_row,
+    book_fill,
+)
 from utp.core.runtime import Engine, EngineContext, Input, InputMode
+from utp.core.universe import Universe
 from utp.storage.state import ORDERS, POSITIONS
 from utp.v1 import events_pb2 as pb
+
+# E_ROLE of an order created by execution: what it is for (E_AUX: the decision's or leg's index).
+ROLE_CLOSE, ROLE_ENTRY, ROLE_LEG = 1, 2, 3
+# The kernel's cursor: where it got to (bars, decisions, legs), the order table's rows in use, the next
+# serial; after a return, what the next bar time needs (events, order rows).
+C_BAR, C_DEC, C_LEG, C_ROWS, C_SERIAL, C_NEED_EVENTS, C_NEED_ROWS, C_GROUP, N_C = range(9)
+DONE, BUFFERS_FULL, TABLE_FULL = 0, 1, 2
+# Columns of a position snapshot row.
+SNAP_COLUMNS = (Q, AVG, LAST, REALIZED, COMMISSIONS, BORROW)
+_STATUS_OF_KIND = np.array([pb.ORDER_STATUS_NEW, pb.ORDER_STATUS_HELD, pb.ORDER_STATUS_FILLED, pb.ORDER_STATUS_NEW,
+                            pb.ORDER_STATUS_CANCELED, pb.ORDER_STATUS_EXPIRED, pb.ORDER_STATUS_REJECTED, 0], np.int32)  # fmt: skip
+_TOKENS = np.array([pb.OrderStatus.Name(v).removeprefix("ORDER_STATUS_").lower() if v in pb.OrderStatus.values() else ""
+                    for v in range(max(pb.OrderStatus.values()) + 1)], dtype=object)  # fmt: skip
+
+
+@njit(cache=True, inline="always")
+def _sign(x):  # noqa: ANN001
+    return 1 if x > 0.0 else (-1 if x < 0.0 else 0)
+
+
+@njit(cache=True, inline="always")
+def _place_target(d, t, s, target, tif, equity, cash, fo, io, olist, active, pos, d_row, events, n, cursor):  # noqa: ANN001, PLR0913
+    """Place what decision d (target share of equity for symbol s, at time t) needs. Returns (events, cash)."""
+    held = pos[s, Q]
+    has_open = False
+    entering = 0
+    for j in range(1, olist[0] + 1):
+        k = olist[j]
+        if io[k, I_STATE] != FREE and io[k, I_SYM] == s:
+            has_open = True
+            if entering == 0 and io[k, I_PARENT] < 0 and io[k, I_LEG] == 0:
+                entering = io[k, I_SIDE]
+    side_now = _sign(held) if held != 0.0 else entering
+    if _sign(target) == side_now or (target == 0.0 and held == 0.0 and not has_open):
+        return n, cash  # already there (or on the way): no rebalancing
+    if has_open:
+        for j in range(1, olist[0] + 1):
+            k = olist[j]
+            if io[k, I_STATE] != FREE and io[k, I_SYM] == s:
+                n = close_order(k, t, EV_CANCELED, 3.0, fo, io, olist, active, events, n)
+        compact_open(olist, io)
+    if held != 0.0:
+        k = cursor[C_ROWS]
+        cursor[C_ROWS] += 1
+        create_order(fo, io, olist, active, k, s, -_sign(held), 1, tif, abs(held), 0.0, 0.0, 0.0, t, -1, -1, 0,
+                     cursor[C_SERIAL])  # fmt: skip
+        cursor[C_SERIAL] += 1
+        n = order_event(events, n, EV_NEW, k, t, fo, 0.0, 0.0, 0.0, 0.0, d, ROLE_CLOSE)
+        cash += held * pos[s, LAST]
+    if target != 0.0:
+        notional = abs(target) * equity
+        if target > 0.0:
+            notional = notional if notional < cash else cash
+            cash -= notional if notional > 0.0 else 0.0
+        if notional > 0.0:
+            k = cursor[C_ROWS]
+            cursor[C_ROWS] += 1
+            create_order(fo, io, olist, active, k, s, _sign(target), 1, tif, 0.0, notional, 0.0, 0.0, t, -1, -1, 0,
+                         cursor[C_SERIAL])  # fmt: skip
+            cursor[C_SERIAL] += 1
+            d_row[d] = k
+            n = order_event(events, n, EV_NEW, k, t, fo, 0.0, 0.0, 0.0, 0.0, d, ROLE_ENTRY)
+        else:  # no cash left for it
+            e = events[n]
+            e[:] = 0.0
+            e[E_KIND], e[E_SLOT], e[E_TIME], e[E_AUX], e[E_ROLE] = EV_SKIPPED, -1.0, t, d, ROLE_ENTRY
+            n += 1
+    return n, cash
+
+
+@njit(cache=True)
+def _execute(  # noqa: PLR0912, PLR0913, PLR0915
+    b_time, b_sym, b_open, b_high, b_low, b_close, b_volume,  # noqa: ANN001
+    d_time, d_sym, d_target, d_tif,  # noqa: ANN001
+    l_time, l_parent, l_side, l_type, l_tif, l_limit, l_stop,  # noqa: ANN001
+    fo, io, olist, active, state, params, pos, acct, borrow_rate, allowed,  # noqa: ANN001
+    d_row, events, fills, rows, snaps, mark, cursor,  # noqa: ANN001
+):
+    """Bars, decisions and legs of a step (each sorted by time) through the venue and the books, from
+    `cursor` on. Writes order events, one account row per bar time and position snapshot rows (time, symbol,
+    SNAP_COLUMNS...). Stops before a bar time whose events or new orders might not fit, and says which
+    (BUFFERS_FULL, TABLE_FULL; `cursor` says how much it needs); DONE at the end.
+    Returns (status, events, account rows, snapshot rows)."""
+    n_bars, n_dec, n_leg = b_time.shape[0], d_time.shape[0], l_time.shape[0]
+    i, d, lg = cursor[C_BAR], cursor[C_DEC], cursor[C_LEG]
+    n, r, ns = 0, 0, 0
+    table_size = fo.shape[0]
+    while i < n_bars or d < n_dec or lg < n_leg:
+        # The next bar time (decisions and legs after the last bar are placed at their own times).
+        j = i
+        if i < n_bars:
+            t = b_time[i]
+            while j < n_bars and b_time[j] == t:
+                j += 1
+        else:
+            t = d_time[n_dec - 1] if n_dec else 0
+            if n_leg and l_time[n_leg - 1] > t:
+                t = l_time[n_leg - 1]
+        dd = d
+        while dd < n_dec and d_time[dd] <= t:
+            dd += 1
+        ll = lg
+        while ll < n_leg and l_time[ll] <= t:
+            ll += 1
+        n_open = olist[0]
+        most_open = n_open + 2 * (dd - d) + (ll - lg)
+        need_events = (j - i) * (3 * n_open + 3) + (dd - d) * (most_open + 3) + (ll - lg)
+        need_rows = 2 * (dd - d) + (ll - lg)
+        if cursor[C_ROWS] + need_rows > table_size:
+            cursor[C_NEED_ROWS] = need_rows
+            cursor[C_BAR], cursor[C_DEC], cursor[C_LEG] = i, d, lg
+            return TABLE_FULL, n, r, ns
+        if n + need_events > events.shape[0] or r >= rows.shape[0] or ns + (j - i) > snaps.shape[0]:
+            cursor[C_NEED_EVENTS] = need_events
+            cursor[C_BAR], cursor[C_DEC], cursor[C_LEG] = i, d, lg
+            return BUFFERS_FULL, n, r, ns
+        if j > i:
+            cursor[C_GROUP] += 1
+            group = cursor[C_GROUP]
+            accrue_borrow(pos, acct, t, borrow_rate)
+            for b in range(i, j):
+                s = b_sym[b]
+                fills[0] = 0
+                n = match_bar(t, s, b_open[b], b_high[b], b_low[b], b_volume[b], fo, io, olist, active, state,
+                              params, events, n, fills)  # fmt: skip
+                for f in range(1, fills[0] + 1):
+                    e = fills[f]
+                    k = int(events[e, E_SLOT])
+                    book_fill(pos, acct, s, events[e, E_QTY] * io[k, I_SIDE], events[e, E_PRICE],
+                              events[e, E_COMMISSION])  # fmt: skip
+                    mark[s] = group
+                update_symbol_state(s, b_high[b], b_low[b], b_close[b], state, params)
+                pos[s, LAST] = b_close[b]
+            equity = account_row(pos, acct, t, rows[r])
+            r += 1
+            for b in range(i, j):
+                s = b_sym[b]
+                if mark[s] == group:
+                    mark[s] = -1
+                    snap = snaps[ns]
+                    snap[0], snap[1] = t, s
+                    snap[2], snap[3], snap[4] = pos[s, Q], pos[s, AVG], pos[s, LAST]
+                    snap[5], snap[6], snap[7] = pos[s, REALIZED], pos[s, COMMISSIONS], pos[s, BORROW]
+                    ns += 1
+            i = j
+        else:
+            equity = acct[A_CASH]
+            for s in range(pos.shape[0]):
+                equity += pos[s, Q] * pos[s, LAST]
+        if allowed:
+            cash = acct[A_CASH]
+            for k in range(d, dd):
+                n, cash = _place_target(k, d_time[k], d_sym[k], d_target[k], d_tif[k], equity, cash, fo, io, olist,
+                                        active, pos, d_row, events, n, cursor)  # fmt: skip
+            for k in range(lg, ll):
+                p = l_parent[k]
+                parent = d_row[p] if p >= 0 else -1
+                if parent < 0 or io[parent, I_STATE] == FREE:
+                    continue  # its entry was not placed: no bracket
+                row = cursor[C_ROWS]
+                cursor[C_ROWS] += 1
+                working = create_order(fo, io, olist, active, row, io[parent, I_SYM], l_side[k], l_type[k], l_tif[k],
+                                       0.0, 0.0, l_limit[k], l_stop[k], l_time[k], parent, io[parent, I_SERIAL], 1,
+                                       cursor[C_SERIAL])  # fmt: skip
+                cursor[C_SERIAL] += 1
+                n = order_event(events, n, EV_NEW if working else EV_HELD, row, l_time[k], fo, 0.0, 0.0, 0.0, 0.0,
+                                k, ROLE_LEG)  # fmt: skip
+        d, lg = dd, ll
+    cursor[C_BAR], cursor[C_DEC], cursor[C_LEG] = i, d, lg
+    return DONE, n, r, ns
 
 
 class ExecutionEngine(Engine):
     name = "execution"
     inputs = (
         Input("bar"),
-        Input("risk_decision", InputMode.FEEDBACK),
+        Input("risk_decision"),
+        Input("order_intent"),
         Input("control_command", InputMode.COMMAND),
     )
     outputs = ("order", "fill", "position_snapshot", "account_snapshot")
-    feedback_outputs = frozenset({"order"})
 
-    def __init__(self, config: ExecutionConfig, broker: Broker, controls: ControlState) -> None:
+    def __init__(self, config: ExecutionConfig, broker: SimulatedBroker, controls: ControlState, universe: Universe) -> None:
         self.config = config
         self.broker = broker
         self.controls = controls
-        self.portfolio = Portfolio(config.initial_cash)
-        self.orders: dict[str, pb.Order] = {}  # by client order id, every order ever placed
-        self.touched: set[str] = set()  # symbols whose position must be re-published at the next bar
+        self.universe = universe
+        self.portfolio = Portfolio(universe.symbols, config.initial_cash, borrow_rate=config.borrow_rate)
+        self.placed: set[str] = set()  # client order ids of every order placed
+        self._tif = TIF_DAY if config.time_in_force == "day" else TIF_GTC
+        self._symbols = np.array(universe.symbols, dtype=object)
+        self._mark = np.zeros(len(universe.symbols), np.int64)
+        self._rows = np.zeros((1024, R_TIME + 1))
+        self._snaps = np.zeros((max(1024, 2 * len(universe.symbols)), 2 + len(SNAP_COLUMNS)))
+        self._events = np.zeros((4096, N_E))
+        self._fills = np.zeros(4097, np.int64)
 
-    # -- commands and decisions --------------------------------------------------------------------
+    # -- commands ------------------------------------------------------------------------------------
     def on_command(self, ctx: EngineContext, kind: str, frame: pl.DataFrame) -> None:
         for command in KINDS[kind].to_messages(frame):
             self.controls = self.controls.apply(command)  # type: ignore[arg-type]
 
+    # -- a step ----------------------------------------------------------------------------------------
     def on_step(self, ctx: EngineContext, through_ns: int, frames: Mapping[str, pl.DataFrame]) -> None:
-        if "risk_decision" in frames:
-            self._place(ctx, frames["risk_decision"])
-        if "bar" in frames:
-            self._on_bars(ctx, frames["bar"])
+        bars = self._bars(ctx, frames.get("bar"))
+        decisions = self._decisions(ctx, frames.get("risk_decision"))
+        legs = self._legs(ctx, frames.get("order_intent"), decisions)
+        allowed = not self.controls.halted and self.controls.execution_approved
+        if not allowed and (decisions.height or legs.height):
+            ctx.log.warning("not placing %d orders: %s", decisions.height + legs.height,
+                            "trading is halted" if self.controls.halted else "execution is not approved")  # fmt: skip
+        out = _StepOutput()
+        broker, pf = self.broker, self.portfolio
+        cursor = np.zeros(N_C, np.int64)
+        cursor[C_ROWS], cursor[C_SERIAL] = broker.n_rows, broker.serial
+        d_row = np.full(decisions.height, -1, np.int64)
+        b, dc, lc = bars, _decision_arrays(decisions, self._tif), _leg_arrays(legs)
+        # An account row per bar time: room for the whole step (up to a million rows a call).
+        rows_wanted = min(max(bars[0].size, 1), 1 << 20)
+        if self._rows.shape[0] < rows_wanted:
+            self._rows = np.zeros((rows_wanted, R_TIME + 1))
+        while True:
+            status, n_events, n_rows, n_snaps = _execute(
+                *b, *dc, *lc, broker.fo, broker.io, broker.olist, broker.active, broker.state, broker.params,
+                pf.pos, pf.acct, pf.borrow_rate, allowed, d_row, self._events, self._fills, self._rows,
+                self._snaps, self._mark, cursor,
+            )  # fmt: skip
+            broker.n_rows, broker.serial = int(cursor[C_ROWS]), int(cursor[C_SERIAL])
+            self._drain(ctx, out, decisions, legs, n_events, n_rows, n_snaps)
+            if status == DONE:
+                break
+            if status == TABLE_FULL:
+                # Room for the bar time that did not fit, and as much again as the table holds (geometric growth).
+                remap = broker.reserve(max(int(cursor[C_NEED_ROWS]), broker.fo.shape[0]))
+                if remap is not None:
+                    d_row = np.where(d_row >= 0, remap[d_row], -1)
+                cursor[C_ROWS] = broker.n_rows
+            else:  # a buffer filled up: grow the ones that did (they were drained above)
+                if int(cursor[C_NEED_EVENTS]) > self._events.shape[0] // 2:
+                    size = max(2 * self._events.shape[0], int(cursor[C_NEED_EVENTS]))
+                    self._events, self._fills = np.zeros((size, N_E)), np.zeros(size + 1, np.int64)
+                if n_snaps > self._snaps.shape[0] // 2:
+                    self._snaps = np.zeros((2 * self._snaps.shape[0], self._snaps.shape[1]))
+        if bars[0].size:  # every held position at the end of the step
+            held = np.flatnonzero(pf.pos[:, Q])
+            if held.size:
+                snap = np.zeros((held.size, self._snaps.shape[1]))
+                snap[:, 0], snap[:, 1] = bars[0][-1], held
+                snap[:, 2:] = pf.pos[held][:, list(SNAP_COLUMNS)]
+                out.snaps.append(snap)
+        self._publish(ctx, out)
 
-    def _place(self, ctx: EngineContext, decisions: pl.DataFrame) -> None:
-        placed = []
-        for decision in KINDS["risk_decision"].to_messages(decisions):
-            if not decision.approved:  # type: ignore[attr-defined]
+    # -- inputs as arrays -------------------------------------------------------------------------------
+    def _bars(self, ctx: EngineContext, bars: pl.DataFrame | None) -> tuple[np.ndarray, ...]:
+        if bars is None or not bars.height:
+            empty_f, empty_i = np.empty(0), np.empty(0, np.int64)
+            return empty_i, empty_i, empty_f, empty_f, empty_f, empty_f, empty_f
+        bars, sid, dropped = self.universe.split(bars)
+        if dropped:
+            ctx.log.warning("%d bars of symbols outside the universe ignored", dropped)
+            ctx.count_rejected(dropped)
+        return (
+            bars["event_time_ns"].to_numpy(),
+            sid.astype(np.int64),
+            *(bars[c].to_numpy().astype(np.float64, copy=False) for c in ("open", "high", "low", "close", "volume")),
+        )
+
+    def _decisions(self, ctx: EngineContext, frame: pl.DataFrame | None) -> pl.DataFrame:
+        """Approved targets not placed before, exits before entries within a bar time."""
+        if frame is None or not frame.height:
+            return _EMPTY_DECISIONS
+        approved = frame.filter(pl.col("approved"))
+        intents = approved.select(
+            pl.col("intent").struct.field("header").struct.field("event_id").alias("intent_id"),
+            "correlation_id", "event_time_ns", "symbol",
+            pl.col("intent").struct.field("target_percent").alias("target"),
+            pl.col("intent").struct.field("time_in_force").alias("tif"),
+            pl.col("intent").struct.field("reason").alias("reason"),
+            pl.col("intent").struct.field("strategy").alias("strategy"),
+        )  # fmt: skip
+        bad = intents.filter(pl.col("target").is_null() | ~pl.col("target").is_finite())
+        if bad.height:
+            ctx.log.error("%d intents without a target ignored (first: %s)", bad.height, bad["intent_id"][0])
+            ctx.count_rejected(bad.height)
+            intents = intents.filter(pl.col("target").is_not_null() & pl.col("target").is_finite())
+        known = intents["symbol"].is_in(list(self.universe.symbols))
+        if not known.all():
+            ctx.log.error("%d targets for symbols outside the universe ignored", int((~known).sum()))
+            ctx.count_rejected(int((~known).sum()))
+            intents = intents.filter(known)
+        intents = intents.with_columns(
+            pl.Series("cid", [client_order_id(i) for i in intents["intent_id"].to_list()], dtype=pl.Utf8)
+        )
+        if self.placed:
+            again = intents["cid"].is_in(list(self.placed))
+            if again.any():
+                ctx.log.info("%d intents already placed; not placing them again", int(again.sum()))
+                intents = intents.filter(~again)
+        index = {s: i for i, s in enumerate(self.universe.symbols)}
+        intents = intents.with_columns(pl.col("symbol").replace_strict(index, return_dtype=pl.Int64).alias("symbol_index"))
+        return intents.sort("event_time_ns", pl.col("target") != 0.0, maintain_order=True)
+
+    def _legs(self, ctx: EngineContext, frame: pl.DataFrame | None, decisions: pl.DataFrame) -> pl.DataFrame:
+        """Protective legs whose entry is among this step's decisions (the others have no entry to guard)."""
+        if frame is None or not frame.height:
+            return _EMPTY_LEGS
+        legs = frame.join(
+            decisions.select(pl.col("intent_id").alias("parent_intent_id"), pl.int_range(pl.len()).alias("parent")),
+            on="parent_intent_id", how="left",
+        ).with_columns(pl.col("parent").fill_null(-1))  # fmt: skip
+        legs = legs.with_columns(
+            pl.Series("cid", [client_order_id(i) for i in legs["event_id"].to_list()], dtype=pl.Utf8)
+        )
+        if self.placed:
+            legs = legs.filter(~pl.col("cid").is_in(list(self.placed)))
+        return legs.sort("event_time_ns", maintain_order=True)
+
+    # -- outputs ---------------------------------------------------------------------------------------
+    def _drain(
+        self, ctx: EngineContext, out: _StepOutput, decisions: pl.DataFrame, legs: pl.DataFrame,
+        n_events: int, n_rows: int, n_snaps: int,
+    ) -> None:  # fmt: skip
+        """Turn what the kernel wrote into rows of the output frames (and the broker's text fields)."""
+        if n_rows:
+            out.rows.append(self._rows[:n_rows].copy())
+        if n_snaps:
+            out.snaps.append(self._snaps[:n_snaps].copy())
+        if not n_events:
+            return
+        ev = self._events[:n_events]
+        kind = ev[:, E_KIND].astype(np.int64)
+        role = ev[:, E_ROLE].astype(np.int64)
+        aux = ev[:, E_AUX].astype(np.int64)
+        skipped = kind == EV_SKIPPED
+        if skipped.any():
+            idx = aux[skipped]
+            ctx.log.info("%d entries not placed for lack of cash (first: %s)", idx.size,
+                         decisions["intent_id"][int(idx[0])])  # fmt: skip
+        created = ((kind == EV_NEW) | (kind == EV_HELD)) & (role > 0)
+        if created.any():
+            self.broker.add_meta(self._created_meta(ev[created, E_SLOT].astype(np.int64), role[created], aux[created],
+                                                    decisions, legs))  # fmt: skip
+            self.placed.update(self.broker.meta["client_order_id"].gather(ev[created, E_SLOT].astype(np.int64)).to_list())
+        keep = ~skipped
+        ev, kind = ev[keep], kind[keep]
+        slot = ev[:, E_SLOT].astype(np.int64)
+        meta = self.broker.meta[slot]
+        order_qty, filled = ev[:, E_ORDER_QTY], ev[:, E_FILLED]
+        status = _STATUS_OF_KIND[kind]
+        status = np.where((kind == EV_FILL) & (filled < order_qty - 1e-9), pb.ORDER_STATUS_PARTIALLY_FILLED, status)
+        side = np.where(self.broker.io[slot, I_SIDE] > 0, pb.ORDER_SIDE_BUY, pb.ORDER_SIDE_SELL).astype(np.int32)
+        time = ev[:, E_TIME].astype(np.int64)
+        aux_value = ev[:, E_AUX]
+        message = pl.Series("message", np.full(kind.size, "", dtype=object), dtype=pl.Utf8)
+        if (kind >= EV_CANCELED).any():
+            text = np.full(kind.size, "", dtype=object)
+            for code, words in CANCEL_TEXT.items():
+                text[(kind == EV_CANCELED) & (aux_value == code)] = words
+            text[kind == EV_EXPIRED] = "the trading day ended"
+            rejected = np.flatnonzero(kind == EV_REJECTED)
+            notional = meta["notional"].to_numpy()
+            for e in rejected:
+                text[e] = f"notional {notional[e]:.2f} buys no share at {aux_value[e]:.4f}"
+            message = pl.Series("message", text, dtype=pl.Utf8)
+        fo, io = self.broker.fo, self.broker.io
+        orders = pl.DataFrame({
+            "client_order_id": meta["client_order_id"], "correlation_id": meta["correlation_id"],
+            "event_time_ns": time, "symbol": meta["symbol"], "intent_id": meta["intent_id"], "side": side,
+            "quantity": order_qty, "order_type": io[slot, I_TYPE].astype(np.int32), "status": status,
+            "filled_quantity": filled, "average_fill_price": ev[:, E_AVG], "broker": pl.repeat(self.broker.name, kind.size, eager=True),
+            "broker_order_id": pl.Series(io[slot, I_SERIAL]).cast(pl.Utf8), "submitted_time_ns": meta["submitted_time_ns"],
+            "reason": meta["reason"], "limit_price": fo[slot, F_LIMIT], "stop_price": fo[slot, F_STOP],
+            "time_in_force": meta["time_in_force"], "notional": meta["notional"],
+            "parent_client_order_id": meta["parent_client_order_id"], "oco_group": meta["oco_group"],
+            "message": message, "strategy": meta["strategy"], "replaces_client_order_id": meta["replaces_client_order_id"],
+            "status_token": pl.Series(_TOKENS[status], dtype=pl.Utf8),
+        })  # fmt: skip
+        orders = orders.with_columns(
+            pl.format("order/{}/{}/{}", "client_order_id", "status_token", "filled_quantity").alias("event_id"),
+            pl.format("sim-{}", pl.col("broker_order_id")).alias("broker_order_id"),
+        )  # fmt: skip
+        out.orders.append(orders)
+        is_fill = kind == EV_FILL
+        if is_fill.any():
+            fills = orders.filter(pl.Series(is_fill)).select(
+                "correlation_id", "event_time_ns", "symbol", "client_order_id",
+                pl.format("{}/{}", pl.col("client_order_id"), pl.col("event_time_ns")).alias("fill_id"),
+                "side", pl.Series("quantity", ev[is_fill, E_QTY]), pl.Series("price", ev[is_fill, E_PRICE]),
+                pl.Series("commission", ev[is_fill, E_COMMISSION]), pl.Series("slippage", ev[is_fill, E_SLIPPAGE]),
+                "reason", "strategy",
+            ).with_columns(pl.format("fill/{}", pl.col("fill_id")).alias("event_id"))  # fmt: skip
+            out.fills.append(fills)
+
+    def _created_meta(
+        self, slot: np.ndarray, role: np.ndarray, index: np.ndarray, decisions: pl.DataFrame, legs: pl.DataFrame
+    ) -> pl.DataFrame:
+        """Text fields of the orders the kernel created, in row order."""
+        parts = []
+        for which in (ROLE_CLOSE, ROLE_ENTRY):
+            sel = role == which
+            if not sel.any():
                 continue
-            order = self.place(ctx, decision.intent)  # type: ignore[attr-defined]
-            if order is not None:
-                placed.append(order)
-        if placed:
-            ctx.emit("order", KINDS["order"].to_frame(placed))
+            rows = decisions[index[sel]]
+            cid = rows["cid"]
+            if which == ROLE_CLOSE:  # a close that is the whole target keeps the intent's id
+                close_ids = [client_order_id(i + "/close") for i in rows["intent_id"].to_list()]
+                cid = pl.Series("cid", np.where(rows["target"].to_numpy() == 0.0, cid.to_numpy(), np.array(close_ids, dtype=object)), dtype=pl.Utf8)
+            parts.append(rows.select(
+                pl.Series("slot", slot[sel]), cid.alias("client_order_id"), "symbol", "intent_id", "correlation_id",
+                "strategy",
+                pl.lit(pb.INTENT_REASON_SIGNAL_EXIT, pl.Int32).alias("reason") if which == ROLE_CLOSE else pl.col("reason"),
+                pl.lit("").alias("parent_client_order_id"), pl.lit("").alias("oco_group"),
+                pl.col("event_time_ns").alias("submitted_time_ns"), pl.col("tif").alias("time_in_force"),
+                pl.Series("notional", self.broker.fo[slot[sel], F_NOTIONAL]), pl.lit("").alias("replaces_client_order_id"),
+            ))  # fmt: skip
+        sel = role == ROLE_LEG
+        if sel.any():
+            rows = legs[index[sel]]
+            parent_cid = decisions["cid"].gather(rows["parent"])
+            parts.append(rows.select(
+                pl.Series("slot", slot[sel]), pl.col("cid").alias("client_order_id"), "symbol",
+                pl.col("event_id").alias("intent_id"), "correlation_id", "strategy", "reason",
+                parent_cid.alias("parent_client_order_id"), parent_cid.alias("oco_group"),
+                pl.col("event_time_ns").alias("submitted_time_ns"), "time_in_force",
+                pl.lit(0.0).alias("notional"), pl.lit("").alias("replaces_client_order_id"),
+            ))  # fmt: skip
+        frame = pl.concat([p.cast({"reason": pl.Int32, "time_in_force": pl.Int32}) for p in parts]).sort("slot")
+        return frame
 
-    def place(self, ctx: EngineContext, intent: pb.OrderIntent) -> pb.Order | None:
-        """Place an approved intent; None if it was placed before or must not be placed now."""
-        cid = client_order_id(intent.header.event_id)
-        if cid in self.orders:
-            ctx.log.info("intent %s already placed as %s; not placing it again", intent.header.event_id, cid)
-            return None
-        if self.controls.halted or not self.controls.execution_approved:
-            ctx.log.warning(
-                "not placing %s: %s", intent.header.event_id, "halted" if self.controls.halted else "not approved"
-            )
-            return None
-        order = pb.Order(
-            header=pb.EventHeader(
-                event_id=f"order/{cid}/new",
-                correlation_id=intent.header.correlation_id,
-                event_time_ns=intent.header.event_time_ns,
-                symbol=intent.header.symbol,
-            ),
-            client_order_id=cid,
-            intent_id=intent.header.event_id,
-            side=intent.side,
-            quantity=intent.quantity,
-            order_type=intent.order_type,
-            submitted_time_ns=intent.header.event_time_ns,
-            reason=intent.reason,
+    def _publish(self, ctx: EngineContext, out: _StepOutput) -> None:
+        if out.orders:
+            orders = pl.concat(out.orders).select(list(KINDS["order"].schema)).cast(KINDS["order"].schema)  # type: ignore[arg-type]
+            ctx.emit("order", orders)
+            if ctx.keeps_records:  # the latest state of each order; the events keep the history
+                latest = orders.unique("client_order_id", keep="last", maintain_order=True)
+                for message in KINDS["order"].to_messages(latest):
+                    ctx.put_record(ORDERS, message.client_order_id, message.SerializeToString())  # type: ignore[attr-defined]
+        if out.fills:
+            ctx.emit("fill", pl.concat(out.fills).select(list(KINDS["fill"].schema)).cast(KINDS["fill"].schema))  # type: ignore[arg-type]
+        if out.snaps:
+            ctx.emit("position_snapshot", self._position_frame(ctx, np.concatenate(out.snaps)))
+        if out.rows:
+            ctx.emit("account_snapshot", _account_frame(np.concatenate(out.rows)))
+
+    def _position_frame(self, ctx: EngineContext, snaps: np.ndarray) -> pl.DataFrame:
+        sym = snaps[:, 1].astype(np.int64)
+        time = snaps[:, 0].astype(np.int64)
+        q, avg, last = snaps[:, 2], snaps[:, 3], snaps[:, 4]
+        frame = pl.DataFrame({
+            "event_time_ns": time, "symbol": pl.Series(self._symbols[sym], dtype=pl.Utf8), "quantity": q,
+            "average_price": avg, "last_price": last, "market_value": q * last, "unrealized_pnl": q * (last - avg),
+            "realized_pnl": snaps[:, 5], "pending_quantity": self._pending()[sym], "commissions": snaps[:, 6],
+        }).with_columns(pl.format("{}@{}", "symbol", "event_time_ns").alias("correlation_id"))  # fmt: skip
+        frame = frame.unique(["event_time_ns", "symbol"], keep="first", maintain_order=True).sort(
+            "event_time_ns", maintain_order=True
         )
-        try:
-            order = self.broker.submit(order)
-        except DuplicateOrderError as exc:
-            ctx.log.warning("%s", exc)
-            return None
-        except BrokerError as exc:
-            ctx.log.error("broker refused %s: %s", cid, exc)
-            order.status = pb.ORDER_STATUS_REJECTED
-            order.header.event_id = f"order/{cid}/rejected"
-        self.orders[cid] = order
-        self.touched.add(intent.header.symbol)
-        ctx.put_record(ORDERS, cid, order.SerializeToString())
-        return order
+        frame = frame.with_columns(pl.format("position_snapshot/{}", "correlation_id").alias("event_id"))
+        schema = KINDS["position_snapshot"].schema
+        frame = frame.select(list(schema)).cast(schema)  # type: ignore[arg-type]
+        if ctx.keeps_records:
+            # The latest snapshot of each symbol is what the daemon shows; flat positions leave the table.
+            latest = frame.unique("symbol", keep="last", maintain_order=True)
+            for message in KINDS["position_snapshot"].to_messages(latest):
+                if message.quantity:  # type: ignore[attr-defined]
+                    ctx.put_record(POSITIONS, message.header.symbol, message.SerializeToString())  # type: ignore[attr-defined]
+                else:
+                    ctx.delete_record(POSITIONS, message.header.symbol)  # type: ignore[attr-defined]
+        return frame
 
-    # -- bars: fills and marks ---------------------------------------------------------------------
-    def _on_bars(self, ctx: EngineContext, bars: pl.DataFrame) -> None:
-        fills, filled_orders = [], []
-        for report in self.broker.on_bars(bars):
-            self.portfolio.apply_fill(report.symbol, report.quantity, report.price, report.commission)
-            order = self.orders[report.client_order_id]
-            order.status = pb.ORDER_STATUS_FILLED
-            order.filled_quantity = abs(report.quantity)
-            order.average_fill_price = report.price
-            order.header.event_id = f"order/{report.client_order_id}/filled"
-            order.header.event_time_ns = report.time_ns
-            ctx.put_record(ORDERS, report.client_order_id, order.SerializeToString())
-            filled = pb.Order()
-            filled.CopyFrom(order)
-            filled_orders.append(filled)
-            fills.append(
-                pb.Fill(
-                    header=pb.EventHeader(
-                        event_id=f"fill/{report.client_order_id}/1",
-                        correlation_id=order.header.correlation_id,
-                        event_time_ns=report.time_ns,
-                        symbol=report.symbol,
-                    ),
-                    client_order_id=report.client_order_id,
-                    fill_id=f"{report.client_order_id}/1",
-                    side=order.side,
-                    quantity=abs(report.quantity),
-                    price=report.price,
-                    commission=report.commission,
-                    slippage=report.slippage,
-                )
-            )
-            self.touched.add(report.symbol)
-        if filled_orders:
-            ctx.emit("order", KINDS["order"].to_frame(filled_orders))
-            ctx.emit("fill", KINDS["fill"].to_frame(fills))
-        last_time = int(bars["event_time_ns"][-1])
-        for symbol, close in bars.select("symbol", "close").iter_rows():
-            self.portfolio.mark(symbol, close)
-        self.portfolio.close_day(last_time)
-        self._publish_portfolio(ctx, last_time)
-
-    def _publish_portfolio(self, ctx: EngineContext, time_ns: int) -> None:
-        pending: dict[str, float] = {}
-        for order in self.broker.open_orders():
-            sign = 1.0 if order.side == pb.ORDER_SIDE_BUY else -1.0
-            pending[order.header.symbol] = pending.get(order.header.symbol, 0.0) + sign * order.quantity
-        symbols = sorted({*self.portfolio.positions, *pending, *self.touched})
-        snapshots = []
-        for symbol in symbols:
-            pos = self.portfolio.position(symbol)
-            corr = f"{symbol}@{time_ns}"
-            snapshot = pb.PositionSnapshot(
-                header=pb.EventHeader(
-                    event_id=f"position_snapshot/{corr}", correlation_id=corr, event_time_ns=time_ns, symbol=symbol
-                ),
-                quantity=pos.quantity,
-                average_price=pos.average_price,
-                last_price=pos.last_price,
-                market_value=pos.market_value,
-                unrealized_pnl=pos.unrealized_pnl,
-                realized_pnl=pos.realized_pnl,
-                pending_quantity=pending.get(symbol, 0.0),
-            )
-            snapshots.append(snapshot)
-            if pos.quantity:
-                ctx.put_record(POSITIONS, symbol, snapshot.SerializeToString())
-            else:
-                ctx.delete_record(POSITIONS, symbol)
-        self.touched.clear()
-        self.portfolio.drop_flat()
-        if snapshots:
-            ctx.emit("position_snapshot", KINDS["position_snapshot"].to_frame(snapshots))
-        p = self.portfolio
-        account = pb.AccountSnapshot(
-            header=pb.EventHeader(event_id=f"account_snapshot/{time_ns}", correlation_id=f"@{time_ns}", event_time_ns=time_ns),
-            cash=p.cash,
-            equity=p.equity,
-            gross_exposure=p.gross_exposure,
-            net_exposure=p.net_exposure,
-            realized_pnl=p.realized_pnl,
-            unrealized_pnl=p.unrealized_pnl,
-            day_pnl=p.day_pnl,
-            commissions=p.commissions,
-            open_positions=p.open_positions,
-        )
-        ctx.emit("account_snapshot", KINDS["account_snapshot"].to_frame([account]))
+    def _pending(self) -> np.ndarray:
+        """Signed shares still to trade per symbol in the open orders (an unsized notional order counts 0)."""
+        rows = self.broker.open_rows()
+        fo, io = self.broker.fo, self.broker.io
+        remaining = np.maximum(fo[rows, F_QTY] - fo[rows, F_FILLED], 0.0) * io[rows, I_SIDE]
+        return np.bincount(io[rows, I_SYM], weights=remaining, minlength=len(self.universe.symbols))
 
     def snapshot(self) -> Any:
-        return {
-            "broker": self.broker,
-            "controls": self.controls,
-            "portfolio": self.portfolio,
-            "orders": {cid: o.SerializeToString() for cid, o in self.orders.items()},
-            "touched": set(self.touched),
-        }
+        return {"broker": self.broker, "controls": self.controls, "portfolio": self.portfolio, "placed": self.placed}
 
     def restore(self, state: Any) -> None:
         self.broker, self.controls, self.portfolio = state["broker"], state["controls"], state["portfolio"]
-        self.orders = {cid: pb.Order.FromString(raw) for cid, raw in state["orders"].items()}
-        self.touched = state["touched"]
+        self.placed = state["placed"]
+
+
+class _StepOutput:
+    """Output frames of one step, gathered over the kernel's calls."""
+
+    def __init__(self) -> None:
+        self.orders: list[pl.DataFrame] = []
+        self.fills: list[pl.DataFrame] = []
+        self.rows: list[np.ndarray] = []
+        self.snaps: list[np.ndarray] = []
+
+
+_EMPTY_DECISIONS = pl.DataFrame(schema={
+    "intent_id": pl.Utf8, "correlation_id": pl.Utf8, "event_time_ns": pl.Int64, "symbol": pl.Utf8,
+    "target": pl.Float64, "tif": pl.Int32, "reason": pl.Int32, "strategy": pl.Utf8, "cid": pl.Utf8,
+    "symbol_index": pl.Int64,
+})  # fmt: skip
+_EMPTY_LEGS = KINDS["order_intent"].empty_frame().with_columns(
+    pl.lit(-1, pl.Int64).alias("parent"), pl.lit("").alias("cid")
+)
+
+
+def _tif_codes(tif: np.ndarray, default: int) -> np.ndarray:
+    return np.where(tif == pb.TIME_IN_FORCE_DAY, TIF_DAY, np.where(tif == pb.TIME_IN_FORCE_GTC, TIF_GTC, default))
+
+
+def _decision_arrays(decisions: pl.DataFrame, default_tif: int = TIF_GTC) -> tuple[np.ndarray, ...]:
+    return (
+        decisions["event_time_ns"].to_numpy().astype(np.int64),
+        decisions["symbol_index"].to_numpy().astype(np.int64),
+        decisions["target"].to_numpy().astype(np.float64),
+        _tif_codes(decisions["tif"].to_numpy(), default_tif).astype(np.int64),
+    )
+
+
+def _leg_arrays(legs: pl.DataFrame) -> tuple[np.ndarray, ...]:
+    side = np.where(legs["side"].to_numpy() == pb.ORDER_SIDE_BUY, 1, -1).astype(np.int64)
+    return (
+        legs["event_time_ns"].to_numpy().astype(np.int64),
+        legs["parent"].to_numpy().astype(np.int64),
+        side,
+        legs["order_type"].to_numpy().astype(np.int64),
+        _tif_codes(legs["time_in_force"].to_numpy(), TIF_GTC).astype(np.int64),
+        legs["limit_price"].to_numpy().astype(np.float64),
+        legs["stop_price"].to_numpy().astype(np.float64),
+    )
+
+
+def _account_frame(rows: np.ndarray) -> pl.DataFrame:
+    frame = pl.DataFrame({"event_time_ns": rows[:, R_TIME].astype(np.int64)}).with_columns(
+        pl.format("account_snapshot/{}", pl.col("event_time_ns")).alias("event_id"),
+        pl.format("@{}", pl.col("event_time_ns")).alias("correlation_id"),
+        pl.lit("").alias("symbol"),
+        *(pl.Series(name, rows[:, i]) for i, name in enumerate(ACCOUNT_COLUMNS)),
+    )
+    schema = KINDS["account_snapshot"].schema
+    return frame.select(list(schema)).cast(schema)  # type: ignore[arg-type]

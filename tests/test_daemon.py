@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import threading
 import time
@@ -13,7 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from utp.core.config import load_config
-from utp.daemon.session import run_backtest
+from utp.daemon.session import backtest
 from utp.v1 import core_service_pb2 as api
 from utp.v1 import events_pb2 as pb
 
@@ -109,7 +108,7 @@ def test_run_backtest_streams_progress_and_the_same_result_as_the_library(daemon
         "market_data.dataset": "sp500", "market_data.symbols": ["AAPL", "MSFT"], "market_data.start": "2010-01-01",
         "market_data.end": "2012-12-31", "ensemble.weights": {"rsi": 0.5, "ema_cross": 0.5},
         "market_data.batch_bar_times": 1000, "risk.max_position_pct": 0.95})  # fmt: skip
-    assert result == asyncio.run(run_backtest(config))
+    assert result == backtest(config)
     assert result.summary.trades == len(result.trades) > 0
 
 

@@ -7,7 +7,7 @@ import logging
 import polars as pl
 import pytest
 
-from utp.core.broker import DuplicateOrderError, SimulatedBroker
+from utp.core.broker import SimulatedBroker
 from utp.core.config import EnsembleConfig, ExecutionConfig, ExitConfig, RiskConfig
 from utp.core.controls import ControlState
 from utp.core.ids import client_order_id
@@ -36,6 +36,7 @@ class FakeContext:
         self.records: list[tuple[str, str, bytes | None]] = []
         self.log = logging.getLogger("test")
         self.rejected = 0
+        self.keeps_records = True
 
     def emit(self, kind: str, frame: pl.DataFrame) -> None:
         self.emitted.setdefault(kind, []).append(frame)
@@ -139,29 +140,29 @@ def test_ensemble_state_carries_across_batches() -> None:
 
 
 # -- risk ------------------------------------------------------------------------------------------
-def scored(symbol: str, t: int, direction: int, price: float) -> pb.ScoredSignal:
-    return pb.ScoredSignal(header=header("scored_signal", symbol, t), direction=direction, confidence=1.0,
-                           score=1.0, reference_price=price)  # fmt: skip
-
-
-def risk_engine(controls: ControlState, **config: object) -> RiskEngine:
-    engine = RiskEngine(RiskConfig(**config), controls)
-    engine.equity, engine.cash = 100_000.0, 100_000.0
-    return engine
-
-
 APPROVED = ControlState(execution_approved=True)
 
 
-def test_risk_sizes_entries_to_the_maximum_position() -> None:
-    engine = risk_engine(APPROVED, max_position_pct=0.1)
-    intent = engine._construct(scored("AAA", DAY, pb.DIRECTION_UP, 33.0))
-    assert intent is not None and intent.side == pb.ORDER_SIDE_BUY
-    assert intent.quantity == 303  # floor(10_000 / 33)
-    decision = engine._decide(intent)
-    assert decision.approved and decision.reason == pb.RISK_REASON_APPROVED
-    # the approved order is pending: a second UP for the same symbol adds nothing
-    assert engine._construct(scored("AAA", DAY, pb.DIRECTION_UP, 33.0)) is None
+def scored(rows: list[tuple[str, int, int, float]]) -> pl.DataFrame:
+    """Scored signals from (symbol, time, direction, reference price)."""
+    return KINDS["scored_signal"].to_frame([
+        pb.ScoredSignal(header=header("scored_signal", sym, t), direction=d, confidence=1.0, score=1.0,
+                        reference_price=price, active_alphas=["ema_cross"])
+        for sym, t, d, price in rows
+    ])  # fmt: skip
+
+
+def test_risk_turns_directions_into_targets() -> None:
+    signals = scored([("AAA", DAY, pb.DIRECTION_UP, 10.0), ("BBB", DAY, pb.DIRECTION_DOWN, 10.0),
+                      ("CCC", DAY, pb.DIRECTION_FLAT, 10.0)])  # fmt: skip
+    long_only = RiskEngine(RiskConfig(max_position_pct=0.25), APPROVED).decide(signals)
+    assert long_only["symbol"].to_list() == ["AAA", "BBB"]  # FLAT asks for nothing
+    intents = long_only.unnest("intent", separator=".")
+    assert intents["intent.target_percent"].to_list() == [0.25, 0.0]
+    assert intents["intent.reason"].to_list() == [pb.INTENT_REASON_ENTRY, pb.INTENT_REASON_SIGNAL_EXIT]
+    assert intents["intent.strategy"].to_list() == ["ema_cross"] * 2 and long_only["approved"].all()
+    shorts = RiskEngine(RiskConfig(max_position_pct=0.25, allow_short=True), APPROVED).decide(signals)
+    assert shorts.unnest("intent", separator=".")["intent.target_percent"].to_list() == [0.25, -0.25]
 
 
 @pytest.mark.parametrize(
@@ -170,107 +171,160 @@ def test_risk_sizes_entries_to_the_maximum_position() -> None:
      (ControlState(halted=True, execution_approved=True), pb.RISK_REASON_HALTED)],  # fmt: skip
 )
 def test_risk_gates_reject_everything_while_closed(controls: ControlState, reason: int) -> None:
-    engine = risk_engine(controls)
-    decision = engine._decide(engine._construct(scored("AAA", DAY, pb.DIRECTION_UP, 10.0)))
-    assert not decision.approved and decision.reason == reason
+    decisions = RiskEngine(RiskConfig(), controls).decide(scored([("AAA", DAY, pb.DIRECTION_UP, 10.0)]))
+    assert not decisions["approved"][0] and decisions["reason"][0] == reason
 
 
-def intent(side: int, quantity: float, price: float = 10.0, reduce_only: bool = False) -> pb.OrderIntent:
-    return pb.OrderIntent(header=header("order_intent", "AAA", DAY, "test"), side=side, quantity=quantity,
-                          order_type=pb.ORDER_TYPE_MARKET, reference_price=price, reduce_only=reduce_only)  # fmt: skip
+@pytest.mark.parametrize("price", [0.0, -1.0, float("nan"), float("inf")])
+def test_risk_refuses_a_signal_without_a_sane_price(price: float) -> None:
+    decisions = RiskEngine(RiskConfig(), APPROVED).decide(scored([("AAA", DAY, pb.DIRECTION_UP, price)]))
+    assert not decisions["approved"][0] and decisions["reason"][0] == pb.RISK_REASON_INVALID_INTENT
+    assert "not a positive number" in decisions["message"][0]
 
 
-@pytest.mark.parametrize(
-    ("order", "reason"),
-    [
-        (intent(pb.ORDER_SIDE_BUY, 1000), pb.RISK_REASON_APPROVED),  # 10_000 = 10% of equity: at the limit
-        (intent(pb.ORDER_SIDE_BUY, 1001), pb.RISK_REASON_MAX_POSITION),  # just over
-        (intent(pb.ORDER_SIDE_SELL, 1), pb.RISK_REASON_SHORT_NOT_ALLOWED),
-        (intent(pb.ORDER_SIDE_BUY, -5), pb.RISK_REASON_INVALID_INTENT),
-        (intent(pb.ORDER_SIDE_BUY, float("nan")), pb.RISK_REASON_INVALID_INTENT),
-        (intent(pb.ORDER_SIDE_BUY, 10, price=0.0), pb.RISK_REASON_INVALID_INTENT),
-    ],
-)
-def test_risk_checks_name_their_reason(order: pb.OrderIntent, reason: int) -> None:
-    assert risk_engine(APPROVED).check(order)[0] == reason
-
-
-def test_risk_rejects_a_buy_the_cash_cannot_pay() -> None:
-    engine = risk_engine(APPROVED, max_position_pct=5.0)
-    engine.cash = 500.0
-    assert engine.check(intent(pb.ORDER_SIDE_BUY, 51))[0] == pb.RISK_REASON_INSUFFICIENT_CASH
-    assert engine.check(intent(pb.ORDER_SIDE_BUY, 50))[0] == pb.RISK_REASON_APPROVED
+# -- exit ------------------------------------------------------------------------------------------
+def test_exit_guards_each_entry_with_a_take_profit_and_a_stop_loss() -> None:
+    decisions = RiskEngine(RiskConfig(allow_short=True), APPROVED).decide(
+        scored([("AAA", DAY, pb.DIRECTION_UP, 100.0), ("BBB", DAY, pb.DIRECTION_DOWN, 50.0)]))  # fmt: skip
+    legs = ExitEngine(ExitConfig(take_profit_pct=0.03, stop_loss_pct=0.015)).legs_for(decisions)
+    got = {(r["symbol"], r["order_type"]): r for r in legs.to_dicts()}
+    tp, sl = got[("AAA", pb.ORDER_TYPE_LIMIT)], got[("AAA", pb.ORDER_TYPE_STOP)]
+    assert tp["side"] == sl["side"] == pb.ORDER_SIDE_SELL and tp["reduce_only"]
+    assert tp["limit_price"] == pytest.approx(103.0) and sl["stop_price"] == pytest.approx(98.5)
+    parent = decisions.unnest("intent", separator=".")["intent.header"][0]["event_id"]
+    assert tp["parent_intent_id"] == sl["oco_group"] == parent
+    short_tp, short_sl = got[("BBB", pb.ORDER_TYPE_LIMIT)], got[("BBB", pb.ORDER_TYPE_STOP)]
+    assert short_tp["side"] == pb.ORDER_SIDE_BUY and short_tp["limit_price"] == pytest.approx(48.5)
+    assert short_sl["stop_price"] == pytest.approx(50.75)
+    assert ExitEngine(ExitConfig(take_profit_pct=0.0, stop_loss_pct=0.0)).legs_for(decisions).height == 0
 
 
 # -- execution -------------------------------------------------------------------------------------
-def bars(t: int, open_: float, close: float, symbol: str = "AAA") -> pl.DataFrame:
+def bars(rows: list[tuple[int, str, float, float, float, float]]) -> pl.DataFrame:
+    """Bars from (time, symbol, open, high, low, close)."""
     return pl.DataFrame(
-        {"event_id": [f"bar/{symbol}@{t}"], "correlation_id": [f"{symbol}@{t}"], "event_time_ns": [t],
-         "symbol": [symbol], "open": [open_], "high": [max(open_, close)], "low": [min(open_, close)],
-         "close": [close], "volume": [1000.0], "interval_ns": [DAY]}  # fmt: skip
+        {"event_id": [f"bar/{r[1]}@{r[0]}" for r in rows], "correlation_id": [f"{r[1]}@{r[0]}" for r in rows],
+         "event_time_ns": [r[0] for r in rows], "symbol": [r[1] for r in rows], "open": [float(r[2]) for r in rows],
+         "high": [float(r[3]) for r in rows], "low": [float(r[4]) for r in rows], "close": [float(r[5]) for r in rows],
+         "volume": [1e6] * len(rows), "interval_ns": [DAY] * len(rows)}  # fmt: skip
     )
 
 
-def decision(order: pb.OrderIntent) -> pl.DataFrame:
-    return KINDS["risk_decision"].to_frame(
-        [pb.RiskDecision(header=header("risk_decision", "AAA", DAY), intent=order, approved=True,
-                         reason=pb.RISK_REASON_APPROVED)]  # fmt: skip
-    )
+def execution(controls: ControlState = APPROVED, symbols: tuple[str, ...] = ("AAA", "BBB"), **config: object) -> ExecutionEngine:
+    costless = {"slippage_bps": 0.0, "commission_per_share": 0.0, "commission_min": 0.0, "commission_bps": 0.0}
+    cfg = ExecutionConfig(**{"initial_cash": 10_000.0, **costless, **config})  # type: ignore[arg-type]
+    broker = SimulatedBroker(symbols, slippage_bps=cfg.slippage_bps, commission_per_share=cfg.commission_per_share,
+                             commission_min=cfg.commission_min, commission_bps=cfg.commission_bps)  # fmt: skip
+    return ExecutionEngine(cfg, broker, controls, Universe(symbols))
 
 
-def execution(controls: ControlState = APPROVED) -> ExecutionEngine:
-    broker = SimulatedBroker(slippage_bps=10.0, commission_per_share=0.01, commission_min=1.0)
-    return ExecutionEngine(ExecutionConfig(initial_cash=10_000.0), broker, controls)
+def step(engine: ExecutionEngine, ctx: FakeContext, bar_rows: list, signals: list, *, risk: RiskConfig | None = None,
+         exits: ExitConfig | None = None) -> None:  # fmt: skip
+    """One step of the graph's tail: risk's decisions and exit's legs for `signals`, executed with the bars."""
+    frames = {"bar": bars(bar_rows)}
+    if signals:
+        decisions = RiskEngine(risk or RiskConfig(max_position_pct=0.5), APPROVED).decide(scored(signals))
+        frames["risk_decision"] = decisions
+        frames["order_intent"] = ExitEngine(exits or ExitConfig(take_profit_pct=0.0, stop_loss_pct=0.0)).legs_for(decisions)
+    engine.on_step(ctx, bar_rows[-1][0], frames)
+
+
+def test_an_entry_is_a_notional_market_order_filled_at_the_next_open() -> None:
+    engine, ctx = execution(slippage_bps=10.0, commission_per_share=0.01, commission_min=1.0), FakeContext()
+    step(engine, ctx, [(DAY, "AAA", 19, 19, 19, 19)], [("AAA", DAY, pb.DIRECTION_UP, 19.0)])
+    (new,) = ctx.messages("order")
+    assert new.status == pb.ORDER_STATUS_NEW and new.notional == pytest.approx(5_000.0)  # 50% of equity
+    step(engine, ctx, [(2 * DAY, "AAA", 20.0, 21.0, 19.5, 21.0)], [])
+    (fill,) = ctx.messages("fill")
+    assert fill.price == pytest.approx(20.02) and fill.quantity == 249  # 249 x 20.02 + 2.49 <= 5000
+    assert fill.commission == pytest.approx(2.49) and fill.slippage == pytest.approx(249 * 0.02)
+    account = ctx.messages("account_snapshot")[-1]
+    assert account.cash == pytest.approx(10_000 - 249 * 20.02 - 2.49)
+    assert account.equity == pytest.approx(account.cash + 249 * 21.0)
+    position = ctx.messages("position_snapshot")[-1]
+    assert position.quantity == 249 and position.unrealized_pnl == pytest.approx(249 * (21.0 - 20.02))
+    assert ("positions", "AAA") in {(t, k) for t, k, _ in ctx.records}
+
+
+def test_a_target_already_held_does_nothing_and_a_flat_target_closes() -> None:
+    engine, ctx = execution(), FakeContext()
+    step(engine, ctx, [(DAY, "AAA", 10, 10, 10, 10)], [("AAA", DAY, pb.DIRECTION_UP, 10.0)])
+    step(engine, ctx, [(2 * DAY, "AAA", 10, 10, 10, 10)], [("AAA", 2 * DAY, pb.DIRECTION_UP, 10.0)])
+    assert len([o for o in ctx.messages("order") if o.status == pb.ORDER_STATUS_NEW]) == 1  # no rebalancing
+    step(engine, ctx, [(3 * DAY, "AAA", 11, 11, 11, 11)], [("AAA", 3 * DAY, pb.DIRECTION_DOWN, 11.0)])
+    step(engine, ctx, [(4 * DAY, "AAA", 12, 12, 12, 12)], [])
+    sells = [f for f in ctx.messages("fill") if f.side == pb.ORDER_SIDE_SELL]
+    assert len(sells) == 1 and sells[0].quantity == 500 and sells[0].price == 12.0
+    assert sells[0].reason == pb.INTENT_REASON_SIGNAL_EXIT
+    assert engine.portfolio.positions == {} and engine.portfolio.cash == pytest.approx(10_000 + 500 * 2)
+
+
+def test_a_reversal_closes_the_long_and_opens_the_short() -> None:
+    engine, ctx = execution(), FakeContext()
+    risk = RiskConfig(max_position_pct=0.5, allow_short=True)
+    step(engine, ctx, [(DAY, "AAA", 10, 10, 10, 10)], [("AAA", DAY, pb.DIRECTION_UP, 10.0)], risk=risk)
+    step(engine, ctx, [(2 * DAY, "AAA", 10, 10, 10, 10)], [("AAA", 2 * DAY, pb.DIRECTION_DOWN, 10.0)], risk=risk)
+    step(engine, ctx, [(3 * DAY, "AAA", 10, 10, 10, 10)], [])
+    assert [(f.side, f.quantity) for f in ctx.messages("fill")] == [
+        (pb.ORDER_SIDE_BUY, 500), (pb.ORDER_SIDE_SELL, 500), (pb.ORDER_SIDE_SELL, 500)]  # fmt: skip
+    assert engine.portfolio.positions["AAA"].quantity == -500
+
+
+def test_entries_of_one_bar_time_share_the_cash() -> None:
+    engine, ctx = execution(), FakeContext()
+    risk = RiskConfig(max_position_pct=0.75)
+    step(engine, ctx, [(DAY, "AAA", 10, 10, 10, 10), (DAY, "BBB", 10, 10, 10, 10)],
+         [("AAA", DAY, pb.DIRECTION_UP, 10.0), ("BBB", DAY, pb.DIRECTION_UP, 10.0)], risk=risk)  # fmt: skip
+    notional = {o.header.symbol: o.notional for o in ctx.messages("order")}
+    assert notional == {"AAA": pytest.approx(7_500.0), "BBB": pytest.approx(2_500.0)}
+
+
+def test_a_bracket_guards_the_entry_and_its_legs_cancel_each_other() -> None:
+    engine, ctx = execution(), FakeContext()
+    exits = ExitConfig(take_profit_pct=0.1, stop_loss_pct=0.05)
+    step(engine, ctx, [(DAY, "AAA", 10, 10, 10, 10)], [("AAA", DAY, pb.DIRECTION_UP, 10.0)], exits=exits)
+    assert [o.status for o in ctx.messages("order")] == [pb.ORDER_STATUS_NEW, pb.ORDER_STATUS_HELD, pb.ORDER_STATUS_HELD]
+    step(engine, ctx, [(2 * DAY, "AAA", 10, 10.5, 9.8, 10.2), (3 * DAY, "AAA", 10.3, 11.2, 10.1, 11.0)], [])
+    fills = ctx.messages("fill")
+    assert [(f.side, f.price, f.reason) for f in fills] == [
+        (pb.ORDER_SIDE_BUY, 10.0, pb.INTENT_REASON_ENTRY), (pb.ORDER_SIDE_SELL, 11.0, pb.INTENT_REASON_TAKE_PROFIT)]  # fmt: skip
+    last = {o.client_order_id: o for o in ctx.messages("order")}
+    stops = [o for o in last.values() if o.order_type == pb.ORDER_TYPE_STOP]
+    assert stops[0].status == pb.ORDER_STATUS_CANCELED and stops[0].message == "one-cancels-other"
+    assert engine.portfolio.positions == {} and engine.broker.open_orders() == []
+
+
+def test_a_new_target_cancels_the_resting_legs() -> None:
+    engine, ctx = execution(), FakeContext()
+    exits = ExitConfig(take_profit_pct=0.5, stop_loss_pct=0.5)
+    step(engine, ctx, [(DAY, "AAA", 10, 10, 10, 10)], [("AAA", DAY, pb.DIRECTION_UP, 10.0)], exits=exits)
+    step(engine, ctx, [(2 * DAY, "AAA", 10, 10, 10, 10)], [("AAA", 2 * DAY, pb.DIRECTION_DOWN, 10.0)], exits=exits)
+    cancelled = [o for o in ctx.messages("order") if o.status == pb.ORDER_STATUS_CANCELED]
+    assert len(cancelled) == 2 and {o.message for o in cancelled} == {"replaced by a new target"}
+    step(engine, ctx, [(3 * DAY, "AAA", 10, 10, 10, 10)], [])
+    assert engine.portfolio.positions == {} and engine.broker.open_orders() == []
 
 
 def test_a_retried_intent_never_becomes_a_second_order() -> None:
     engine, ctx = execution(), FakeContext()
-    order = intent(pb.ORDER_SIDE_BUY, 100)
-    engine.on_step(ctx, DAY, {"risk_decision": decision(order)})
-    engine.on_step(ctx, DAY, {"risk_decision": decision(order)})  # delivered again
-    placed = ctx.messages("order")
-    assert len(placed) == 1 and placed[0].client_order_id == client_order_id(order.header.event_id)
-    with pytest.raises(DuplicateOrderError):
-        engine.broker.submit(placed[0])  # the broker refuses the id too
-
-
-def test_market_orders_fill_at_the_next_open_with_slippage_and_commission() -> None:
-    engine, ctx = execution(), FakeContext()
-    engine.on_step(ctx, DAY, {"risk_decision": decision(intent(pb.ORDER_SIDE_BUY, 100))})
-    engine.on_step(ctx, 2 * DAY, {"bar": bars(2 * DAY, open_=20.0, close=21.0)})
-    (fill,) = ctx.messages("fill")
-    assert fill.price == pytest.approx(20.0 * 1.001) and fill.commission == pytest.approx(1.0)
-    (account,) = ctx.messages("account_snapshot")
-    assert account.cash == pytest.approx(10_000 - 100 * 20.02 - 1.0)
-    assert account.equity == pytest.approx(account.cash + 100 * 21.0)
-    (position,) = ctx.messages("position_snapshot")
-    assert position.quantity == 100 and position.unrealized_pnl == pytest.approx(100 * (21.0 - 20.02))
+    signal = [("AAA", DAY, pb.DIRECTION_UP, 10.0)]
+    step(engine, ctx, [(DAY, "AAA", 10, 10, 10, 10)], signal)
+    step(engine, ctx, [(DAY, "AAA", 10, 10, 10, 10)], signal)  # delivered again (a replay)
+    (placed,) = ctx.messages("order")
+    decision_id = RiskEngine(RiskConfig(), APPROVED).decide(scored(signal))["intent"][0]["header"]["event_id"]
+    assert placed.client_order_id == client_order_id(decision_id)
 
 
 def test_nothing_is_placed_while_halted() -> None:
     engine, ctx = execution(ControlState(halted=True, execution_approved=True)), FakeContext()
-    engine.on_step(ctx, DAY, {"risk_decision": decision(intent(pb.ORDER_SIDE_BUY, 100))})
+    step(engine, ctx, [(DAY, "AAA", 10, 10, 10, 10)], [("AAA", DAY, pb.DIRECTION_UP, 10.0)])
     assert ctx.messages("order") == [] and engine.broker.open_orders() == []
-
-
-def test_exit_asks_to_close_at_take_profit_and_stop_loss() -> None:
-    exit_engine = ExitEngine(ExitConfig(take_profit_pct=0.03, stop_loss_pct=0.015))
-
-    def position(last: float, pending: float = 0.0) -> pb.PositionSnapshot:
-        return pb.PositionSnapshot(header=header("position_snapshot", "AAA", DAY), quantity=10, average_price=100.0,
-                                   last_price=last, pending_quantity=pending)  # fmt: skip
-
-    assert exit_engine.exit_for(position(103.0)).reason == pb.INTENT_REASON_TAKE_PROFIT
-    assert exit_engine.exit_for(position(98.5)).reason == pb.INTENT_REASON_STOP_LOSS
-    assert exit_engine.exit_for(position(101.0)) is None
-    assert exit_engine.exit_for(position(90.0, pending=-10)) is None  # a close is already on its way
-    close = exit_engine.exit_for(position(98.0))
-    assert close.side == pb.ORDER_SIDE_SELL and close.quantity == 10 and close.reduce_only
+    assert len(ctx.messages("account_snapshot")) == 1  # the books still move
 
 
 # -- accounting ------------------------------------------------------------------------------------
 def test_portfolio_average_price_realized_pnl_and_crossing_zero() -> None:
-    p = Portfolio(1_000.0)
+    p = Portfolio(("AAA",), 1_000.0)
     p.apply_fill("AAA", 10, 10.0, 1.0)
     p.apply_fill("AAA", 10, 12.0, 1.0)
     assert p.positions["AAA"].average_price == pytest.approx(11.0)
@@ -279,4 +333,5 @@ def test_portfolio_average_price_realized_pnl_and_crossing_zero() -> None:
     p.mark("AAA", 12.0)
     assert p.cash == pytest.approx(1_000 - 100 - 120 + 325 - 3)
     assert p.equity == pytest.approx(p.cash - 5 * 12.0)
-    assert p.unrealized_pnl == pytest.approx(5.0)
+    assert p.unrealized_pnl == pytest.approx(5.0) and p.commissions == 3.0
+    assert p.gross_exposure == pytest.approx(60.0) and p.net_exposure == pytest.approx(-60.0)

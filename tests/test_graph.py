@@ -53,7 +53,8 @@ def test_goog_backtest_trades(goog_reference: Session) -> None:
     result = goog_reference.collector.result
     s = result.summary
     assert s.bars == 2148 and s.bars_rejected == 0
-    assert s.orders > 10 and s.fills == s.orders and s.trades >= s.orders // 2 - 1
+    # Every order: entries, closes and the bracket legs that guard entries (most end cancelled by the other).
+    assert s.orders > 10 and 0 < s.fills <= s.orders and s.trades >= 10 and s.fills >= 2 * s.trades
     assert s.final_equity == pytest.approx(result.equity_curve[-1].equity)
     assert 0 < s.max_drawdown < 1
 
@@ -194,7 +195,7 @@ def test_eurusd_hourly_bars_run_through_the_graph() -> None:
     config = load_config(environ={}, overrides={
         "market_data.dataset": "eurusd", "market_data.batch_bar_times": 1000, "risk.max_position_pct": 1.0,
         "execution.commission_per_share": 0.0, "execution.commission_min": 0.0, "execution.commission_bps": 0.2,
-        "risk.fractional_shares": True})  # fmt: skip
+        "execution.fractional_shares": True})  # fmt: skip
     result = run(config).collector.result
     s = result.summary
     assert s.bars == 5000 and s.orders > 20 and s.periods_per_year == 24 * 5 * 52

@@ -181,7 +181,7 @@ class EquityPoint(_message.Message):
     def __init__(self, time_ns: _Optional[int] = ..., equity: _Optional[float] = ...) -> None: ...
 
 class Trade(_message.Message):
-    __slots__ = ("symbol", "side", "quantity", "entry_time_ns", "entry_price", "exit_time_ns", "exit_price", "pnl", "return_pct")
+    __slots__ = ("symbol", "side", "quantity", "entry_time_ns", "entry_price", "exit_time_ns", "exit_price", "pnl", "return_pct", "commission", "strategy", "open")
     SYMBOL_FIELD_NUMBER: _ClassVar[int]
     SIDE_FIELD_NUMBER: _ClassVar[int]
     QUANTITY_FIELD_NUMBER: _ClassVar[int]
@@ -191,6 +191,9 @@ class Trade(_message.Message):
     EXIT_PRICE_FIELD_NUMBER: _ClassVar[int]
     PNL_FIELD_NUMBER: _ClassVar[int]
     RETURN_PCT_FIELD_NUMBER: _ClassVar[int]
+    COMMISSION_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    OPEN_FIELD_NUMBER: _ClassVar[int]
     symbol: str
     side: _events_pb2.OrderSide
     quantity: float
@@ -200,7 +203,24 @@ class Trade(_message.Message):
     exit_price: float
     pnl: float
     return_pct: float
-    def __init__(self, symbol: _Optional[str] = ..., side: _Optional[_Union[_events_pb2.OrderSide, str]] = ..., quantity: _Optional[float] = ..., entry_time_ns: _Optional[int] = ..., entry_price: _Optional[float] = ..., exit_time_ns: _Optional[int] = ..., exit_price: _Optional[float] = ..., pnl: _Optional[float] = ..., return_pct: _Optional[float] = ...) -> None: ...
+    commission: float
+    strategy: str
+    open: bool
+    def __init__(self, symbol: _Optional[str] = ..., side: _Optional[_Union[_events_pb2.OrderSide, str]] = ..., quantity: _Optional[float] = ..., entry_time_ns: _Optional[int] = ..., entry_price: _Optional[float] = ..., exit_time_ns: _Optional[int] = ..., exit_price: _Optional[float] = ..., pnl: _Optional[float] = ..., return_pct: _Optional[float] = ..., commission: _Optional[float] = ..., strategy: _Optional[str] = ..., open: _Optional[bool] = ...) -> None: ...
+
+class Attribution(_message.Message):
+    __slots__ = ("key", "pnl", "trades", "win_rate", "share")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    PNL_FIELD_NUMBER: _ClassVar[int]
+    TRADES_FIELD_NUMBER: _ClassVar[int]
+    WIN_RATE_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    pnl: float
+    trades: int
+    win_rate: float
+    share: float
+    def __init__(self, key: _Optional[str] = ..., pnl: _Optional[float] = ..., trades: _Optional[int] = ..., win_rate: _Optional[float] = ..., share: _Optional[float] = ...) -> None: ...
 
 class BacktestSummary(_message.Message):
     __slots__ = ("bars", "bars_rejected", "signals", "orders", "fills", "trades", "initial_equity", "final_equity", "total_return", "sharpe", "max_drawdown", "start_time_ns", "end_time_ns", "periods_per_year", "annual_return", "annual_volatility", "sortino", "calmar", "max_drawdown_bars", "alpha", "beta", "information_ratio", "win_rate", "profit_factor", "average_win", "average_loss", "turnover", "exposure_time", "commissions")
@@ -265,14 +285,18 @@ class BacktestSummary(_message.Message):
     def __init__(self, bars: _Optional[int] = ..., bars_rejected: _Optional[int] = ..., signals: _Optional[int] = ..., orders: _Optional[int] = ..., fills: _Optional[int] = ..., trades: _Optional[int] = ..., initial_equity: _Optional[float] = ..., final_equity: _Optional[float] = ..., total_return: _Optional[float] = ..., sharpe: _Optional[float] = ..., max_drawdown: _Optional[float] = ..., start_time_ns: _Optional[int] = ..., end_time_ns: _Optional[int] = ..., periods_per_year: _Optional[float] = ..., annual_return: _Optional[float] = ..., annual_volatility: _Optional[float] = ..., sortino: _Optional[float] = ..., calmar: _Optional[float] = ..., max_drawdown_bars: _Optional[int] = ..., alpha: _Optional[float] = ..., beta: _Optional[float] = ..., information_ratio: _Optional[float] = ..., win_rate: _Optional[float] = ..., profit_factor: _Optional[float] = ..., average_win: _Optional[float] = ..., average_loss: _Optional[float] = ..., turnover: _Optional[float] = ..., exposure_time: _Optional[float] = ..., commissions: _Optional[float] = ...) -> None: ...
 
 class BacktestResult(_message.Message):
-    __slots__ = ("summary", "trades", "equity_curve")
+    __slots__ = ("summary", "trades", "equity_curve", "by_symbol", "by_strategy")
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
     TRADES_FIELD_NUMBER: _ClassVar[int]
     EQUITY_CURVE_FIELD_NUMBER: _ClassVar[int]
+    BY_SYMBOL_FIELD_NUMBER: _ClassVar[int]
+    BY_STRATEGY_FIELD_NUMBER: _ClassVar[int]
     summary: BacktestSummary
     trades: _containers.RepeatedCompositeFieldContainer[Trade]
     equity_curve: _containers.RepeatedCompositeFieldContainer[EquityPoint]
-    def __init__(self, summary: _Optional[_Union[BacktestSummary, _Mapping]] = ..., trades: _Optional[_Iterable[_Union[Trade, _Mapping]]] = ..., equity_curve: _Optional[_Iterable[_Union[EquityPoint, _Mapping]]] = ...) -> None: ...
+    by_symbol: _containers.RepeatedCompositeFieldContainer[Attribution]
+    by_strategy: _containers.RepeatedCompositeFieldContainer[Attribution]
+    def __init__(self, summary: _Optional[_Union[BacktestSummary, _Mapping]] = ..., trades: _Optional[_Iterable[_Union[Trade, _Mapping]]] = ..., equity_curve: _Optional[_Iterable[_Union[EquityPoint, _Mapping]]] = ..., by_symbol: _Optional[_Iterable[_Union[Attribution, _Mapping]]] = ..., by_strategy: _Optional[_Iterable[_Union[Attribution, _Mapping]]] = ...) -> None: ...
 
 class RunBacktestResponse(_message.Message):
     __slots__ = ("progress", "result")

@@ -61,6 +61,15 @@ class OrderType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ORDER_TYPE_UNSPECIFIED: _ClassVar[OrderType]
     ORDER_TYPE_MARKET: _ClassVar[OrderType]
+    ORDER_TYPE_LIMIT: _ClassVar[OrderType]
+    ORDER_TYPE_STOP: _ClassVar[OrderType]
+    ORDER_TYPE_STOP_LIMIT: _ClassVar[OrderType]
+
+class TimeInForce(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TIME_IN_FORCE_UNSPECIFIED: _ClassVar[TimeInForce]
+    TIME_IN_FORCE_DAY: _ClassVar[TimeInForce]
+    TIME_IN_FORCE_GTC: _ClassVar[TimeInForce]
 
 class IntentReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -89,6 +98,9 @@ class OrderStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ORDER_STATUS_FILLED: _ClassVar[OrderStatus]
     ORDER_STATUS_CANCELED: _ClassVar[OrderStatus]
     ORDER_STATUS_REJECTED: _ClassVar[OrderStatus]
+    ORDER_STATUS_EXPIRED: _ClassVar[OrderStatus]
+    ORDER_STATUS_REPLACED: _ClassVar[OrderStatus]
+    ORDER_STATUS_HELD: _ClassVar[OrderStatus]
 
 class EngineState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -143,6 +155,12 @@ ORDER_SIDE_BUY: OrderSide
 ORDER_SIDE_SELL: OrderSide
 ORDER_TYPE_UNSPECIFIED: OrderType
 ORDER_TYPE_MARKET: OrderType
+ORDER_TYPE_LIMIT: OrderType
+ORDER_TYPE_STOP: OrderType
+ORDER_TYPE_STOP_LIMIT: OrderType
+TIME_IN_FORCE_UNSPECIFIED: TimeInForce
+TIME_IN_FORCE_DAY: TimeInForce
+TIME_IN_FORCE_GTC: TimeInForce
 INTENT_REASON_UNSPECIFIED: IntentReason
 INTENT_REASON_ENTRY: IntentReason
 INTENT_REASON_SIGNAL_EXIT: IntentReason
@@ -162,6 +180,9 @@ ORDER_STATUS_PARTIALLY_FILLED: OrderStatus
 ORDER_STATUS_FILLED: OrderStatus
 ORDER_STATUS_CANCELED: OrderStatus
 ORDER_STATUS_REJECTED: OrderStatus
+ORDER_STATUS_EXPIRED: OrderStatus
+ORDER_STATUS_REPLACED: OrderStatus
+ORDER_STATUS_HELD: OrderStatus
 ENGINE_STATE_UNSPECIFIED: EngineState
 ENGINE_STATE_STARTING: EngineState
 ENGINE_STATE_RUNNING: EngineState
@@ -307,26 +328,38 @@ class ScoredSignal(_message.Message):
     def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., components: _Optional[_Iterable[_Union[ComponentSignal, _Mapping]]] = ..., direction: _Optional[_Union[Direction, str]] = ..., confidence: _Optional[float] = ..., score: _Optional[float] = ..., active_alphas: _Optional[_Iterable[str]] = ..., regime: _Optional[_Union[Regime, str]] = ..., reference_price: _Optional[float] = ...) -> None: ...
 
 class OrderIntent(_message.Message):
-    __slots__ = ("header", "side", "quantity", "order_type", "reason", "reference_price", "target_quantity", "reduce_only", "source")
+    __slots__ = ("header", "side", "quantity", "order_type", "reason", "reference_price", "reduce_only", "source", "target_percent", "limit_price", "stop_price", "time_in_force", "parent_intent_id", "oco_group", "strategy")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     SIDE_FIELD_NUMBER: _ClassVar[int]
     QUANTITY_FIELD_NUMBER: _ClassVar[int]
     ORDER_TYPE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_PRICE_FIELD_NUMBER: _ClassVar[int]
-    TARGET_QUANTITY_FIELD_NUMBER: _ClassVar[int]
     REDUCE_ONLY_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_PRICE_FIELD_NUMBER: _ClassVar[int]
+    STOP_PRICE_FIELD_NUMBER: _ClassVar[int]
+    TIME_IN_FORCE_FIELD_NUMBER: _ClassVar[int]
+    PARENT_INTENT_ID_FIELD_NUMBER: _ClassVar[int]
+    OCO_GROUP_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
     header: EventHeader
     side: OrderSide
     quantity: float
     order_type: OrderType
     reason: IntentReason
     reference_price: float
-    target_quantity: float
     reduce_only: bool
     source: str
-    def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., side: _Optional[_Union[OrderSide, str]] = ..., quantity: _Optional[float] = ..., order_type: _Optional[_Union[OrderType, str]] = ..., reason: _Optional[_Union[IntentReason, str]] = ..., reference_price: _Optional[float] = ..., target_quantity: _Optional[float] = ..., reduce_only: _Optional[bool] = ..., source: _Optional[str] = ...) -> None: ...
+    target_percent: float
+    limit_price: float
+    stop_price: float
+    time_in_force: TimeInForce
+    parent_intent_id: str
+    oco_group: str
+    strategy: str
+    def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., side: _Optional[_Union[OrderSide, str]] = ..., quantity: _Optional[float] = ..., order_type: _Optional[_Union[OrderType, str]] = ..., reason: _Optional[_Union[IntentReason, str]] = ..., reference_price: _Optional[float] = ..., reduce_only: _Optional[bool] = ..., source: _Optional[str] = ..., target_percent: _Optional[float] = ..., limit_price: _Optional[float] = ..., stop_price: _Optional[float] = ..., time_in_force: _Optional[_Union[TimeInForce, str]] = ..., parent_intent_id: _Optional[str] = ..., oco_group: _Optional[str] = ..., strategy: _Optional[str] = ...) -> None: ...
 
 class RiskDecision(_message.Message):
     __slots__ = ("header", "intent", "approved", "reason", "message")
@@ -343,7 +376,7 @@ class RiskDecision(_message.Message):
     def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., intent: _Optional[_Union[OrderIntent, _Mapping]] = ..., approved: _Optional[bool] = ..., reason: _Optional[_Union[RiskReason, str]] = ..., message: _Optional[str] = ...) -> None: ...
 
 class Order(_message.Message):
-    __slots__ = ("header", "client_order_id", "intent_id", "side", "quantity", "order_type", "status", "filled_quantity", "average_fill_price", "broker", "broker_order_id", "submitted_time_ns", "reason")
+    __slots__ = ("header", "client_order_id", "intent_id", "side", "quantity", "order_type", "status", "filled_quantity", "average_fill_price", "broker", "broker_order_id", "submitted_time_ns", "reason", "limit_price", "stop_price", "time_in_force", "notional", "parent_client_order_id", "oco_group", "message", "strategy", "replaces_client_order_id")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     INTENT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -357,6 +390,15 @@ class Order(_message.Message):
     BROKER_ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     SUBMITTED_TIME_NS_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_PRICE_FIELD_NUMBER: _ClassVar[int]
+    STOP_PRICE_FIELD_NUMBER: _ClassVar[int]
+    TIME_IN_FORCE_FIELD_NUMBER: _ClassVar[int]
+    NOTIONAL_FIELD_NUMBER: _ClassVar[int]
+    PARENT_CLIENT_ORDER_ID_FIELD_NUMBER: _ClassVar[int]
+    OCO_GROUP_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    REPLACES_CLIENT_ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     header: EventHeader
     client_order_id: str
     intent_id: str
@@ -370,10 +412,19 @@ class Order(_message.Message):
     broker_order_id: str
     submitted_time_ns: int
     reason: IntentReason
-    def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., client_order_id: _Optional[str] = ..., intent_id: _Optional[str] = ..., side: _Optional[_Union[OrderSide, str]] = ..., quantity: _Optional[float] = ..., order_type: _Optional[_Union[OrderType, str]] = ..., status: _Optional[_Union[OrderStatus, str]] = ..., filled_quantity: _Optional[float] = ..., average_fill_price: _Optional[float] = ..., broker: _Optional[str] = ..., broker_order_id: _Optional[str] = ..., submitted_time_ns: _Optional[int] = ..., reason: _Optional[_Union[IntentReason, str]] = ...) -> None: ...
+    limit_price: float
+    stop_price: float
+    time_in_force: TimeInForce
+    notional: float
+    parent_client_order_id: str
+    oco_group: str
+    message: str
+    strategy: str
+    replaces_client_order_id: str
+    def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., client_order_id: _Optional[str] = ..., intent_id: _Optional[str] = ..., side: _Optional[_Union[OrderSide, str]] = ..., quantity: _Optional[float] = ..., order_type: _Optional[_Union[OrderType, str]] = ..., status: _Optional[_Union[OrderStatus, str]] = ..., filled_quantity: _Optional[float] = ..., average_fill_price: _Optional[float] = ..., broker: _Optional[str] = ..., broker_order_id: _Optional[str] = ..., submitted_time_ns: _Optional[int] = ..., reason: _Optional[_Union[IntentReason, str]] = ..., limit_price: _Optional[float] = ..., stop_price: _Optional[float] = ..., time_in_force: _Optional[_Union[TimeInForce, str]] = ..., notional: _Optional[float] = ..., parent_client_order_id: _Optional[str] = ..., oco_group: _Optional[str] = ..., message: _Optional[str] = ..., strategy: _Optional[str] = ..., replaces_client_order_id: _Optional[str] = ...) -> None: ...
 
 class Fill(_message.Message):
-    __slots__ = ("header", "client_order_id", "fill_id", "side", "quantity", "price", "commission", "slippage")
+    __slots__ = ("header", "client_order_id", "fill_id", "side", "quantity", "price", "commission", "slippage", "reason", "strategy")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     FILL_ID_FIELD_NUMBER: _ClassVar[int]
@@ -382,6 +433,8 @@ class Fill(_message.Message):
     PRICE_FIELD_NUMBER: _ClassVar[int]
     COMMISSION_FIELD_NUMBER: _ClassVar[int]
     SLIPPAGE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
     header: EventHeader
     client_order_id: str
     fill_id: str
@@ -390,10 +443,12 @@ class Fill(_message.Message):
     price: float
     commission: float
     slippage: float
-    def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., client_order_id: _Optional[str] = ..., fill_id: _Optional[str] = ..., side: _Optional[_Union[OrderSide, str]] = ..., quantity: _Optional[float] = ..., price: _Optional[float] = ..., commission: _Optional[float] = ..., slippage: _Optional[float] = ...) -> None: ...
+    reason: IntentReason
+    strategy: str
+    def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., client_order_id: _Optional[str] = ..., fill_id: _Optional[str] = ..., side: _Optional[_Union[OrderSide, str]] = ..., quantity: _Optional[float] = ..., price: _Optional[float] = ..., commission: _Optional[float] = ..., slippage: _Optional[float] = ..., reason: _Optional[_Union[IntentReason, str]] = ..., strategy: _Optional[str] = ...) -> None: ...
 
 class PositionSnapshot(_message.Message):
-    __slots__ = ("header", "quantity", "average_price", "last_price", "market_value", "unrealized_pnl", "realized_pnl", "pending_quantity")
+    __slots__ = ("header", "quantity", "average_price", "last_price", "market_value", "unrealized_pnl", "realized_pnl", "pending_quantity", "commissions")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     QUANTITY_FIELD_NUMBER: _ClassVar[int]
     AVERAGE_PRICE_FIELD_NUMBER: _ClassVar[int]
@@ -402,6 +457,7 @@ class PositionSnapshot(_message.Message):
     UNREALIZED_PNL_FIELD_NUMBER: _ClassVar[int]
     REALIZED_PNL_FIELD_NUMBER: _ClassVar[int]
     PENDING_QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    COMMISSIONS_FIELD_NUMBER: _ClassVar[int]
     header: EventHeader
     quantity: float
     average_price: float
@@ -410,10 +466,11 @@ class PositionSnapshot(_message.Message):
     unrealized_pnl: float
     realized_pnl: float
     pending_quantity: float
-    def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., quantity: _Optional[float] = ..., average_price: _Optional[float] = ..., last_price: _Optional[float] = ..., market_value: _Optional[float] = ..., unrealized_pnl: _Optional[float] = ..., realized_pnl: _Optional[float] = ..., pending_quantity: _Optional[float] = ...) -> None: ...
+    commissions: float
+    def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., quantity: _Optional[float] = ..., average_price: _Optional[float] = ..., last_price: _Optional[float] = ..., market_value: _Optional[float] = ..., unrealized_pnl: _Optional[float] = ..., realized_pnl: _Optional[float] = ..., pending_quantity: _Optional[float] = ..., commissions: _Optional[float] = ...) -> None: ...
 
 class AccountSnapshot(_message.Message):
-    __slots__ = ("header", "cash", "equity", "gross_exposure", "net_exposure", "realized_pnl", "unrealized_pnl", "day_pnl", "commissions", "open_positions")
+    __slots__ = ("header", "cash", "equity", "gross_exposure", "net_exposure", "realized_pnl", "unrealized_pnl", "day_pnl", "commissions", "open_positions", "long_exposure", "short_exposure", "borrow_costs")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     CASH_FIELD_NUMBER: _ClassVar[int]
     EQUITY_FIELD_NUMBER: _ClassVar[int]
@@ -424,6 +481,9 @@ class AccountSnapshot(_message.Message):
     DAY_PNL_FIELD_NUMBER: _ClassVar[int]
     COMMISSIONS_FIELD_NUMBER: _ClassVar[int]
     OPEN_POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    LONG_EXPOSURE_FIELD_NUMBER: _ClassVar[int]
+    SHORT_EXPOSURE_FIELD_NUMBER: _ClassVar[int]
+    BORROW_COSTS_FIELD_NUMBER: _ClassVar[int]
     header: EventHeader
     cash: float
     equity: float
@@ -434,7 +494,10 @@ class AccountSnapshot(_message.Message):
     day_pnl: float
     commissions: float
     open_positions: int
-    def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., cash: _Optional[float] = ..., equity: _Optional[float] = ..., gross_exposure: _Optional[float] = ..., net_exposure: _Optional[float] = ..., realized_pnl: _Optional[float] = ..., unrealized_pnl: _Optional[float] = ..., day_pnl: _Optional[float] = ..., commissions: _Optional[float] = ..., open_positions: _Optional[int] = ...) -> None: ...
+    long_exposure: float
+    short_exposure: float
+    borrow_costs: float
+    def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., cash: _Optional[float] = ..., equity: _Optional[float] = ..., gross_exposure: _Optional[float] = ..., net_exposure: _Optional[float] = ..., realized_pnl: _Optional[float] = ..., unrealized_pnl: _Optional[float] = ..., day_pnl: _Optional[float] = ..., commissions: _Optional[float] = ..., open_positions: _Optional[int] = ..., long_exposure: _Optional[float] = ..., short_exposure: _Optional[float] = ..., borrow_costs: _Optional[float] = ...) -> None: ...
 
 class EngineStatus(_message.Message):
     __slots__ = ("header", "engine", "state", "through_time_ns", "events_in", "events_out", "events_rejected", "last_error")
