@@ -234,25 +234,53 @@ class Broker(ABC):
 @njit(cache=True, inline="always")
 def commission_for(q, price, params):  # noqa: ANN001
     per_share = params[P_PER_SHARE] * q
-    return (params[P_MIN] if params[P_MIN] > per_share else per_share) + params[P_BPS] * 1e-4 * q * price
+    # Grouped as `cost` groups it, so the cash a fill takes is exactly what sizing allowed for.
+    return (params[P_MIN] if params[P_MIN] > per_share else per_share) + (params[P_BPS] * 1e-4) * (q * price)
+
+
+@njit(cache=True, inline="always")
+def cost(q, price, per_share, minimum, rate):  # noqa: ANN001
+    """Cash a buy of q at price takes: notional + commission (the same expression the fill books)."""
+    notional = q * price
+    return notional + (max(minimum, per_share * q) + rate * notional)
+
+
+@njit(cache=True, inline="always")
+def affordable(budget, price, fractional, per_share, minimum, rate):  # noqa: ANN001
+    """Largest q (whole unless fractional) with cost(q) <= budget; 0 when none. Never more than the
+    division's bound, so with no costs a whole q is exactly budget // price (as backtesting.py sizes)."""
+    if not (budget > 0.0 and price > 0.0):
+        return 0.0
+    unit = price + rate * price
+    # cost(q) = max(q*unit + minimum, q*(unit + per_share)), so both bounds must hold.
+    if fractional:
+        q = min((budget - minimum) / unit, budget / (unit + per_share))
+        if not (q > 0.0 and q < np.inf):
+            return 0.0
+        for _ in range(64):
+            if cost(q, price, per_share, minimum, rate) <= budget:
+                return q
+            q = np.nextafter(q, 0.0)
+        return 0.0
+    # Floor division (Python's exact floor), so with no costs this is exactly cash // price.
+    q = min((budget - minimum) // unit, budget // (unit + per_share))
+    if not (q >= 1.0 and q < np.inf):
+        return 0.0
+    # The estimate divides by a rounded unit price and can be a share too many for the cost as booked.
+    # Never round up: with no costs q stays cash // price even where (q + 1) x price rounds to <= cash.
+    for _ in range(64):
+        if q < 1.0 or cost(q, price, per_share, minimum, rate) <= budget:
+            break
+        q -= 1.0
+    return q if q >= 1.0 else 0.0
 
 
 @njit(cache=True, inline="always")
 def size_notional(notional, price, params):  # noqa: ANN001
-    """Most shares whose cost and commission fit in `notional` (whole shares unless fractional)."""
-    fractional = params[P_FRACTIONAL] != 0.0
-    q = notional / (price * (1.0 + params[P_BPS] * 1e-4))
-    for _ in range(60):  # the per-share and minimum commissions: shrink until it fits
-        if not fractional:
-            q = math.floor(q + 1e-9)
-        if q <= 0.0:
-            return 0.0
-        excess = q * price + commission_for(q, price, params) - notional
-        if excess <= 1e-12 * notional:
-            return q
-        step = excess / price
-        q -= step if fractional or step > 1.0 else 1.0
-    return 0.0
+    """Most shares whose cost and commission fit in `notional` (whole shares unless fractional); 0 if none.
+    With no costs a whole quantity is exactly notional // price, as backtesting.py and backtrader size."""
+    return affordable(notional, price, params[P_FRACTIONAL] != 0.0, params[P_PER_SHARE], params[P_MIN],
+                      params[P_BPS] * 1e-4)  # fmt: skip
 
 
 @njit(cache=True, inline="always")

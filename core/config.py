@@ -75,6 +75,8 @@ class FeaturesConfig(_Section):
     benchmark_horizon: int = 20
     #: "sp500" (skfolio's S&P 500 index) or "" for none (the feature is then NaN).
     benchmark: str = "sp500"
+    #: Compute only these features (empty: all). A strategy that reads a few runs faster; models need all.
+    only: tuple[str, ...] = ()
 
 
 class RsiAlphaConfig(_Section):

@@ -33,6 +33,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import numpy as np
 import polars as pl
 from numba import njit
@@ -83,65 +84,97 @@ def _ratio(numerator: np.ndarray, denominator: np.ndarray, flat: float = 0.5) ->
 
 
 def _define(ind_: Provider, c: FeaturesConfig, bar: Columns) -> dict[str, np.ndarray]:
-    """Every per-symbol feature, from the indicator provider `ind_` and the bars' columns."""
+    """The per-symbol features, from the indicator provider `ind_` and the bars' columns (with
+    `features.only`, just those named: the indicators of the others are never run)."""
     o, h, lo, cl, v, t = bar["open"], bar["high"], bar["low"], bar["close"], bar["volume"], bar["event_time_ns"]
+    only = set(c.only)
+
+    def want(*names: str) -> bool:
+        return not only or any(name in only for name in names)
+
     f: dict[str, np.ndarray] = {"close": cl}
     with np.errstate(divide="ignore", invalid="ignore"):
         # price
         for horizon in c.return_horizons:
-            f[f"ret_{horizon}"] = ind_(f"roc_{horizon}", "roc", cl, horizon) / 100.0
-        f["log_ret_1"] = np.log(cl / ind_("lag_1", "lag", cl, 1))
-        f["gap"] = o / ind_("lag_1", "lag", cl, 1) - 1.0
-        f["hl_range"] = h / lo - 1.0
-        f["close_location"] = _ratio(cl - lo, h - lo)
+            if want(f"ret_{horizon}", f"rs_benchmark_{horizon}" if horizon == c.benchmark_horizon else ""):
+                f[f"ret_{horizon}"] = ind_(f"roc_{horizon}", "roc", cl, horizon) / 100.0
+        if want("log_ret_1"):
+            f["log_ret_1"] = np.log(cl / ind_("lag_1", "lag", cl, 1))
+        if want("gap"):
+            f["gap"] = o / ind_("lag_1", "lag", cl, 1) - 1.0
+        if want("hl_range"):
+            f["hl_range"] = h / lo - 1.0
+        if want("close_location"):
+            f["close_location"] = _ratio(cl - lo, h - lo)
         fast, slow = c.sma_periods
-        sma_fast, sma_slow = ind_(f"sma_{fast}", "sma", cl, fast), ind_(f"sma_{slow}", "sma", cl, slow)
-        f[f"close_to_sma_{fast}"] = cl / sma_fast - 1.0
-        f[f"close_to_sma_{slow}"] = cl / sma_slow - 1.0
-        f[f"sma_{fast}_to_sma_{slow}"] = sma_fast / sma_slow - 1.0
+        if want(f"close_to_sma_{fast}", f"close_to_sma_{slow}", f"sma_{fast}_to_sma_{slow}"):
+            sma_fast, sma_slow = ind_(f"sma_{fast}", "sma", cl, fast), ind_(f"sma_{slow}", "sma", cl, slow)
+            f[f"close_to_sma_{fast}"] = cl / sma_fast - 1.0
+            f[f"close_to_sma_{slow}"] = cl / sma_slow - 1.0
+            f[f"sma_{fast}_to_sma_{slow}"] = sma_fast / sma_slow - 1.0
         e_fast, e_slow = c.ema_periods
-        f[f"ema_{e_fast}_to_ema_{e_slow}"] = (
-            ind_(f"ema_{e_fast}", "ema", cl, e_fast) / ind_(f"ema_{e_slow}", "ema", cl, e_slow) - 1.0
-        )
-        f[f"tema_{c.tema_period}_to_close"] = ind_("tema", "tema", cl, c.tema_period) / cl - 1.0
+        if want(f"ema_{e_fast}_to_ema_{e_slow}"):
+            f[f"ema_{e_fast}_to_ema_{e_slow}"] = (
+                ind_(f"ema_{e_fast}", "ema", cl, e_fast) / ind_(f"ema_{e_slow}", "ema", cl, e_slow) - 1.0
+            )
+        if want(f"tema_{c.tema_period}_to_close"):
+            f[f"tema_{c.tema_period}_to_close"] = ind_("tema", "tema", cl, c.tema_period) / cl - 1.0
         # technical, normalised to unit scale
-        f[f"rsi_{c.rsi_period}"] = ind_("rsi", "rsi", cl, c.rsi_period) / 100.0
-        macd = ind_("macd", "macd", cl, *c.macd)
-        f["macd_line"], f["macd_signal"], f["macd_hist"] = macd.macd / cl, macd.signal / cl, macd.histogram / cl
-        bands = ind_("bbands", "bbands", cl, c.bbands_period, c.bbands_deviations, c.bbands_deviations)
-        f["bb_percent_b"] = bands.percent_b
-        f[f"natr_{c.atr_period}"] = ind_("natr", "natr", h, lo, cl, c.atr_period) / 100.0
-        adx = ind_("adx", "adx", h, lo, cl, c.adx_period)
-        f[f"adx_{c.adx_period}"] = adx.adx / 100.0
-        f[f"di_spread_{c.adx_period}"] = (adx.plus_di - adx.minus_di) / 100.0
-        stoch = ind_("stoch", "stoch", h, lo, cl, *c.stoch)
-        f["stoch_k"], f["stoch_d"] = stoch.slowk / 100.0, stoch.slowd / 100.0
-        f[f"willr_{c.willr_period}"] = ind_("willr", "willr", h, lo, cl, c.willr_period) / 100.0
-        f[f"cci_{c.cci_period}"] = ind_("cci", "cci", h, lo, cl, c.cci_period) / 100.0
-        f[f"roc_{c.roc_period}"] = ind_(f"roc_{c.roc_period}", "roc", cl, c.roc_period) / 100.0
-        keltner = ind_("keltner", "keltner", h, lo, cl, *c.keltner)
-        f["keltner_position"] = _ratio(cl - keltner.middle, keltner.upper - keltner.lower, 0.0)
-        donchian = ind_("donchian", "donchian", h, lo, c.donchian_period)
-        f["donchian_position"] = _ratio(cl - donchian.lower, donchian.upper - donchian.lower)
+        if want(f"rsi_{c.rsi_period}"):
+            f[f"rsi_{c.rsi_period}"] = ind_("rsi", "rsi", cl, c.rsi_period) / 100.0
+        if want("macd_line", "macd_signal", "macd_hist"):
+            macd = ind_("macd", "macd", cl, *c.macd)
+            f["macd_line"], f["macd_signal"], f["macd_hist"] = macd.macd / cl, macd.signal / cl, macd.histogram / cl
+        if want("bb_percent_b"):
+            bands = ind_("bbands", "bbands", cl, c.bbands_period, c.bbands_deviations, c.bbands_deviations)
+            f["bb_percent_b"] = bands.percent_b
+        if want(f"natr_{c.atr_period}"):
+            f[f"natr_{c.atr_period}"] = ind_("natr", "natr", h, lo, cl, c.atr_period) / 100.0
+        if want(f"adx_{c.adx_period}", f"di_spread_{c.adx_period}"):
+            adx = ind_("adx", "adx", h, lo, cl, c.adx_period)
+            f[f"adx_{c.adx_period}"] = adx.adx / 100.0
+            f[f"di_spread_{c.adx_period}"] = (adx.plus_di - adx.minus_di) / 100.0
+        if want("stoch_k", "stoch_d"):
+            stoch = ind_("stoch", "stoch", h, lo, cl, *c.stoch)
+            f["stoch_k"], f["stoch_d"] = stoch.slowk / 100.0, stoch.slowd / 100.0
+        if want(f"willr_{c.willr_period}"):
+            f[f"willr_{c.willr_period}"] = ind_("willr", "willr", h, lo, cl, c.willr_period) / 100.0
+        if want(f"cci_{c.cci_period}"):
+            f[f"cci_{c.cci_period}"] = ind_("cci", "cci", h, lo, cl, c.cci_period) / 100.0
+        if want(f"roc_{c.roc_period}"):
+            f[f"roc_{c.roc_period}"] = ind_(f"roc_{c.roc_period}", "roc", cl, c.roc_period) / 100.0
+        if want("keltner_position"):
+            keltner = ind_("keltner", "keltner", h, lo, cl, *c.keltner)
+            f["keltner_position"] = _ratio(cl - keltner.middle, keltner.upper - keltner.lower, 0.0)
+        if want("donchian_position"):
+            donchian = ind_("donchian", "donchian", h, lo, c.donchian_period)
+            f["donchian_position"] = _ratio(cl - donchian.lower, donchian.upper - donchian.lower)
         # volume
         vp = c.volume_period
-        volume_mean = ind_("volume_sma", "sma", v, vp)
-        f[f"volume_ratio_{vp}"] = _ratio(v, volume_mean, 1.0)
-        f[f"volume_zscore_{vp}"] = ind_("volume_zscore", "zscore", v, vp)
-        f["vwap_distance"] = ind_("vwap_distance", "vwap_distance", t, h, lo, cl, v)
-        f[f"mfi_{c.mfi_period}"] = ind_("mfi", "mfi", h, lo, cl, v, c.mfi_period) / 100.0
-        obv_change = ind_("obv_change", "mom", ind_("obv", "obv", cl, v), vp)
-        f[f"obv_change_{vp}"] = _ratio(obv_change, vp * volume_mean, 0.0)
+        if want(f"volume_ratio_{vp}", f"volume_zscore_{vp}", "vwap_distance", f"mfi_{c.mfi_period}", f"obv_change_{vp}"):
+            volume_mean = ind_("volume_sma", "sma", v, vp)
+            f[f"volume_ratio_{vp}"] = _ratio(v, volume_mean, 1.0)
+            f[f"volume_zscore_{vp}"] = ind_("volume_zscore", "zscore", v, vp)
+            f["vwap_distance"] = ind_("vwap_distance", "vwap_distance", t, h, lo, cl, v)
+            f[f"mfi_{c.mfi_period}"] = ind_("mfi", "mfi", h, lo, cl, v, c.mfi_period) / 100.0
+            obv_change = ind_("obv_change", "mom", ind_("obv", "obv", cl, v), vp)
+            f[f"obv_change_{vp}"] = _ratio(obv_change, vp * volume_mean, 0.0)
         # volatility, per bar (a model sees the same scale whatever the bar length)
         wp = c.volatility_period
-        f[f"realized_vol_{wp}"] = ind_("realized_vol", "realized_volatility", cl, wp, 1.0)
-        f[f"parkinson_vol_{wp}"] = ind_("parkinson", "parkinson_volatility", h, lo, wp, 1.0)
-        f[f"garman_klass_vol_{wp}"] = ind_("garman_klass", "garman_klass_volatility", o, h, lo, cl, wp, 1.0)
-        f[f"zscore_{wp}"] = ind_("zscore", "zscore", cl, wp)
+        if want(f"realized_vol_{wp}", f"parkinson_vol_{wp}", f"garman_klass_vol_{wp}", f"zscore_{wp}"):
+            f[f"realized_vol_{wp}"] = ind_("realized_vol", "realized_volatility", cl, wp, 1.0)
+            f[f"parkinson_vol_{wp}"] = ind_("parkinson", "parkinson_volatility", h, lo, wp, 1.0)
+            f[f"garman_klass_vol_{wp}"] = ind_("garman_klass", "garman_klass_volatility", o, h, lo, cl, wp, 1.0)
+            f[f"zscore_{wp}"] = ind_("zscore", "zscore", cl, wp)
         # microstructure
         sp = c.spread_period
-        f[f"cs_spread_{sp}"] = ind_("corwin_schultz", "corwin_schultz", h, lo, sp)
-        f[f"roll_spread_{sp}"] = ind_("roll", "roll", cl, sp)
+        if want(f"cs_spread_{sp}", f"roll_spread_{sp}"):
+            f[f"cs_spread_{sp}"] = ind_("corwin_schultz", "corwin_schultz", h, lo, sp)
+            f[f"roll_spread_{sp}"] = ind_("roll", "roll", cl, sp)
+    # Ranks need their feature even when only the rank was asked for.
+    for name in c.rank_features:
+        if only and f"rank_{name}" in only and name not in f:
+            raise ValueError(f"features.only asks for rank_{name}: name {name} too")
     return f
 
 
@@ -231,11 +264,18 @@ def _feature_names(config: FeaturesConfig) -> tuple[str, ...]:
     probe = {k: np.linspace(100.0, 101.0, 3) for k in ("open", "high", "low", "close", "volume")}
     probe["event_time_ns"] = np.arange(3, dtype=np.int64)
     per_symbol = tuple(_define(_BatchProvider(), config, probe))
-    unknown = [name for name in config.rank_features if name not in per_symbol]
-    if unknown:
-        raise ValueError(f"features.rank_features names unknown features: {', '.join(unknown)}")
-    ranked = tuple(f"rank_{name}" for name in config.rank_features)
-    return (*per_symbol, *ranked, f"rs_benchmark_{config.benchmark_horizon}", *_calendar(np.zeros(1, np.int64)))
+    everything = _feature_names(msgspec.structs.replace(config, only=())) if config.only else None
+    if everything is not None:
+        unknown = [name for name in config.only if name not in everything]
+        if unknown:
+            raise ValueError(f"features.only names unknown features: {', '.join(unknown)}")
+    else:
+        unknown = [name for name in config.rank_features if name not in per_symbol]
+        if unknown:
+            raise ValueError(f"features.rank_features names unknown features: {', '.join(unknown)}")
+    extra = (*(f"rank_{name}" for name in config.rank_features), f"rs_benchmark_{config.benchmark_horizon}",
+             *_calendar(np.zeros(1, np.int64)))  # fmt: skip
+    return (*per_symbol, *(name for name in extra if not config.only or name in config.only))
 
 
 class _BatchProvider:
@@ -276,15 +316,19 @@ def _finish(
 ) -> dict[str, np.ndarray]:
     """Add the cross-sectional and calendar features; rows must be sorted by time."""
     c = spec.config
+    names = set(spec.names)
     out = dict(per_symbol)
     for name in c.rank_features:
-        ranks = np.empty(times.shape[0])
-        _percentile_ranks(times, np.ascontiguousarray(per_symbol[name]), ranks)
-        out[f"rank_{name}"] = ranks
+        if f"rank_{name}" in names:
+            ranks = np.empty(times.shape[0])
+            _percentile_ranks(times, np.ascontiguousarray(per_symbol[name]), ranks)
+            out[f"rank_{name}"] = ranks
     h = c.benchmark_horizon
-    bench = benchmark.returns_asof(times, h) if benchmark is not None else np.full(times.shape[0], np.nan)
-    out[f"rs_benchmark_{h}"] = per_symbol[f"ret_{h}"] - bench
-    out.update(_calendar(times))
+    if f"rs_benchmark_{h}" in names:
+        bench = benchmark.returns_asof(times, h) if benchmark is not None else np.full(times.shape[0], np.nan)
+        out[f"rs_benchmark_{h}"] = per_symbol[f"ret_{h}"] - bench
+    if names & {"day_of_week", "month", "days_to_month_end"}:
+        out.update({k: v for k, v in _calendar(times).items() if k in names})
     return out
 
 

@@ -99,12 +99,10 @@ def max_drawdown_duration(returns: np.ndarray) -> int:
     wealth = _wealth(returns)
     if wealth.size == 0:
         return 0
-    under = wealth < np.maximum.accumulate(wealth)
-    longest = run = 0
-    for below in under:
-        run = run + 1 if below else 0
-        longest = max(longest, run)
-    return longest
+    under = np.r_[False, wealth < np.maximum.accumulate(wealth), False].astype(np.int8)
+    edges = np.diff(under)  # +1 where a run under the peak starts, -1 after it ends
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    return int((ends - starts).max()) if starts.size else 0
 
 
 def calmar_ratio(returns: np.ndarray, periods_per_year: float) -> float:

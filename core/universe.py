@@ -34,6 +34,11 @@ class Universe:
         n = symbols.len()
         if n <= 256:  # a live batch: a dict lookup beats any columnar call's fixed cost
             return np.fromiter((self._index.get(s, -1) for s in symbols.to_list()), np.int32, n)
+        if len(self._index) <= 32:  # a few symbols: one vectorised comparison each beats a cast
+            out = np.full(n, -1, np.int32)
+            for symbol, i in self._index.items():
+                out[(symbols == symbol).to_numpy()] = i
+            return out
         return symbols.cast(self._enum, strict=False).to_physical().fill_null(-1).cast(pl.Int32).to_numpy()
 
     def split(self, frame: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray, int]:

@@ -41,51 +41,13 @@ import numpy as np
 import polars as pl
 from numba import njit
 
+from utp.core.broker import affordable as _affordable
 from utp.core.indicators import ema
 from utp.core.performance import Metrics, compute_metrics, simple_returns
 
 # Kernel status codes (the kernel cannot raise with a message cheaply).
 _OK = 0
 _OPEN_CLOSE_DISAGREE = 1
-# Bounds the search for the largest affordable quantity; the first estimate is off by an ulp or two.
-_MAX_ADJUST = 64
-
-
-@njit(cache=True, inline="always")
-def _cost(q, price, per_share, minimum, rate):  # noqa: ANN001
-    """Cash a buy of q at price takes: notional + commission (the same expression the fill books)."""
-    notional = q * price
-    return notional + (max(minimum, per_share * q) + rate * notional)
-
-
-@njit(cache=True, inline="always")
-def _affordable(budget, price, fractional, per_share, minimum, rate):  # noqa: ANN001
-    """Largest q (whole unless fractional) with _cost(q) <= budget; 0 when none. Never more than the
-    division's bound, so with no costs a whole q is exactly budget // price (as backtesting.py sizes)."""
-    if not (budget > 0.0 and price > 0.0):
-        return 0.0
-    unit = price + rate * price
-    # cost(q) = max(q*unit + minimum, q*(unit + per_share)), so both bounds must hold.
-    if fractional:
-        q = min((budget - minimum) / unit, budget / (unit + per_share))
-        if not (q > 0.0 and q < np.inf):
-            return 0.0
-        for _ in range(_MAX_ADJUST):
-            if _cost(q, price, per_share, minimum, rate) <= budget:
-                return q
-            q = np.nextafter(q, 0.0)
-        return 0.0
-    # Floor division (Python's exact floor), so with no costs this is exactly cash // price.
-    q = min((budget - minimum) // unit, budget // (unit + per_share))
-    if not (q >= 1.0 and q < np.inf):
-        return 0.0
-    # The estimate divides by a rounded unit price and can be a share too many for the cost as booked.
-    # Never round up: with no costs q stays cash // price even where (q + 1) x price rounds to <= cash.
-    for _ in range(_MAX_ADJUST):
-        if q < 1.0 or _cost(q, price, per_share, minimum, rate) <= budget:
-            break
-        q -= 1.0
-    return q if q >= 1.0 else 0.0
 
 
 @njit(cache=True)

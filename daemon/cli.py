@@ -15,6 +15,8 @@ from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from utp.core.config import Config, ConfigError, load_config
 from utp.v1 import core_service_pb2 as api
 
@@ -153,8 +155,8 @@ def write_equity_curve(result: api.BacktestResult, path: Path) -> Path:
 
     frame = pl.DataFrame(
         {
-            "time": [p.time_ns for p in result.equity_curve],
-            "equity": [p.equity for p in result.equity_curve],
+            "time": np.asarray(result.equity_curve.time_ns, np.int64),
+            "equity": np.asarray(result.equity_curve.equity, np.float64),
         },
         schema={"time": pl.Int64, "equity": pl.Float64},
     ).with_columns(pl.col("time").cast(pl.Datetime("ns", "UTC")))

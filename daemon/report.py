@@ -139,9 +139,8 @@ def format_time(ns: int, *, with_time: bool | None = None) -> str:
 # -- computations ------------------------------------------------------------------------------------
 def equity_curve(result: api.BacktestResult) -> TimeSeries:
     """The result's equity curve as (times_ns int64, equity float64) arrays."""
-    n = len(result.equity_curve)
-    times = np.fromiter((p.time_ns for p in result.equity_curve), np.int64, n)
-    equity = np.fromiter((p.equity for p in result.equity_curve), np.float64, n)
+    times = np.asarray(result.equity_curve.time_ns, np.int64)
+    equity = np.asarray(result.equity_curve.equity, np.float64)
     return times, equity
 
 

@@ -303,7 +303,6 @@ class BacktestEngine(Engine):
                           return_pct=pnl / (ep * q), commission=c, strategy=strategy, open=is_open)  # fmt: skip
                 for symbol, side, q, et, ep, xt, xp, pnl, c, strategy, is_open in trades.select(_TRADE_FIELDS).iter_rows()
             )
-            result.equity_curve.extend(
-                api.EquityPoint(time_ns=int(t), equity=float(e)) for t, e in zip(times, equity, strict=True)
-            )
+            result.equity_curve.time_ns.extend(times.tolist())
+            result.equity_curve.equity.extend(equity.tolist())
         self.result = result

@@ -335,14 +335,15 @@ class ExecutionEngine(Engine):
             if status == DONE:
                 break
             if status == TABLE_FULL:
-                # Room for the bar time that did not fit, and as much again as the table holds (geometric growth).
-                remap = broker.reserve(max(int(cursor[C_NEED_ROWS]), broker.fo.shape[0]))
+                # Compact, and double the table up to 64k rows: fewer returns to Python in a long backtest.
+                size = broker.fo.shape[0]
+                remap = broker.reserve(int(cursor[C_NEED_ROWS]) + (size if size < 1 << 16 else 0))
                 if remap is not None:
                     d_row = np.where(d_row >= 0, remap[d_row], -1)
                 cursor[C_ROWS] = broker.n_rows
             else:  # a buffer filled up: grow the ones that did (they were drained above)
-                if int(cursor[C_NEED_EVENTS]) > self._events.shape[0] // 2:
-                    size = max(2 * self._events.shape[0], int(cursor[C_NEED_EVENTS]))
+                if n_events > self._events.shape[0] // 2 or int(cursor[C_NEED_EVENTS]) > self._events.shape[0] // 2:
+                    size = min(max(2 * self._events.shape[0], 2 * int(cursor[C_NEED_EVENTS])), 1 << 20)
                     self._events, self._fills = np.zeros((size, N_E)), np.zeros(size + 1, np.int64)
                 if n_snaps > self._snaps.shape[0] // 2:
                     self._snaps = np.zeros((2 * self._snaps.shape[0], self._snaps.shape[1]))

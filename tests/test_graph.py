@@ -55,7 +55,7 @@ def test_goog_backtest_trades(goog_reference: Session) -> None:
     assert s.bars == 2148 and s.bars_rejected == 0
     # Every order: entries, closes and the bracket legs that guard entries (most end cancelled by the other).
     assert s.orders > 10 and 0 < s.fills <= s.orders and s.trades >= 10 and s.fills >= 2 * s.trades
-    assert s.final_equity == pytest.approx(result.equity_curve[-1].equity)
+    assert s.final_equity == pytest.approx(result.equity_curve.equity[-1])
     assert 0 < s.max_drawdown < 1
 
 
@@ -68,8 +68,8 @@ def test_summary_statistics_are_empyricals_on_the_equity_curve(goog_reference: S
 
     result = goog_reference.collector.result
     s = result.summary
-    equity = np.array([p.equity for p in result.equity_curve])
-    times = np.array([p.time_ns for p in result.equity_curve])
+    equity = np.array(result.equity_curve.equity)
+    times = np.array(result.equity_curve.time_ns)
     curve = np.concatenate([[s.initial_equity], equity])
     returns = curve[1:] / curve[:-1] - 1
     index = load_sp500_index().sort("event_time_ns")

@@ -52,7 +52,8 @@ def synthetic(equity: list[float], *, start: str = "2020-01-02", step_ns: int = 
             **summary,
         )
     )
-    result.equity_curve.extend(api.EquityPoint(time_ns=t, equity=e) for t, e in zip(times, equity, strict=True))
+    result.equity_curve.time_ns.extend(int(t) for t in times)
+    result.equity_curve.equity.extend(float(e) for e in equity)
     result.trades.extend(trades)
     return result
 
@@ -95,7 +96,7 @@ def report(tmp_path_factory: pytest.TempPathFactory, backtest: api.BacktestResul
 
 def test_the_backtest_has_trades_and_a_curve(backtest: api.BacktestResult) -> None:
     # The report tests below mean something only on a run that traded.
-    assert len(backtest.trades) > 0 and len(backtest.equity_curve) > 300
+    assert len(backtest.trades) > 0 and len(backtest.equity_curve.equity) > 300
 
 
 def test_report_writes_the_page_the_charts_and_the_metrics(report: Path) -> None:

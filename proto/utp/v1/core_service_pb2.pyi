@@ -172,13 +172,13 @@ class BacktestProgress(_message.Message):
     through_time_ns: int
     def __init__(self, bars_processed: _Optional[int] = ..., bars_total: _Optional[int] = ..., through_time_ns: _Optional[int] = ...) -> None: ...
 
-class EquityPoint(_message.Message):
+class EquityCurve(_message.Message):
     __slots__ = ("time_ns", "equity")
     TIME_NS_FIELD_NUMBER: _ClassVar[int]
     EQUITY_FIELD_NUMBER: _ClassVar[int]
-    time_ns: int
-    equity: float
-    def __init__(self, time_ns: _Optional[int] = ..., equity: _Optional[float] = ...) -> None: ...
+    time_ns: _containers.RepeatedScalarFieldContainer[int]
+    equity: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, time_ns: _Optional[_Iterable[int]] = ..., equity: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class Trade(_message.Message):
     __slots__ = ("symbol", "side", "quantity", "entry_time_ns", "entry_price", "exit_time_ns", "exit_price", "pnl", "return_pct", "commission", "strategy", "open")
@@ -285,18 +285,18 @@ class BacktestSummary(_message.Message):
     def __init__(self, bars: _Optional[int] = ..., bars_rejected: _Optional[int] = ..., signals: _Optional[int] = ..., orders: _Optional[int] = ..., fills: _Optional[int] = ..., trades: _Optional[int] = ..., initial_equity: _Optional[float] = ..., final_equity: _Optional[float] = ..., total_return: _Optional[float] = ..., sharpe: _Optional[float] = ..., max_drawdown: _Optional[float] = ..., start_time_ns: _Optional[int] = ..., end_time_ns: _Optional[int] = ..., periods_per_year: _Optional[float] = ..., annual_return: _Optional[float] = ..., annual_volatility: _Optional[float] = ..., sortino: _Optional[float] = ..., calmar: _Optional[float] = ..., max_drawdown_bars: _Optional[int] = ..., alpha: _Optional[float] = ..., beta: _Optional[float] = ..., information_ratio: _Optional[float] = ..., win_rate: _Optional[float] = ..., profit_factor: _Optional[float] = ..., average_win: _Optional[float] = ..., average_loss: _Optional[float] = ..., turnover: _Optional[float] = ..., exposure_time: _Optional[float] = ..., commissions: _Optional[float] = ...) -> None: ...
 
 class BacktestResult(_message.Message):
-    __slots__ = ("summary", "trades", "equity_curve", "by_symbol", "by_strategy")
+    __slots__ = ("summary", "trades", "by_symbol", "by_strategy", "equity_curve")
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
     TRADES_FIELD_NUMBER: _ClassVar[int]
-    EQUITY_CURVE_FIELD_NUMBER: _ClassVar[int]
     BY_SYMBOL_FIELD_NUMBER: _ClassVar[int]
     BY_STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    EQUITY_CURVE_FIELD_NUMBER: _ClassVar[int]
     summary: BacktestSummary
     trades: _containers.RepeatedCompositeFieldContainer[Trade]
-    equity_curve: _containers.RepeatedCompositeFieldContainer[EquityPoint]
     by_symbol: _containers.RepeatedCompositeFieldContainer[Attribution]
     by_strategy: _containers.RepeatedCompositeFieldContainer[Attribution]
-    def __init__(self, summary: _Optional[_Union[BacktestSummary, _Mapping]] = ..., trades: _Optional[_Iterable[_Union[Trade, _Mapping]]] = ..., equity_curve: _Optional[_Iterable[_Union[EquityPoint, _Mapping]]] = ..., by_symbol: _Optional[_Iterable[_Union[Attribution, _Mapping]]] = ..., by_strategy: _Optional[_Iterable[_Union[Attribution, _Mapping]]] = ...) -> None: ...
+    equity_curve: EquityCurve
+    def __init__(self, summary: _Optional[_Union[BacktestSummary, _Mapping]] = ..., trades: _Optional[_Iterable[_Union[Trade, _Mapping]]] = ..., by_symbol: _Optional[_Iterable[_Union[Attribution, _Mapping]]] = ..., by_strategy: _Optional[_Iterable[_Union[Attribution, _Mapping]]] = ..., equity_curve: _Optional[_Union[EquityCurve, _Mapping]] = ...) -> None: ...
 
 class RunBacktestResponse(_message.Message):
     __slots__ = ("progress", "result")
