@@ -165,17 +165,50 @@ def write_equity_curve(result: api.BacktestResult, path: Path) -> Path:
     return path.resolve()
 
 
-def _backtest(config: Config, title: str, out: Path | None, as_json: bool) -> int:
-    from utp.daemon.session import backtest
+def _backtest(
+    config: Config, title: str, out: Path | None, as_json: bool, *, report: Path | None = None, progress: bool = False
+) -> int:
+    from utp.daemon.session import MarketData, backtest
 
-    result = backtest(config)
+    market_data = MarketData.from_config(config)
+    if progress:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        columns = (TextColumn("backtest"), BarColumn(), MofNCompleteColumn(), TextColumn("bars"), TimeElapsedColumn())
+        with Progress(*columns, transient=True) as bar:
+            task = bar.add_task("backtest", total=market_data.bars.height)
+
+            def on_progress(p: api.BacktestProgress) -> None:
+                bar.update(task, completed=p.bars_processed, total=p.bars_total)
+
+            result = backtest(config, market_data=market_data, on_progress=on_progress)
+    else:
+        result = backtest(config, market_data=market_data)
     path = write_equity_curve(result, out) if out is not None else None
+    if report is not None:
+        index = write_backtest_report(report, title, result, market_data)
+        print(f"report: {index.resolve()}", file=sys.stderr)
     if as_json:
         # Plain numbers for scripts (protobuf's JSON mapping would quote the 64-bit integers).
         print(json.dumps(summary_dict(result.summary)))
     else:
         print(format_summary(title, result, path))
     return 0
+
+
+def write_backtest_report(directory: Path, title: str, result: api.BacktestResult, market_data: Any) -> Path:
+    """The HTML report of one run, benchmarked on the S&P 500 index, trades marked on their symbols' prices."""
+    from utp.daemon.report import ReportRun, write_report
+    from utp.storage.datasets import load_sp500_index
+
+    index = load_sp500_index().sort("event_time_ns")
+    benchmark = (index["event_time_ns"].to_numpy(), index["close"].to_numpy().astype(np.float64))
+    prices = {
+        str(symbol): (rows["event_time_ns"].to_numpy(), rows["close"].to_numpy().astype(np.float64))
+        for (symbol,), rows in market_data.bars.group_by("symbol", maintain_order=True)
+    }
+    run = ReportRun(market_data.dataset.name, result, benchmark=benchmark, prices=prices)
+    return write_report(directory, [run], title=title)
 
 
 # -- entry point -------------------------------------------------------------------------------------
@@ -207,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     backtest.add_argument("--batch-bar-times", type=int, default=1000)
     backtest.add_argument("--out", metavar="FILE", help="write the equity curve as CSV")
     backtest.add_argument("--json", action="store_true", help="print the summary as JSON")
+    backtest.add_argument("--report", metavar="DIR", help="write an HTML report with charts and metrics.json")
+    backtest.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                          help="show a progress bar (default: when stderr is a terminal)")
     backtest.set_defaults(log_level="WARNING")
     return parser
 
@@ -249,7 +285,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     args.config, overrides={**_overrides(args, flags), "ensemble.weights": weights}
                 )
             title = f"utp backtest: {config.market_data.dataset} {','.join(config.market_data.symbols) or 'all symbols'}"
-            return _backtest(config, title, Path(args.out) if args.out else None, args.json)
+            progress = sys.stderr.isatty() if args.progress is None else args.progress
+            return _backtest(config, title, Path(args.out) if args.out else None, args.json,
+                             report=Path(args.report) if args.report else None, progress=progress)  # fmt: skip
     except (ConfigError, ValueError) as exc:
         print(f"utp: error: {exc}", file=sys.stderr)
         return 2

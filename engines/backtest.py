@@ -18,6 +18,7 @@ trading engines did. It keeps the frames it receives and does the work once, at 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -258,7 +259,8 @@ class BacktestEngine(Engine):
             self.periods_per_year,
             benchmark=benchmark_returns,
             trade_pnls=closed["pnl"].to_numpy(),
-            traded_notional=float((fills["price"] * fills["quantity"]).sum()) if fills.height else 0.0,
+            # fsum: exact, so the figure does not depend on how the fills were split into batches.
+            traded_notional=math.fsum((fills["price"] * fills["quantity"]).to_numpy()) if fills.height else 0.0,
             equity=equity,
             invested=account["gross_exposure"].to_numpy() > 0 if account.height else None,
         )

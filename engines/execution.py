@@ -24,6 +24,9 @@ The client order id is a hash of the intent id, so an intent delivered twice (a 
 crash) maps to the order that already exists and is never placed again. Nothing is placed while trading is
 halted or execution is not approved. Per bar time the work is the same whether a step holds one bar time
 (live) or a million (a backtest): batch size never changes a decision.
+
+The kernel drives the simulated venue (backtests and paper sessions). A real broker (Alpaca, issue 6) is
+not in this kernel: it will take the same orders through the `Broker` interface of `utp.core.broker`.
 """
 
 from __future__ import annotations

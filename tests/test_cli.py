@@ -54,3 +54,17 @@ def test_json_summary_is_strict_json_with_null_for_undefined_statistics() -> Non
     assert values["sharpe"] is None and values["profit_factor"] is None
     assert values["bars"] == 3 and values["total_return"] == 0.25
     json.loads(json.dumps(values, allow_nan=False))
+
+
+def test_backtest_report_writes_charts_and_every_metric(tmp_path: Path) -> None:
+    args = ("backtest", "--dataset", "sp500", "--symbols", "AAPL,MSFT", "--start", "2012-01-01", "--end", "2013-12-31")
+    result = utp(*args, "--json", "--report", "report", "--progress", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    report = tmp_path / "report"
+    page = (report / "index.html").read_text()
+    for chart in ("equity.png", "drawdown.png", "rolling_sharpe.png", "monthly_returns_sp500.png", "trades_sp500_aapl.png"):
+        assert (report / chart).stat().st_size > 1000 and chart in page
+    metrics = json.loads((report / "metrics.json").read_text())["runs"]["sp500"]
+    assert metrics["total_return"] == summary["total_return"] and metrics["sharpe"] == summary["sharpe"]
+    assert str(report / "index.html") in result.stderr
