@@ -118,8 +118,8 @@ def main() -> None:
     args = parser.parse_args()
 
     warm = synthetic_bars(3_000)
-    run_all(warm, daily=False, backtrader_bars=0)  # numba caches, vectorbt's compile, imports
-    first_call = run_vectorbt(warm, DEFAULT_CASH).first_call_seconds
+    # numba caches, vectorbt's compile, imports
+    first_call = run_all(warm, daily=False, backtrader_bars=0)["vectorbt"].first_call_seconds
 
     bars = synthetic_bars(args.bars)
     runs = run_all(bars, daily=False, backtrader_bars=args.backtrader_bars)
