@@ -244,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     backtest.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                           help="show a progress bar (default: when stderr is a terminal)")
     backtest.set_defaults(log_level="WARNING")
+    from utp.daemon import walkforward
+
+    walkforward.add_parser(sub)
     return parser
 
 
@@ -288,6 +291,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress = sys.stderr.isatty() if args.progress is None else args.progress
             return _backtest(config, title, Path(args.out) if args.out else None, args.json,
                              report=Path(args.report) if args.report else None, progress=progress)  # fmt: skip
+        if args.command == "walk-forward":
+            from utp.daemon import walkforward
+
+            return walkforward.run_command(args)
     except (ConfigError, ValueError) as exc:
         print(f"utp: error: {exc}", file=sys.stderr)
         return 2

@@ -10,9 +10,15 @@
   returns in %, with each year's compounded return beside it.
 * `trades_<run>_<symbol>.png`: entries (▲) and exits (▼) on the closes, for the symbols with the most
   trades of each run (only symbols whose closes the run carries).
-* `metrics.json`: ``{"title": str, "runs": {run name: {summary field: number or null}}}``; the runs
-  appear in the order of the table's columns, and every field of BacktestSummary is there, undefined
-  values (NaN, inf) as null.
+* `metrics.json`: ``{"title": str, "runs": {run name: {summary field: number or null}}, "attribution":
+  {run name: {"by_symbol": [row, ...], "by_strategy": [row, ...]}}}``; the runs appear in the order of
+  the table's columns, and every field of BacktestSummary is there, undefined values (NaN, inf) as null.
+  An attribution row is ``{"key", "pnl", "trades", "win_rate", "share"}``, in the result's order (largest
+  P&L first), with the same null rule.
+
+The page's attribution section shows the same rows as tables, by symbol and by strategy, for each run: the
+P&L of the run's trades net of commissions (open trades valued at the last close), their count, the win
+rate of the closed ones and the share of the run's total P&L.
 
 The summary is rendered from its descriptor, so a field added to BacktestSummary shows up without a change
 here; its name decides its label and format (see `metric_label` and `format_metric`).
@@ -126,6 +132,25 @@ def summary_values(summary: api.BacktestSummary) -> dict[str, object]:
             value = str(value)
         values[f.name] = value
     return values
+
+
+def attribution_values(rows: Sequence[api.Attribution]) -> list[dict[str, object]]:
+    """Attribution rows (`BacktestResult.by_symbol` / `by_strategy`) as plain JSON values, in their order;
+    NaN and inf become None, as in `summary_values`."""
+    return [
+        {
+            "key": row.key,
+            "pnl": _finite_or_none(row.pnl),
+            "trades": int(row.trades),
+            "win_rate": _finite_or_none(row.win_rate),
+            "share": _finite_or_none(row.share),
+        }
+        for row in rows
+    ]
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
 
 
 def format_time(ns: int, *, with_time: bool | None = None) -> str:
@@ -539,6 +564,40 @@ def _trade_table(result: api.BacktestResult, shown: int) -> str:
     return f'<p class="note">{note}</p><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 
+_ATTRIBUTION_HEADER = ("P&L", "Trades", "Win rate", "Share")
+
+
+def _number(value: float, spec: str) -> str:
+    # A win rate is undefined (NaN) for a key whose trades are all still open.
+    return "—" if math.isnan(value) else format(value, spec)
+
+
+def _attribution_table(rows: Sequence[api.Attribution], by: str) -> str:
+    """One attribution table (`by`: "symbol" or "strategy"): money with 2 decimals, win rate and share in %,
+    "—" where undefined, like the metric table."""
+    head = f"<th>{_e(by.capitalize())}</th>" + "".join(f"<th>{_e(h)}</th>" for h in _ATTRIBUTION_HEADER)
+    body = []
+    for row in rows:
+        tone = "pos" if row.pnl > 0 else "neg" if row.pnl < 0 else ""
+        body.append(
+            f"<tr><td class=text>{_e(row.key)}</td><td class=\"{tone}\">{_number(row.pnl, ',.2f')}</td>"
+            f"<td>{row.trades:,}</td><td>{_number(row.win_rate, '.2%')}</td><td>{_number(row.share, '.2%')}</td></tr>"
+        )
+    return (f'<table class="attribution" data-by="{_e(by)}"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table>')  # fmt: skip
+
+
+def _attribution_section(run: ReportRun) -> str:
+    result = run.result
+    if not result.by_symbol and not result.by_strategy:
+        return f'<h3>{_e(run.name)}</h3><p class="note">No trades.</p>'
+    return (
+        f"<h3>{_e(run.name)}</h3>"
+        f"<h4>By symbol</h4>{_attribution_table(result.by_symbol, 'symbol')}"
+        f"<h4>By strategy</h4>{_attribution_table(result.by_strategy, 'strategy')}"
+    )
+
+
 def _slug(text: str, taken: set[str]) -> str:
     base = re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower() or "x"
     slug, n = base, 2
@@ -634,6 +693,10 @@ def write_report(
         _img("rolling_sharpe.png", "rolling Sharpe ratio"),
         "<h2>Monthly returns</h2>",
         *monthly_imgs,
+        "<h2>Attribution</h2>",
+        '<p class="note">P&amp;L of the trades net of commissions (open trades at the last close), trades, '
+        "win rate of the closed trades and share of the run's total P&amp;L.</p>",
+        *(_attribution_section(run) for run in runs),
         "<h2>Trades</h2>",
         *trade_sections,
         '<footer>Metrics as JSON: <a href="metrics.json">metrics.json</a>. Times are UTC.</footer>',
@@ -645,7 +708,15 @@ def write_report(
         + "\n".join(body)
         + "\n</body>\n</html>\n"
     )
-    metrics = {"title": title, "runs": {run.name: summary_values(run.result.summary) for run in runs}}
+    metrics = {
+        "title": title,
+        "runs": {run.name: summary_values(run.result.summary) for run in runs},
+        "attribution": {
+            run.name: {"by_symbol": attribution_values(run.result.by_symbol),
+                       "by_strategy": attribution_values(run.result.by_strategy)}  # fmt: skip
+            for run in runs
+        },
+    }
     (directory / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     index = directory / "index.html"
     index.write_text(page, encoding="utf-8")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import re
@@ -66,6 +67,20 @@ def metric_row(page: str, label: str) -> list[str]:
     match = re.search(rf"<tr><th scope=\"row\"[^>]*>{re.escape(label)}</th>(.*?)</tr>", page)
     assert match, label
     return re.findall(r"<td>(.*?)</td>", match.group(1))
+
+
+def attribution_tables(page: str, by: str) -> list[list[list[str]]]:
+    """The cells of each run's attribution table `by` ("symbol" or "strategy"), in the page's order."""
+    tables = re.findall(rf'<table class="attribution" data-by="{by}">.*?<tbody>(.*?)</tbody></table>', page)
+    return [[re.findall(r"<td[^>]*>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", t)] for t in tables]
+
+
+def expected_attribution_cells(rows: Sequence[api.Attribution]) -> list[list[str]]:
+    """The table cells written out independently of the module's formatting."""
+    def pct(value: float) -> str:
+        return "—" if math.isnan(value) else f"{value:.2%}"
+
+    return [[html.escape(a.key), f"{a.pnl:,.2f}", f"{a.trades:,}", pct(a.win_rate), pct(a.share)] for a in rows]
 
 
 # -- a real backtest ---------------------------------------------------------------------------------
@@ -168,6 +183,54 @@ def test_trade_list_and_trade_chart(report: Path, backtest: api.BacktestResult) 
     assert rp.format_time(first.entry_time_ns) in page
     if n <= 20:
         assert f"{n:,} trade" in page and "omitted" not in page
+
+
+def test_attribution_tables_show_the_results_attribution(report: Path, backtest: api.BacktestResult) -> None:
+    page = report.read_text(encoding="utf-8")
+    assert len(backtest.by_strategy) >= 2  # a table worth checking: several sources traded
+    assert attribution_tables(page, "symbol") == [expected_attribution_cells(backtest.by_symbol)]
+    assert attribution_tables(page, "strategy") == [expected_attribution_cells(backtest.by_strategy)]
+    # And the result's attribution is what its trades say: P&L, count and closed-trade win rate per key.
+    for by, rows in (("symbol", backtest.by_symbol), ("strategy", backtest.by_strategy)):
+        for a in rows:
+            trades = [t for t in backtest.trades if getattr(t, by) == a.key]
+            closed = [t.pnl for t in trades if not t.open]
+            assert a.trades == len(trades) and a.pnl == pytest.approx(sum(t.pnl for t in trades), abs=1e-6)
+            assert a.win_rate == pytest.approx(sum(p > 0 for p in closed) / len(closed)) if closed else math.isnan(a.win_rate)
+        assert sum(a.share for a in rows) == pytest.approx(1.0)
+
+
+def test_metrics_json_carries_the_attribution(report: Path, backtest: api.BacktestResult) -> None:
+    metrics = json.loads((report.parent / "metrics.json").read_text(encoding="utf-8"))
+    assert list(metrics["attribution"]) == ["ema_cross"]
+    got = metrics["attribution"]["ema_cross"]
+    for by, rows in (("by_symbol", backtest.by_symbol), ("by_strategy", backtest.by_strategy)):
+        assert [row["key"] for row in got[by]] == [a.key for a in rows]
+        for row, a in zip(got[by], rows, strict=True):
+            assert row["pnl"] == a.pnl and row["trades"] == a.trades and row["share"] == a.share
+            assert row["win_rate"] == (None if math.isnan(a.win_rate) else a.win_rate)
+
+
+def test_attribution_of_several_runs_with_open_only_keys_and_no_trades(tmp_path: Path) -> None:
+    traded = synthetic([1e5, 1e5 + 30.0], sharpe=1.0)
+    traded.by_symbol.extend([api.Attribution(key="KO", pnl=40.0, trades=2, win_rate=0.5, share=4 / 3),
+                             api.Attribution(key="PEP", pnl=-10.0, trades=1, win_rate=float("nan"), share=-1 / 3)])  # fmt: skip
+    traded.by_strategy.append(api.Attribution(key="a<b", pnl=30.0, trades=3, win_rate=0.5, share=1.0))
+    idle = synthetic([1e5, 1e5])
+    index = write_report(tmp_path, [ReportRun("traded", traded), ReportRun("idle", idle)], title="attribution")
+    page = index.read_text(encoding="utf-8")
+    # Only the run with trades has tables; the idle one says so.
+    assert attribution_tables(page, "symbol") == [[["KO", "40.00", "2", "50.00%", "133.33%"],
+                                                   ["PEP", "-10.00", "1", "—", "-33.33%"]]]  # fmt: skip
+    assert attribution_tables(page, "strategy") == [[["a&lt;b", "30.00", "3", "50.00%", "100.00%"]]]
+    section = page[page.index("<h2>Attribution</h2>") : page.index("<h2>Trades</h2>")]
+    assert "<h3>idle</h3><p class=\"note\">No trades.</p>" in section
+    metrics = json.loads((tmp_path / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["attribution"]["idle"] == {"by_symbol": [], "by_strategy": []}
+    assert metrics["attribution"]["traded"]["by_symbol"][1] == {"key": "PEP", "pnl": -10.0, "trades": 1,
+                                                                "win_rate": None, "share": -1 / 3}  # fmt: skip
+    assert metrics["attribution"]["traded"]["by_strategy"] == [{"key": "a<b", "pnl": 30.0, "trades": 3,
+                                                                "win_rate": 0.5, "share": 1.0}]  # fmt: skip
 
 
 # -- computations ------------------------------------------------------------------------------------
