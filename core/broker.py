@@ -486,11 +486,15 @@ def match_bar(t, s, open_, high, low, volume, fo, io, olist, active, state, para
             fills[0] += 1
             n = order_event(events, n, EV_FILL, k, t, fo, q, price, commission_for(q, price, params),
                             abs(price - base) * q, 0.0, 0.0)  # fmt: skip
-            # Bracket legs work for what the parent has filled: from this bar if it filled at the open.
+            # Bracket legs work for what the parent has filled: from this bar if it filled at the open. A parent
+            # on the legs' own side reduces the position they guard (a resize down), so they shrink by it.
             for jc in range(1, olist[0] + 1):
                 c = olist[jc]
                 if io[c, I_PARENT] == k and io[c, I_STATE] != FREE:
-                    fo[c, F_QTY] += q
+                    fo[c, F_QTY] += q if io[c, I_SIDE] != side else -q
+                    if fo[c, F_QTY] <= fo[c, F_FILLED] + 1e-9:
+                        n = close_order(c, t, EV_CANCELED, CANCEL_PARENT, fo, io, olist, active, events, n)
+                        continue
                     if io[c, I_STATE] == HELD:
                         io[c, I_STATE] = WORKING
                         io[c, I_AFTER] = t - 1 if phase == 0 else t

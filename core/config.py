@@ -172,6 +172,42 @@ class EnsembleConfig(_Section):
     regime_sma_slow: int = 50
 
 
+PORTFOLIO_METHODS = (
+    "fixed", "equal", "confidence", "insight", "mean_variance", "risk_parity", "hrp", "black_litterman",
+)  # fmt: skip
+OPTIMIZER_METHODS = ("mean_variance", "risk_parity", "hrp", "black_litterman")
+
+
+class PortfolioConfig(_Section):
+    """Portfolio construction (Lean's step between alpha and risk): scored signals -> target weights.
+
+    fixed: each UP signal asks for +risk.max_position_pct of equity, DOWN for flat (or the negative with
+    risk.allow_short), and a held position is never resized: the reference strategy's behaviour.
+    The other methods weight the symbols with an active UP (or, with shorts, DOWN) signal so that their
+    gross weights sum to `gross`, and resize held positions as the weights move:
+    equal: 1/N each. confidence: proportional to the ensemble confidence (Lean's confidence-weighted).
+    insight: proportional to the share of the ensemble's total weight backing the direction (Lean's
+    insight-weighted, the insight's weight being its vote). mean_variance, risk_parity, hrp and
+    black_litterman: skfolio's optimisers fitted on the last `lookback` bars of returns of those symbols;
+    Black-Litterman takes each signal as a view (direction x confidence x `view_return` a year).
+    Risk still caps each target at risk.max_position_pct.
+    """
+
+    method: str = "fixed"
+    #: Sum of the absolute target weights of the weighting methods.
+    gross: float = 1.0
+    #: Bars of returns the optimisers are fitted on; fewer than `min_history` complete rows -> equal weight.
+    lookback: int = 252
+    min_history: int = 60
+    #: mean_variance objective: min_risk (minimum variance), max_ratio (maximum Sharpe) or max_utility.
+    objective: str = "max_ratio"
+    risk_aversion: float = 1.0
+    #: Black-Litterman: a view's yearly excess return at full confidence.
+    view_return: float = 0.10
+    #: Resize a held position when it is off its target by more than this share of equity.
+    rebalance_band: float = 0.02
+
+
 class RiskConfig(_Section):
     #: Target position per symbol as a share of equity: an UP signal asks for +this, DOWN for 0 (or -this
     #: with shorts). Execution sizes the order from the portfolio when it places it.
@@ -225,6 +261,8 @@ class StateConfig(_Section):
 
 class ServerConfig(_Section):
     listen: str = "127.0.0.1:50051"
+    #: RunBacktest calls running at once, each in a process of its own; more wait their turn.
+    max_backtests: int = 4
 
 
 class Config(_Section):
@@ -238,6 +276,7 @@ class Config(_Section):
     features: FeaturesConfig = FeaturesConfig()
     alpha: AlphaConfig = AlphaConfig()
     ensemble: EnsembleConfig = EnsembleConfig()
+    portfolio: PortfolioConfig = PortfolioConfig()
     risk: RiskConfig = RiskConfig()
     execution: ExecutionConfig = ExecutionConfig()
     exit: ExitConfig = ExitConfig()
@@ -295,6 +334,20 @@ def _scalar(text: str) -> Any:
     return yaml.safe_load(text) if text.strip() else ""
 
 
+def parse_assignments(items: Iterable[str], what: str = "--set") -> dict[str, Any]:
+    """`KEY=VALUE` strings -> {KEY: value}, values parsed the way YAML would (0.2 -> float, [a, b] -> list)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{what} {item[:80]!r}: expected KEY=VALUE")
+        try:
+            out[key.strip()] = _scalar(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"{what} {item[:80]!r}: the value is not valid YAML") from None
+    return out
+
+
 def _sections() -> set[str]:
     return {f for f in Config.__struct_fields__ if isinstance(getattr(Config(), f), _Section)}
 
@@ -304,14 +357,21 @@ def load_config(
     *,
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    documents: Iterable[str] = (),
+    base: Config | None = None,
 ) -> Config:
-    """Build the configuration from defaults, files, environment and `overrides` ({"risk.max_position_pct": 0.2})."""
-    tree: dict[str, Any] = {}
-    for path in files:
-        text = Path(path).read_text()
-        loaded = yaml.safe_load(text) or {}
+    """Build the configuration from defaults (or `base`), files, YAML `documents` (text, after the files),
+    environment and `overrides` ({"risk.max_position_pct": 0.2})."""
+    tree: dict[str, Any] = to_dict(base) if base is not None else {}
+    named = [(str(path), Path(path).read_text()) for path in files]
+    named += [(f"configuration document {i + 1}", text) for i, text in enumerate(documents)]
+    for name, text in named:
+        try:
+            loaded = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{name}: not valid YAML: {str(exc).splitlines()[0]}") from None
         if not isinstance(loaded, Mapping):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+            raise ConfigError(f"{name}: the top level must be a mapping of sections")
         tree = _merge(tree, loaded)
     env = os.environ if environ is None else environ
     sections = _sections()
@@ -338,10 +398,25 @@ def validate(config: Config) -> None:
     """Checks that cross fields or need more than a type."""
     md = config.market_data
     md.start_date(), md.end_date()
+    if config.server.max_backtests < 1:
+        raise ConfigError("server.max_backtests must be >= 1")
     if md.batch_bar_times < 1:
         raise ConfigError("market_data.batch_bar_times must be >= 1")
     if md.replay_rate < 0:
         raise ConfigError("market_data.replay_rate must be >= 0")
+    pc = config.portfolio
+    if pc.method not in PORTFOLIO_METHODS:
+        raise ConfigError(f"portfolio.method must be one of {', '.join(PORTFOLIO_METHODS)}, not {pc.method!r}")
+    if pc.objective not in ("min_risk", "max_ratio", "max_utility"):
+        raise ConfigError("portfolio.objective must be min_risk, max_ratio or max_utility")
+    if not 0 < pc.gross <= 10:
+        raise ConfigError("portfolio.gross must be in (0, 10]")
+    if not 2 <= pc.min_history <= pc.lookback:
+        raise ConfigError("portfolio needs 2 <= min_history <= lookback")
+    if not 0 < pc.rebalance_band <= 1:
+        raise ConfigError("portfolio.rebalance_band must be in (0, 1]")
+    if pc.risk_aversion < 0 or not pc.view_return == pc.view_return:
+        raise ConfigError("portfolio.risk_aversion must be >= 0 and view_return a number")
     if not 0 < config.risk.max_position_pct <= 10:
         raise ConfigError("risk.max_position_pct must be in (0, 10]")
     ex = config.execution
@@ -374,7 +449,7 @@ def validate(config: Config) -> None:
     from utp.core.features import FeatureSpec  # the definition knows its own names
 
     try:
-        FeatureSpec(f).names
+        _ = FeatureSpec(f).names
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     if config.alpha.ema_cross.fast >= config.alpha.ema_cross.slow:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from utp.core.config import Config, ConfigError, load_config
+from utp.core.config import Config, ConfigError, load_config, parse_assignments
 from utp.v1 import core_service_pb2 as api
 
 log = logging.getLogger("utp")
@@ -47,14 +47,7 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _overrides(args: argparse.Namespace, flags: dict[str, str]) -> dict[str, Any]:
-    import yaml
-
-    out: dict[str, Any] = {}
-    for item in args.set:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
-        key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+    out: dict[str, Any] = parse_assignments(args.set)
     for attr, key in flags.items():
         value = getattr(args, attr, None)
         if value is not None:
@@ -165,50 +158,83 @@ def write_equity_curve(result: api.BacktestResult, path: Path) -> Path:
     return path.resolve()
 
 
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in name).strip("-") or "run"
+
+
 def _backtest(
-    config: Config, title: str, out: Path | None, as_json: bool, *, report: Path | None = None, progress: bool = False
-) -> int:
+    runs: Sequence[Any], title: str, out: Path | None, as_json: bool, *, report: Path | None = None,
+    progress: bool = False,
+) -> int:  # fmt: skip
+    """Run each of `runs` (session.NamedRun: one, or one per compared value) and print, save and report them."""
     from utp.daemon.session import MarketData, backtest
 
-    market_data = MarketData.from_config(config)
-    if progress:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    loaded: dict[tuple, Any] = {}
 
-        columns = (TextColumn("backtest"), BarColumn(), MofNCompleteColumn(), TextColumn("bars"), TimeElapsedColumn())
-        with Progress(*columns, transient=True) as bar:
-            task = bar.add_task("backtest", total=market_data.bars.height)
+    def market_data_of(config: Config) -> Any:
+        md = config.market_data
+        key = (md.dataset, md.symbols, md.start, md.end)
+        if key not in loaded:
+            loaded[key] = MarketData.from_config(config)
+        return loaded[key]
 
-            def on_progress(p: api.BacktestProgress) -> None:
-                bar.update(task, completed=p.bars_processed, total=p.bars_total)
+    results: list[tuple[str, api.BacktestResult, Any]] = []
+    for run in runs:
+        market_data = market_data_of(run.config)
+        if progress:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-            result = backtest(config, market_data=market_data, on_progress=on_progress)
-    else:
-        result = backtest(config, market_data=market_data)
-    path = write_equity_curve(result, out) if out is not None else None
+            label = f"backtest {run.name}".strip()
+            columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("bars"), TimeElapsedColumn())
+            with Progress(*columns, transient=True) as bar:
+                task = bar.add_task(label, total=market_data.bars.height)
+
+                def on_progress(p: api.BacktestProgress, bar: Any = bar, task: Any = task) -> None:
+                    bar.update(task, completed=p.bars_processed, total=p.bars_total)
+
+                result = backtest(run.config, market_data=market_data, on_progress=on_progress)
+        else:
+            result = backtest(run.config, market_data=market_data)
+        result.name = run.name
+        results.append((run.name, result, market_data))
+    paths: list[Path | None] = []
+    for name, result, _ in results:
+        if out is None:
+            paths.append(None)
+        else:
+            path = out if len(results) == 1 else out.with_name(f"{out.stem}-{_slug(name)}{out.suffix}")
+            paths.append(write_equity_curve(result, path))
     if report is not None:
-        index = write_backtest_report(report, title, result, market_data)
+        index = write_backtest_report(report, title, results)
         print(f"report: {index.resolve()}", file=sys.stderr)
     if as_json:
         # Plain numbers for scripts (protobuf's JSON mapping would quote the 64-bit integers).
-        print(json.dumps(summary_dict(result.summary)))
+        if len(results) == 1:
+            print(json.dumps(summary_dict(results[0][1].summary)))
+        else:
+            print(json.dumps({"runs": {name: summary_dict(r.summary) for name, r, _ in results}}))
     else:
-        print(format_summary(title, result, path))
+        print("\n\n".join(format_summary(f"{title}  [{name}]" if name else title, result, path)
+                           for (name, result, _), path in zip(results, paths, strict=True)))  # fmt: skip
     return 0
 
 
-def write_backtest_report(directory: Path, title: str, result: api.BacktestResult, market_data: Any) -> Path:
-    """The HTML report of one run, benchmarked on the S&P 500 index, trades marked on their symbols' prices."""
+def write_backtest_report(directory: Path, title: str, results: Sequence[tuple[str, api.BacktestResult, Any]]) -> Path:
+    """The HTML report of one run or several side by side (named), benchmarked on the S&P 500 index, trades
+    marked on their symbols' prices."""
     from utp.daemon.report import ReportRun, write_report
     from utp.storage.datasets import load_sp500_index
 
     index = load_sp500_index().sort("event_time_ns")
     benchmark = (index["event_time_ns"].to_numpy(), index["close"].to_numpy().astype(np.float64))
-    prices = {
-        str(symbol): (rows["event_time_ns"].to_numpy(), rows["close"].to_numpy().astype(np.float64))
-        for (symbol,), rows in market_data.bars.group_by("symbol", maintain_order=True)
-    }
-    run = ReportRun(market_data.dataset.name, result, benchmark=benchmark, prices=prices)
-    return write_report(directory, [run], title=title)
+    runs = []
+    for name, result, market_data in results:
+        prices = {
+            str(symbol): (rows["event_time_ns"].to_numpy(), rows["close"].to_numpy().astype(np.float64))
+            for (symbol,), rows in market_data.bars.group_by("symbol", maintain_order=True)
+        }
+        runs.append(ReportRun(name or market_data.dataset.name, result, benchmark=benchmark, prices=prices))
+    return write_report(directory, runs, title=title)
 
 
 # -- entry point -------------------------------------------------------------------------------------
@@ -241,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     backtest.add_argument("--out", metavar="FILE", help="write the equity curve as CSV")
     backtest.add_argument("--json", action="store_true", help="print the summary as JSON")
     backtest.add_argument("--report", metavar="DIR", help="write an HTML report with charts and metrics.json")
+    backtest.add_argument("--compare", metavar="KEY=V1,V2,..",
+                          help="one run per value of a setting, side by side, e.g. portfolio.method=equal,hrp,risk_parity")
+    backtest.add_argument("--portfolio", metavar="METHOD", help="portfolio construction method (portfolio.method)")
     backtest.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                           help="show a progress bar (default: when stderr is a terminal)")
     backtest.set_defaults(log_level="WARNING")
@@ -267,15 +296,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             ConsoleApp(args.target).run()
             return 0
         if args.command == "demo":
+            from utp.daemon.session import NamedRun
+
             config = load_config([packaged_config("demo.yaml")], environ={})
             return _backtest(
-                config, "utp demo: the engine graph over real GOOG daily bars (in-process bus, simulated broker)",
+                [NamedRun("", config)],
+                "utp demo: the engine graph over real GOOG daily bars (in-process bus, simulated broker)",
                 Path(args.out), as_json=False,
             )  # fmt: skip
         if args.command == "backtest":
+            from utp.daemon.session import named_runs
+
             flags = {"dataset": "market_data.dataset", "start": "market_data.start", "end": "market_data.end",
-                     "initial_cash": "execution.initial_cash", "batch_bar_times": "market_data.batch_bar_times"}  # fmt: skip
-            config = _config(args, flags)
+                     "initial_cash": "execution.initial_cash", "batch_bar_times": "market_data.batch_bar_times",
+                     "portfolio": "portfolio.method"}  # fmt: skip
+            overrides = _overrides(args, flags)
             if args.weights:
                 weights = {}
                 for item in args.weights.split(","):
@@ -284,12 +319,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         weights[source.strip()] = float(weight)
                     except ValueError:
                         raise ConfigError(f"--weights: {item!r} is not SOURCE=NUMBER") from None
-                config = load_config(
-                    args.config, overrides={**_overrides(args, flags), "ensemble.weights": weights}
-                )
+                overrides["ensemble.weights"] = weights
+            runs = named_runs(args.compare or "", lambda extra: load_config(args.config, overrides={**overrides, **extra}))
+            config = runs[0].config
             title = f"utp backtest: {config.market_data.dataset} {','.join(config.market_data.symbols) or 'all symbols'}"
             progress = sys.stderr.isatty() if args.progress is None else args.progress
-            return _backtest(config, title, Path(args.out) if args.out else None, args.json,
+            return _backtest(runs, title, Path(args.out) if args.out else None, args.json,
                              report=Path(args.report) if args.report else None, progress=progress)  # fmt: skip
         if args.command == "walk-forward":
             from utp.daemon import walkforward

@@ -5,19 +5,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
-from collections.abc import AsyncIterator
+import multiprocessing
+from collections.abc import AsyncIterator, Mapping
 from datetime import date
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from utp.core.config import AlphaConfig, Config, ConfigError, validate
+from utp.core.config import AlphaConfig, Config, ConfigError, load_config, parse_assignments
 from utp.core.kinds import KIND_BY_NUMBER
 from utp.daemon.core import CoreDaemon
-from utp.daemon.session import backtest
+from utp.daemon.session import NamedRun, backtest, named_runs
 from utp.storage.datasets import DATASETS
 from utp.v1 import core_service_pb2 as api
 from utp.v1 import core_service_pb2_grpc as api_grpc
@@ -40,25 +43,38 @@ def _text(field: str, value: str) -> str:
     return value
 
 
-def backtest_config(base: Config, request: api.RunBacktestRequest) -> Config:
-    """The configuration of a RunBacktest request; InvalidRequest names the bad field."""
-    import msgspec
+_MAX_DOCUMENTS, _MAX_DOCUMENT = 16, 200_000
+_MAX_SETS = 200
 
-    dataset = request.dataset or "goog"
-    if dataset not in DATASETS:
-        raise InvalidRequest(f"dataset: unknown data set {dataset!r}; choose one of {', '.join(DATASETS)}")
-    symbols = tuple(request.symbols)
-    unknown = [s for s in symbols if s not in DATASETS[dataset].symbols]
-    if unknown:
-        raise InvalidRequest(f"symbols: {', '.join(unknown[:5])} not in {dataset}")
+
+def backtest_runs(base: Config, request: api.RunBacktestRequest) -> list[NamedRun]:
+    """The runs of a RunBacktest request, configured like the CLI's: the daemon's configuration, then the
+    YAML documents, the KEY=VALUE settings, the request's own fields and the compared value, later wins.
+    InvalidRequest names the bad field."""
+    if len(request.config_yaml) > _MAX_DOCUMENTS or any(len(d) > _MAX_DOCUMENT for d in request.config_yaml):
+        raise InvalidRequest(f"config_yaml: at most {_MAX_DOCUMENTS} documents of {_MAX_DOCUMENT} characters")
+    if len(request.set) > _MAX_SETS or any(len(item) > _MAX_TEXT for item in request.set):
+        raise InvalidRequest(f"set: at most {_MAX_SETS} items of {_MAX_TEXT} characters")
+    _text("compare", request.compare)
+    try:
+        overrides = parse_assignments(request.set, "set")
+    except ConfigError as exc:
+        raise InvalidRequest(str(exc)) from None
+    if request.dataset:
+        if request.dataset not in DATASETS:
+            raise InvalidRequest(f"dataset: unknown data set {request.dataset!r}; choose one of {', '.join(DATASETS)}")
+        overrides["market_data.dataset"] = request.dataset
+    if request.symbols:
+        overrides["market_data.symbols"] = list(request.symbols)
     dates = {}
-    for name in ("start_date", "end_date"):
+    for name, key in (("start_date", "market_data.start"), ("end_date", "market_data.end")):
         value = getattr(request, name)
         if value:
             try:
                 dates[name] = date.fromisoformat(value)
             except ValueError:
                 raise InvalidRequest(f"{name}: {value[:40]!r} is not a date YYYY-MM-DD") from None
+            overrides[key] = value
     if "start_date" in dates and "end_date" in dates and dates["start_date"] > dates["end_date"]:
         raise InvalidRequest("start_date is after end_date")
     for source, weight in request.weights.items():
@@ -66,37 +82,59 @@ def backtest_config(base: Config, request: api.RunBacktestRequest) -> Config:
             raise InvalidRequest(f"weights: unknown source {source[:40]!r}; known: {', '.join(sorted(KNOWN_SOURCES))}")
         if not (weight >= 0 and weight < float("inf")):
             raise InvalidRequest(f"weights: {source} must be a finite number >= 0")
+    if request.weights:
+        overrides["ensemble.weights"] = dict(request.weights)
     if not (request.initial_cash >= 0 and request.initial_cash < 1e15):
         raise InvalidRequest("initial_cash must be >= 0 and finite")
+    if request.initial_cash:
+        overrides["execution.initial_cash"] = request.initial_cash
     if request.batch_bar_times < 0:
         raise InvalidRequest("batch_bar_times must be >= 0")
-    md = msgspec.structs.replace(
-        base.market_data,
-        dataset=dataset,
-        symbols=symbols,
-        start=request.start_date,
-        end=request.end_date,
-        batch_bar_times=request.batch_bar_times or max(base.market_data.batch_bar_times, 1000),
-    )
-    config = msgspec.structs.replace(base, market_data=md)
-    if request.weights:
-        config = msgspec.structs.replace(
-            config, ensemble=msgspec.structs.replace(config.ensemble, weights=dict(request.weights))
-        )
-    if request.initial_cash:
-        config = msgspec.structs.replace(
-            config, execution=msgspec.structs.replace(config.execution, initial_cash=request.initial_cash)
-        )
+    # A backtest batches many bar times unless told otherwise (the live session's batch is 1).
+    overrides["market_data.batch_bar_times"] = request.batch_bar_times or max(base.market_data.batch_bar_times, 1000)
+
+    def build(extra: Mapping[str, Any]) -> Config:
+        config = load_config(documents=request.config_yaml, base=base, environ={}, overrides={**overrides, **extra})
+        md = config.market_data
+        if md.dataset not in DATASETS:
+            raise ConfigError(f"dataset: unknown data set {md.dataset!r}; choose one of {', '.join(DATASETS)}")
+        unknown = [s for s in md.symbols if s not in DATASETS[md.dataset].symbols]
+        if unknown:
+            raise ConfigError(f"symbols: {', '.join(unknown[:5])} not in {md.dataset}")
+        return config
+
     try:
-        validate(config)
+        return named_runs(request.compare, build)
     except ConfigError as exc:
         raise InvalidRequest(str(exc)) from None
-    return config
+
+
+def report_folder(data_dir: Path, name: str) -> Path:
+    """Where RunBacktest writes a report: a relative folder under the daemon's `<data dir>/reports` (a client
+    must not pick any path on the daemon's machine)."""
+    _text("report_dir", name)
+    path = Path(name)
+    if path.is_absolute() or ".." in path.parts or not path.parts:
+        raise InvalidRequest("report_dir: a relative folder name under the daemon's reports folder, without '..'")
+    return data_dir / "reports" / path
+
+
+def _backtest_process(config: Config, include_details: bool, conn: Connection) -> None:
+    """A backtest in a process of its own: progress and the result go back through `conn` as protobuf bytes."""
+    try:
+        result = backtest(config, on_progress=lambda p: conn.send(("progress", p.SerializeToString())),
+                          include_details=include_details)  # fmt: skip
+        conn.send(("result", result.SerializeToString()))
+    except BaseException as exc:  # noqa: BLE001 - everything is reported to the caller
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        conn.close()
 
 
 class CoreServicer(api_grpc.CoreServiceServicer):
     def __init__(self, daemon: CoreDaemon) -> None:
         self.daemon = daemon
+        self._backtests = asyncio.Semaphore(daemon.config.server.max_backtests)
 
     async def GetStatus(self, request: api.GetStatusRequest, context: grpc.aio.ServicerContext) -> api.GetStatusResponse:
         return self.daemon.status()
@@ -162,32 +200,64 @@ class CoreServicer(api_grpc.CoreServiceServicer):
         self, request: api.RunBacktestRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[api.RunBacktestResponse]:
         try:
-            config = backtest_config(self.daemon.config, request)
+            runs = backtest_runs(self.daemon.config, request)
+            folder = report_folder(self.daemon.data_dir, request.report_dir) if request.report_dir else None
         except InvalidRequest as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
+        results: list[api.BacktestResult] = []
+        for run in runs:
+            # Each run in a process of its own: the live engines keep their event loop and interpreter.
+            async with self._backtests:
+                async for response in self._run_in_process(run, request.include_details or folder is not None, context):
+                    if response.HasField("result"):
+                        results.append(response.result)
+                    yield response
+        if folder is not None:
+            path = await asyncio.to_thread(self._write_report, folder, runs, results)
+            yield api.RunBacktestResponse(report_path=str(path))
 
-        def on_progress(progress: api.BacktestProgress) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, api.RunBacktestResponse(progress=progress))
+    async def _run_in_process(
+        self, run: NamedRun, include_details: bool, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[api.RunBacktestResponse]:
+        ctx = multiprocessing.get_context("spawn")  # a clean interpreter: no copy of the daemon's threads
+        receiver, sender = ctx.Pipe(duplex=False)
+        process = ctx.Process(target=_backtest_process, args=(run.config, include_details, sender), daemon=True,
+                              name=f"backtest {run.name}".strip())  # fmt: skip
+        process.start()
+        sender.close()
+        try:
+            while True:
+                try:
+                    kind, payload = await asyncio.to_thread(receiver.recv)
+                except EOFError:
+                    process.join(1)
+                    await context.abort(grpc.StatusCode.INTERNAL, f"backtest process ended (exit {process.exitcode})")
+                if kind == "progress":
+                    progress = api.BacktestProgress.FromString(payload)
+                    progress.run = run.name
+                    yield api.RunBacktestResponse(progress=progress)
+                elif kind == "result":
+                    result = api.BacktestResult.FromString(payload)
+                    result.name = run.name
+                    yield api.RunBacktestResponse(result=result)
+                    return
+                else:
+                    log.error("backtest %s failed: %s", run.name or "", payload)
+                    await context.abort(grpc.StatusCode.INTERNAL, f"backtest failed: {payload}")
+        finally:
+            receiver.close()
+            if process.is_alive():  # the caller went away or the stream failed: stop the work it asked for
+                process.terminate()
+            await asyncio.to_thread(process.join, 5)
 
-        def work() -> None:
-            # Its own thread and event loop: a long backtest never stalls the live session.
-            try:
-                result = backtest(config, on_progress=on_progress, include_details=request.include_details)
-                loop.call_soon_threadsafe(queue.put_nowait, api.RunBacktestResponse(result=result))
-            except Exception as exc:  # reported to the caller below
-                log.exception("backtest failed")
-                loop.call_soon_threadsafe(queue.put_nowait, exc)
+    def _write_report(self, folder: Path, runs: list[NamedRun], results: list[api.BacktestResult]) -> Path:
+        from utp.daemon.cli import write_backtest_report
+        from utp.daemon.session import MarketData
 
-        threading.Thread(target=work, name="backtest", daemon=True).start()
-        while True:
-            item = await queue.get()
-            if isinstance(item, Exception):
-                await context.abort(grpc.StatusCode.INTERNAL, f"backtest failed: {item}")
-            yield item
-            if item.HasField("result"):
-                return
+        named = [(run.name, result, MarketData.from_config(run.config)) for run, result in zip(runs, results, strict=True)]
+        md = runs[0].config.market_data
+        title = f"utp backtest (RPC): {md.dataset} {','.join(md.symbols) or 'all symbols'}"
+        return write_backtest_report(folder, title, named).resolve()
 
 
 async def serve(daemon: CoreDaemon, listen: str) -> tuple[grpc.aio.Server, health_aio.HealthServicer]:

@@ -6,7 +6,8 @@ A backtest and a live or paper session are the same engines; they differ only in
     paper:    InProcessBus or JetStreamBus, WallClock, SimulatedBroker, LMDB hot state, operator flags
 
     market_data -> bar -> features -> feature_vector --\
-                       -> alpha -> alpha_signal ---------+-> ensemble -> scored_signal -> risk -> risk_decision
+                       -> alpha -> alpha_signal ---------+-> ensemble -> scored_signal -> portfolio
+                       portfolio -> portfolio_target -> risk -> risk_decision
                        risk_decision -> exit -> order_intent (protective legs)
                        bar, risk_decision, order_intent -> execution -> order, fill, position_snapshot,
                                                                         account_snapshot -> backtest
@@ -19,8 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -29,7 +31,7 @@ import polars as pl
 from utp.core.broker import SimulatedBroker
 from utp.core.bus import Bus, InProcessBus
 from utp.core.clock import Clock, SimulatedClock
-from utp.core.config import Config
+from utp.core.config import Config, ConfigError
 from utp.core.controls import ControlState
 from utp.core.features import Benchmark
 from utp.core.runtime import Checkpointer, Engine, EngineRunner, SourceRunner
@@ -41,6 +43,7 @@ from utp.engines.execution import ExecutionEngine
 from utp.engines.exit import ExitEngine
 from utp.engines.features import FeatureEngine
 from utp.engines.market_data import MarketDataEngine
+from utp.engines.portfolio import PortfolioConstructionEngine
 from utp.engines.risk import RiskEngine
 from utp.storage.datasets import Dataset, dataset, load_sp500_index
 from utp.v1 import core_service_pb2 as api
@@ -115,6 +118,8 @@ class Session:
             FeatureEngine(config.features, universe, benchmark),
             AlphaEngine(config.alpha, universe),
             EnsembleEngine(config.ensemble, universe),
+            PortfolioConstructionEngine(config.portfolio, config.risk, universe,
+                                        periods_per_year=self.market_data.dataset.periods_per_year),
             RiskEngine(config.risk, controls),
             ExecutionEngine(config.execution, broker, controls, universe),
             ExitEngine(config.exit),
@@ -230,3 +235,39 @@ def backtest(
 
     asyncio.run(go())
     return holder[0]
+
+
+#: At most this many runs in one comparison.
+MAX_COMPARE = 16
+
+
+@dataclass(frozen=True, slots=True)
+class NamedRun:
+    """One run of a backtest request: its name in a comparison ("" alone) and its configuration."""
+
+    name: str
+    config: Config
+
+
+def parse_compare(spec: str) -> tuple[str, list[tuple[str, Any]]]:
+    """`KEY=V1,V2,..` -> (KEY, [(text, value), ..]); values parsed the way YAML (and `--set`) would."""
+    import yaml
+
+    key, sep, values = spec.partition("=")
+    tokens = [v.strip() for v in values.split(",") if v.strip()]
+    if not sep or not key.strip() or not tokens:
+        raise ConfigError(f"compare {spec[:80]!r}: expected KEY=V1,V2,... e.g. portfolio.method=equal,hrp")
+    if len(tokens) > MAX_COMPARE:
+        raise ConfigError(f"compare: at most {MAX_COMPARE} values, got {len(tokens)}")
+    if len(set(tokens)) != len(tokens):
+        raise ConfigError("compare: a value is given twice")
+    return key.strip(), [(t, yaml.safe_load(t)) for t in tokens]
+
+
+def named_runs(compare: str, build: Callable[[Mapping[str, Any]], Config]) -> list[NamedRun]:
+    """The runs of a request: one with no `compare`, else one per value, each built by `build(overrides)`
+    (which raises ConfigError for a key that is not a setting or a value it does not take)."""
+    if not compare:
+        return [NamedRun("", build({}))]
+    key, values = parse_compare(compare)
+    return [NamedRun(f"{key}={text}", build({key: value})) for text, value in values]

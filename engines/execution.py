@@ -31,6 +31,7 @@ not in this kernel: it will take the same orders through the `Broker` interface 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -73,8 +74,10 @@ from utp.core.broker import (
     I_SYM,
     I_TYPE,
     N_E,
+    P_FRACTIONAL,
     TIF_DAY,
     TIF_GTC,
+    WORKING,
     SimulatedBroker,
     close_order,
     compact_open,
@@ -127,9 +130,12 @@ def _sign(x):  # noqa: ANN001
 
 
 @njit(cache=True, inline="always")
-def _place_target(d, t, s, target, tif, equity, cash, fo, io, olist, active, pos, d_row, events, n, cursor):  # noqa: ANN001, PLR0913
+def _place_target(d, t, s, target, band, tif, equity, cash, fo, io, olist, active, params, pos, d_row, d_seed, events, n, cursor):  # noqa: ANN001, PLR0913
     """Place what decision d (target share of equity for symbol s, at time t) needs. Returns (events, cash)."""
     held = pos[s, Q]
+    if band > 0.0 and held != 0.0 and _sign(target) == _sign(held):
+        return _resize(d, t, s, target, band, tif, equity, cash, fo, io, olist, active, params, pos, d_row, d_seed,
+                       events, n, cursor)  # fmt: skip
     has_open = False
     entering = 0
     for j in range(1, olist[0] + 1):
@@ -176,13 +182,52 @@ def _place_target(d, t, s, target, tif, equity, cash, fo, io, olist, active, pos
     return n, cash
 
 
+@njit(cache=True, inline="always")
+def _resize(d, t, s, target, band, tif, equity, cash, fo, io, olist, active, params, pos, d_row, d_seed, events, n, cursor):  # noqa: ANN001, PLR0913
+    """Bring a held position to its target when it is off by more than `band` of equity: the symbol's working
+    orders go (an earlier resize, the protective legs) and one market order trades the difference; the
+    decision's legs then guard the whole position (seeded with what is held, see `_execute`)."""
+    held, last = pos[s, Q], pos[s, LAST]
+    diff = target * equity - held * last
+    if abs(diff) <= band * equity or last <= 0.0:
+        return n, cash
+    side = _sign(diff)
+    qty, notional = 0.0, 0.0
+    if side == _sign(held):  # add: a notional order, sized at its fill like an entry, within the cash left
+        notional = abs(diff) if abs(diff) < cash else cash
+        if notional <= 0.0:
+            return n, cash
+        cash -= notional
+    else:  # reduce: shares known now, never more than held (a gap can not turn it into a reversal)
+        qty = abs(diff) / last
+        if params[P_FRACTIONAL] == 0.0:
+            qty = math.floor(qty)
+        qty = qty if qty < abs(held) else abs(held)
+        if qty <= 0.0:
+            return n, cash
+        cash += qty * last
+    for j in range(1, olist[0] + 1):
+        k = olist[j]
+        if io[k, I_STATE] != FREE and io[k, I_SYM] == s:
+            n = close_order(k, t, EV_CANCELED, 3.0, fo, io, olist, active, events, n)
+    compact_open(olist, io)
+    k = cursor[C_ROWS]
+    cursor[C_ROWS] += 1
+    create_order(fo, io, olist, active, k, s, side, 1, tif, qty, notional, 0.0, 0.0, t, -1, -1, 0, cursor[C_SERIAL])
+    cursor[C_SERIAL] += 1
+    d_row[d] = k
+    d_seed[d] = abs(held)
+    n = order_event(events, n, EV_NEW, k, t, fo, 0.0, 0.0, 0.0, 0.0, d, ROLE_ENTRY)
+    return n, cash
+
+
 @njit(cache=True)
 def _execute(  # noqa: PLR0912, PLR0913, PLR0915
     b_time, b_sym, b_open, b_high, b_low, b_close, b_volume,  # noqa: ANN001
-    d_time, d_sym, d_target, d_tif,  # noqa: ANN001
+    d_time, d_sym, d_target, d_band, d_tif,  # noqa: ANN001
     l_time, l_parent, l_side, l_type, l_tif, l_limit, l_stop,  # noqa: ANN001
     fo, io, olist, active, state, params, pos, acct, borrow_rate, allowed,  # noqa: ANN001
-    d_row, events, fills, rows, snaps, mark, cursor,  # noqa: ANN001
+    d_row, d_seed, events, fills, rows, snaps, mark, cursor,  # noqa: ANN001
 ):
     """Bars, decisions and legs of a step (each sorted by time) through the venue and the books, from
     `cursor` on. Writes order events, one account row per bar time and position snapshot rows (time, symbol,
@@ -257,9 +302,15 @@ def _execute(  # noqa: PLR0912, PLR0913, PLR0915
                 equity += pos[s, Q] * pos[s, LAST]
         if allowed:
             cash = acct[A_CASH]
-            for k in range(d, dd):
-                n, cash = _place_target(k, d_time[k], d_sym[k], d_target[k], d_tif[k], equity, cash, fo, io, olist,
-                                        active, pos, d_row, events, n, cursor)  # fmt: skip
+            # Resizes that add to a position go last: the cash that closes and reductions free comes first.
+            for late in range(2):
+                for k in range(d, dd):
+                    s = d_sym[k]
+                    adds = d_band[k] > 0.0 and pos[s, Q] != 0.0 and _sign(d_target[k]) == _sign(pos[s, Q]) and \
+                        abs(d_target[k]) * equity > abs(pos[s, Q]) * pos[s, LAST]
+                    if adds == (late == 1):
+                        n, cash = _place_target(k, d_time[k], s, d_target[k], d_band[k], d_tif[k], equity, cash, fo,
+                                                io, olist, active, params, pos, d_row, d_seed, events, n, cursor)  # fmt: skip
             for k in range(lg, ll):
                 p = l_parent[k]
                 parent = d_row[p] if p >= 0 else -1
@@ -271,6 +322,12 @@ def _execute(  # noqa: PLR0912, PLR0913, PLR0915
                                        0.0, 0.0, l_limit[k], l_stop[k], l_time[k], parent, io[parent, I_SERIAL], 1,
                                        cursor[C_SERIAL])  # fmt: skip
                 cursor[C_SERIAL] += 1
+                if d_seed[p] > 0.0:  # a resize's legs guard what is already held from now on, not only its fill
+                    fo[row, F_QTY] += d_seed[p]
+                    if not working:
+                        working = True
+                        io[row, I_STATE] = WORKING
+                        active[io[row, I_SYM]] += 1
                 n = order_event(events, n, EV_NEW if working else EV_HELD, row, l_time[k], fo, 0.0, 0.0, 0.0, 0.0,
                                 k, ROLE_LEG)  # fmt: skip
         d, lg = dd, ll
@@ -322,6 +379,7 @@ class ExecutionEngine(Engine):
         cursor = np.zeros(N_C, np.int64)
         cursor[C_ROWS], cursor[C_SERIAL] = broker.n_rows, broker.serial
         d_row = np.full(decisions.height, -1, np.int64)
+        d_seed = np.zeros(decisions.height)
         b, dc, lc = bars, _decision_arrays(decisions, self._tif), _leg_arrays(legs)
         # An account row per bar time: room for the whole step (up to a million rows a call).
         rows_wanted = min(max(bars[0].size, 1), 1 << 20)
@@ -330,7 +388,7 @@ class ExecutionEngine(Engine):
         while True:
             status, n_events, n_rows, n_snaps = _execute(
                 *b, *dc, *lc, broker.fo, broker.io, broker.olist, broker.active, broker.state, broker.params,
-                pf.pos, pf.acct, pf.borrow_rate, allowed, d_row, self._events, self._fills, self._rows,
+                pf.pos, pf.acct, pf.borrow_rate, allowed, d_row, d_seed, self._events, self._fills, self._rows,
                 self._snaps, self._mark, cursor,
             )  # fmt: skip
             broker.n_rows, broker.serial = int(cursor[C_ROWS]), int(cursor[C_SERIAL])
@@ -386,6 +444,7 @@ class ExecutionEngine(Engine):
             pl.col("intent").struct.field("time_in_force").alias("tif"),
             pl.col("intent").struct.field("reason").alias("reason"),
             pl.col("intent").struct.field("strategy").alias("strategy"),
+            pl.col("intent").struct.field("rebalance_band").alias("band"),
         )  # fmt: skip
         bad = intents.filter(pl.col("target").is_null() | ~pl.col("target").is_finite())
         if bad.height:
@@ -603,7 +662,7 @@ class _StepOutput:
 
 _EMPTY_DECISIONS = pl.DataFrame(schema={
     "intent_id": pl.Utf8, "correlation_id": pl.Utf8, "event_time_ns": pl.Int64, "symbol": pl.Utf8,
-    "target": pl.Float64, "tif": pl.Int32, "reason": pl.Int32, "strategy": pl.Utf8, "cid": pl.Utf8,
+    "target": pl.Float64, "tif": pl.Int32, "reason": pl.Int32, "strategy": pl.Utf8, "band": pl.Float64, "cid": pl.Utf8,
     "symbol_index": pl.Int64,
 })  # fmt: skip
 _EMPTY_LEGS = KINDS["order_intent"].empty_frame().with_columns(
@@ -620,6 +679,7 @@ def _decision_arrays(decisions: pl.DataFrame, default_tif: int = TIF_GTC) -> tup
         decisions["event_time_ns"].to_numpy().astype(np.int64),
         decisions["symbol_index"].to_numpy().astype(np.int64),
         decisions["target"].to_numpy().astype(np.float64),
+        decisions["band"].to_numpy().astype(np.float64),
         _tif_codes(decisions["tif"].to_numpy(), default_tif).astype(np.int64),
     )
 

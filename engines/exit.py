@@ -78,6 +78,7 @@ class ExitEngine(Engine):
                     parent.alias("parent_intent_id"),
                     parent.alias("oco_group"),
                     pl.col("intent.strategy").alias("strategy"),
+                    pl.lit(0.0).alias("rebalance_band"),
                 )
             )
         if not legs:

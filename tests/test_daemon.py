@@ -7,6 +7,7 @@ import threading
 import time
 
 import grpc
+import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
@@ -112,6 +113,61 @@ def test_run_backtest_streams_progress_and_the_same_result_as_the_library(daemon
     assert result.summary.trades == len(result.trades) > 0
 
 
+def test_run_backtest_takes_the_clis_options_runs_several_at_once_and_the_live_session_keeps_going(daemon) -> None:  # noqa: ANN001
+    """Three RunBacktest calls at once (each in a process of its own) with YAML, --set, --compare and --report
+    options, while the paper session keeps streaming bars."""
+    yaml_doc = "portfolio:\n  gross: 0.9\nexecution:\n  commission_min: 0.5\n"
+    compare = api.RunBacktestRequest(dataset="sp500", symbols=["AAPL", "JPM", "KO"], start_date="2011-01-01",
+                                     end_date="2012-12-31", config_yaml=[yaml_doc], set=["risk.max_position_pct=0.5"],
+                                     compare="portfolio.method=fixed,equal", report_dir="compare")  # fmt: skip
+    plain = api.RunBacktestRequest(dataset="goog", start_date="2005-01-01", end_date="2008-12-31")
+    responses: dict[str, list[api.RunBacktestResponse]] = {}
+
+    def call(name: str, request: api.RunBacktestRequest) -> None:
+        responses[name] = list(daemon.stub.RunBacktest(request, timeout=300))
+
+    daemon.wait_for(lambda s: s.account.header.event_time_ns > 0, what="the live session's first bars")
+    arrivals: list[float] = []
+    watch = daemon.stub.WatchEvents(api.WatchEventsRequest(kinds=[pb.EVENT_KIND_BAR]))
+
+    def watch_bars() -> None:
+        try:
+            for _ in watch:
+                arrivals.append(time.monotonic())
+        except grpc.RpcError:
+            pass
+
+    threading.Thread(target=watch_bars, daemon=True).start()
+    calls = [threading.Thread(target=call, args=(n, r)) for n, r in (("compare", compare), ("plain", plain),
+                                                                      ("plain2", plain))]  # fmt: skip
+    started = time.monotonic()
+    for thread in calls:
+        thread.start()
+    for thread in calls:
+        thread.join(300)
+    finished = time.monotonic()
+    watch.cancel()
+    during = [t for t in arrivals if started <= t <= finished]
+    # The live session (40 bar times a second) never stalled for long while three backtests ran.
+    assert len(during) > 20 and max(np.diff([started, *during])) < 3.0
+    results = [r.result for r in responses["compare"] if r.HasField("result")]
+    assert [r.name for r in results] == ["portfolio.method=fixed", "portfolio.method=equal"]
+    progress = [r.progress for r in responses["compare"] if r.HasField("progress")]
+    assert {p.run for p in progress} == {r.name for r in results}
+    base = {"market_data.dataset": "sp500", "market_data.symbols": ["AAPL", "JPM", "KO"],
+            "market_data.start": "2011-01-01", "market_data.end": "2012-12-31", "market_data.batch_bar_times": 1000,
+            "risk.max_position_pct": 0.5, "portfolio.gross": 0.9, "execution.commission_min": 0.5}  # fmt: skip
+    for result, method in zip(results, ("fixed", "equal"), strict=True):
+        expected = backtest(load_config(environ={}, overrides={**base, "portfolio.method": method}))
+        expected.name = result.name
+        assert result == expected
+    report = responses["compare"][-1].report_path
+    assert report.endswith("index.html") and str(daemon.data_dir / "reports" / "compare") in report
+    assert "portfolio.method=equal" in open(report).read()  # noqa: PTH123
+    first, second = (responses[n][-1].result for n in ("plain", "plain2"))
+    assert first == second and first.summary.bars > 900
+
+
 @pytest.mark.parametrize(
     ("call", "field"),
     [
@@ -120,6 +176,12 @@ def test_run_backtest_streams_progress_and_the_same_result_as_the_library(daemon
         (lambda s: list(s.RunBacktest(api.RunBacktestRequest(symbols=["ZZZZ"]))), "symbols"),
         (lambda s: list(s.RunBacktest(api.RunBacktestRequest(weights={"astrology": 1.0}))), "weights"),
         (lambda s: list(s.RunBacktest(api.RunBacktestRequest(start_date="2012-01-01", end_date="2011-01-01"))), "start_date"),
+        (lambda s: list(s.RunBacktest(api.RunBacktestRequest(set=["risk.max_position_pct"]))), "set"),
+        (lambda s: list(s.RunBacktest(api.RunBacktestRequest(set=["risk.no_such_rule=1"]))), "no_such_rule"),
+        (lambda s: list(s.RunBacktest(api.RunBacktestRequest(config_yaml=["risk: [unclosed"]))), "YAML"),
+        (lambda s: list(s.RunBacktest(api.RunBacktestRequest(compare="portfolio.method"))), "compare"),
+        (lambda s: list(s.RunBacktest(api.RunBacktestRequest(compare="portfolio.method=equal,kelly"))), "portfolio.method"),
+        (lambda s: list(s.RunBacktest(api.RunBacktestRequest(report_dir="../../etc"))), "report_dir"),
         (lambda s: list(s.WatchEvents(api.WatchEventsRequest(kinds=[999]))), "kinds"),
         (lambda s: s.Halt(api.HaltRequest(reason="x" * 5000)), "reason"),
         (lambda s: s.ListOrders(api.ListOrdersRequest(limit=-1)), "limit"),

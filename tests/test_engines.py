@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from utp.core.broker import SimulatedBroker
-from utp.core.config import EnsembleConfig, ExecutionConfig, ExitConfig, RiskConfig
+from utp.core.config import EnsembleConfig, ExecutionConfig, ExitConfig, PortfolioConfig, RiskConfig
 from utp.core.controls import ControlState
 from utp.core.ids import client_order_id
 from utp.core.kinds import KINDS
@@ -17,6 +17,7 @@ from utp.core.universe import Universe
 from utp.engines.ensemble import EnsembleEngine
 from utp.engines.execution import ExecutionEngine
 from utp.engines.exit import ExitEngine
+from utp.engines.portfolio import PortfolioConstructionEngine
 from utp.engines.risk import RiskEngine
 from utp.v1 import events_pb2 as pb
 
@@ -152,17 +153,41 @@ def scored(rows: list[tuple[str, int, int, float]]) -> pl.DataFrame:
     ])  # fmt: skip
 
 
-def test_risk_turns_directions_into_targets() -> None:
+def fixed_targets(signals: pl.DataFrame, risk: RiskConfig | None = None) -> pl.DataFrame:
+    """The fixed method's portfolio targets for scored signals (the step before risk)."""
+    universe = Universe(("AAA", "BBB", "CCC"))
+    return PortfolioConstructionEngine(PortfolioConfig(), risk or RiskConfig(), universe).fixed_targets(signals)
+
+
+def decide(signals: pl.DataFrame, risk: RiskConfig | None = None, controls: ControlState = APPROVED) -> pl.DataFrame:
+    risk = risk or RiskConfig()
+    return RiskEngine(risk, controls).decide(fixed_targets(signals, risk))
+
+
+def test_fixed_construction_turns_directions_into_targets_and_risk_approves_them() -> None:
     signals = scored([("AAA", DAY, pb.DIRECTION_UP, 10.0), ("BBB", DAY, pb.DIRECTION_DOWN, 10.0),
                       ("CCC", DAY, pb.DIRECTION_FLAT, 10.0)])  # fmt: skip
-    long_only = RiskEngine(RiskConfig(max_position_pct=0.25), APPROVED).decide(signals)
-    assert long_only["symbol"].to_list() == ["AAA", "BBB"]  # FLAT asks for nothing
+    targets = fixed_targets(signals, RiskConfig(max_position_pct=0.25))
+    assert targets["symbol"].to_list() == ["AAA", "BBB"]  # FLAT asks for nothing
+    assert targets["target_percent"].to_list() == [0.25, 0.0] and targets["rebalance_band"].to_list() == [0.0, 0.0]
+    long_only = decide(signals, RiskConfig(max_position_pct=0.25))
     intents = long_only.unnest("intent", separator=".")
     assert intents["intent.target_percent"].to_list() == [0.25, 0.0]
     assert intents["intent.reason"].to_list() == [pb.INTENT_REASON_ENTRY, pb.INTENT_REASON_SIGNAL_EXIT]
     assert intents["intent.strategy"].to_list() == ["ema_cross"] * 2 and long_only["approved"].all()
-    shorts = RiskEngine(RiskConfig(max_position_pct=0.25, allow_short=True), APPROVED).decide(signals)
+    shorts = decide(signals, RiskConfig(max_position_pct=0.25, allow_short=True))
     assert shorts.unnest("intent", separator=".")["intent.target_percent"].to_list() == [0.25, -0.25]
+
+
+def test_risk_caps_targets_and_refuses_shorts_unless_allowed() -> None:
+    targets = fixed_targets(scored([("AAA", DAY, pb.DIRECTION_UP, 10.0), ("BBB", DAY, pb.DIRECTION_DOWN, 10.0)]),
+                            RiskConfig(max_position_pct=0.8, allow_short=True))  # fmt: skip
+    decisions = RiskEngine(RiskConfig(max_position_pct=0.5), APPROVED).decide(targets)
+    intents = decisions.unnest("intent", separator=".")
+    assert intents["intent.target_percent"].to_list() == [0.5, -0.5]
+    assert decisions["approved"].to_list() == [True, False]
+    assert decisions["reason"].to_list() == [pb.RISK_REASON_APPROVED, pb.RISK_REASON_SHORT_NOT_ALLOWED]
+    assert "at the cap" in decisions["message"][0] and "short" in decisions["message"][1]
 
 
 @pytest.mark.parametrize(
@@ -171,21 +196,21 @@ def test_risk_turns_directions_into_targets() -> None:
      (ControlState(halted=True, execution_approved=True), pb.RISK_REASON_HALTED)],  # fmt: skip
 )
 def test_risk_gates_reject_everything_while_closed(controls: ControlState, reason: int) -> None:
-    decisions = RiskEngine(RiskConfig(), controls).decide(scored([("AAA", DAY, pb.DIRECTION_UP, 10.0)]))
+    decisions = decide(scored([("AAA", DAY, pb.DIRECTION_UP, 10.0)]), controls=controls)
     assert not decisions["approved"][0] and decisions["reason"][0] == reason
 
 
 @pytest.mark.parametrize("price", [0.0, -1.0, float("nan"), float("inf")])
 def test_risk_refuses_a_signal_without_a_sane_price(price: float) -> None:
-    decisions = RiskEngine(RiskConfig(), APPROVED).decide(scored([("AAA", DAY, pb.DIRECTION_UP, price)]))
+    decisions = decide(scored([("AAA", DAY, pb.DIRECTION_UP, price)]))
     assert not decisions["approved"][0] and decisions["reason"][0] == pb.RISK_REASON_INVALID_INTENT
-    assert "not a positive number" in decisions["message"][0]
+    assert "a positive price" in decisions["message"][0]
 
 
 # -- exit ------------------------------------------------------------------------------------------
 def test_exit_guards_each_entry_with_a_take_profit_and_a_stop_loss() -> None:
-    decisions = RiskEngine(RiskConfig(allow_short=True), APPROVED).decide(
-        scored([("AAA", DAY, pb.DIRECTION_UP, 100.0), ("BBB", DAY, pb.DIRECTION_DOWN, 50.0)]))  # fmt: skip
+    decisions = decide(scored([("AAA", DAY, pb.DIRECTION_UP, 100.0), ("BBB", DAY, pb.DIRECTION_DOWN, 50.0)]),
+                       RiskConfig(allow_short=True))  # fmt: skip
     legs = ExitEngine(ExitConfig(take_profit_pct=0.03, stop_loss_pct=0.015)).legs_for(decisions)
     got = {(r["symbol"], r["order_type"]): r for r in legs.to_dicts()}
     tp, sl = got[("AAA", pb.ORDER_TYPE_LIMIT)], got[("AAA", pb.ORDER_TYPE_STOP)]
@@ -223,7 +248,7 @@ def step(engine: ExecutionEngine, ctx: FakeContext, bar_rows: list, signals: lis
     """One step of the graph's tail: risk's decisions and exit's legs for `signals`, executed with the bars."""
     frames = {"bar": bars(bar_rows)}
     if signals:
-        decisions = RiskEngine(risk or RiskConfig(max_position_pct=0.5), APPROVED).decide(scored(signals))
+        decisions = decide(scored(signals), risk or RiskConfig(max_position_pct=0.5))
         frames["risk_decision"] = decisions
         frames["order_intent"] = ExitEngine(exits or ExitConfig(take_profit_pct=0.0, stop_loss_pct=0.0)).legs_for(decisions)
     engine.on_step(ctx, bar_rows[-1][0], frames)
@@ -311,7 +336,7 @@ def test_a_retried_intent_never_becomes_a_second_order() -> None:
     step(engine, ctx, [(DAY, "AAA", 10, 10, 10, 10)], signal)
     step(engine, ctx, [(DAY, "AAA", 10, 10, 10, 10)], signal)  # delivered again (a replay)
     (placed,) = ctx.messages("order")
-    decision_id = RiskEngine(RiskConfig(), APPROVED).decide(scored(signal))["intent"][0]["header"]["event_id"]
+    decision_id = decide(scored(signal))["intent"][0]["header"]["event_id"]
     assert placed.client_order_id == client_order_id(decision_id)
 
 

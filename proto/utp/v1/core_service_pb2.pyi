@@ -136,7 +136,7 @@ class ResumeResponse(_message.Message):
     def __init__(self, halted: _Optional[bool] = ...) -> None: ...
 
 class RunBacktestRequest(_message.Message):
-    __slots__ = ("dataset", "symbols", "start_date", "end_date", "weights", "initial_cash", "batch_bar_times", "include_details")
+    __slots__ = ("dataset", "symbols", "start_date", "end_date", "weights", "initial_cash", "batch_bar_times", "include_details", "config_yaml", "set", "compare", "report_dir")
     class WeightsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -152,6 +152,10 @@ class RunBacktestRequest(_message.Message):
     INITIAL_CASH_FIELD_NUMBER: _ClassVar[int]
     BATCH_BAR_TIMES_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_DETAILS_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_YAML_FIELD_NUMBER: _ClassVar[int]
+    SET_FIELD_NUMBER: _ClassVar[int]
+    COMPARE_FIELD_NUMBER: _ClassVar[int]
+    REPORT_DIR_FIELD_NUMBER: _ClassVar[int]
     dataset: str
     symbols: _containers.RepeatedScalarFieldContainer[str]
     start_date: str
@@ -160,17 +164,23 @@ class RunBacktestRequest(_message.Message):
     initial_cash: float
     batch_bar_times: int
     include_details: bool
-    def __init__(self, dataset: _Optional[str] = ..., symbols: _Optional[_Iterable[str]] = ..., start_date: _Optional[str] = ..., end_date: _Optional[str] = ..., weights: _Optional[_Mapping[str, float]] = ..., initial_cash: _Optional[float] = ..., batch_bar_times: _Optional[int] = ..., include_details: _Optional[bool] = ...) -> None: ...
+    config_yaml: _containers.RepeatedScalarFieldContainer[str]
+    set: _containers.RepeatedScalarFieldContainer[str]
+    compare: str
+    report_dir: str
+    def __init__(self, dataset: _Optional[str] = ..., symbols: _Optional[_Iterable[str]] = ..., start_date: _Optional[str] = ..., end_date: _Optional[str] = ..., weights: _Optional[_Mapping[str, float]] = ..., initial_cash: _Optional[float] = ..., batch_bar_times: _Optional[int] = ..., include_details: _Optional[bool] = ..., config_yaml: _Optional[_Iterable[str]] = ..., set: _Optional[_Iterable[str]] = ..., compare: _Optional[str] = ..., report_dir: _Optional[str] = ...) -> None: ...
 
 class BacktestProgress(_message.Message):
-    __slots__ = ("bars_processed", "bars_total", "through_time_ns")
+    __slots__ = ("bars_processed", "bars_total", "through_time_ns", "run")
     BARS_PROCESSED_FIELD_NUMBER: _ClassVar[int]
     BARS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     THROUGH_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
     bars_processed: int
     bars_total: int
     through_time_ns: int
-    def __init__(self, bars_processed: _Optional[int] = ..., bars_total: _Optional[int] = ..., through_time_ns: _Optional[int] = ...) -> None: ...
+    run: str
+    def __init__(self, bars_processed: _Optional[int] = ..., bars_total: _Optional[int] = ..., through_time_ns: _Optional[int] = ..., run: _Optional[str] = ...) -> None: ...
 
 class EquityCurve(_message.Message):
     __slots__ = ("time_ns", "equity")
@@ -285,23 +295,27 @@ class BacktestSummary(_message.Message):
     def __init__(self, bars: _Optional[int] = ..., bars_rejected: _Optional[int] = ..., signals: _Optional[int] = ..., orders: _Optional[int] = ..., fills: _Optional[int] = ..., trades: _Optional[int] = ..., initial_equity: _Optional[float] = ..., final_equity: _Optional[float] = ..., total_return: _Optional[float] = ..., sharpe: _Optional[float] = ..., max_drawdown: _Optional[float] = ..., start_time_ns: _Optional[int] = ..., end_time_ns: _Optional[int] = ..., periods_per_year: _Optional[float] = ..., annual_return: _Optional[float] = ..., annual_volatility: _Optional[float] = ..., sortino: _Optional[float] = ..., calmar: _Optional[float] = ..., max_drawdown_bars: _Optional[int] = ..., alpha: _Optional[float] = ..., beta: _Optional[float] = ..., information_ratio: _Optional[float] = ..., win_rate: _Optional[float] = ..., profit_factor: _Optional[float] = ..., average_win: _Optional[float] = ..., average_loss: _Optional[float] = ..., turnover: _Optional[float] = ..., exposure_time: _Optional[float] = ..., commissions: _Optional[float] = ...) -> None: ...
 
 class BacktestResult(_message.Message):
-    __slots__ = ("summary", "trades", "by_symbol", "by_strategy", "equity_curve")
+    __slots__ = ("summary", "trades", "by_symbol", "by_strategy", "equity_curve", "name")
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
     TRADES_FIELD_NUMBER: _ClassVar[int]
     BY_SYMBOL_FIELD_NUMBER: _ClassVar[int]
     BY_STRATEGY_FIELD_NUMBER: _ClassVar[int]
     EQUITY_CURVE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
     summary: BacktestSummary
     trades: _containers.RepeatedCompositeFieldContainer[Trade]
     by_symbol: _containers.RepeatedCompositeFieldContainer[Attribution]
     by_strategy: _containers.RepeatedCompositeFieldContainer[Attribution]
     equity_curve: EquityCurve
-    def __init__(self, summary: _Optional[_Union[BacktestSummary, _Mapping]] = ..., trades: _Optional[_Iterable[_Union[Trade, _Mapping]]] = ..., by_symbol: _Optional[_Iterable[_Union[Attribution, _Mapping]]] = ..., by_strategy: _Optional[_Iterable[_Union[Attribution, _Mapping]]] = ..., equity_curve: _Optional[_Union[EquityCurve, _Mapping]] = ...) -> None: ...
+    name: str
+    def __init__(self, summary: _Optional[_Union[BacktestSummary, _Mapping]] = ..., trades: _Optional[_Iterable[_Union[Trade, _Mapping]]] = ..., by_symbol: _Optional[_Iterable[_Union[Attribution, _Mapping]]] = ..., by_strategy: _Optional[_Iterable[_Union[Attribution, _Mapping]]] = ..., equity_curve: _Optional[_Union[EquityCurve, _Mapping]] = ..., name: _Optional[str] = ...) -> None: ...
 
 class RunBacktestResponse(_message.Message):
-    __slots__ = ("progress", "result")
+    __slots__ = ("progress", "result", "report_path")
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
+    REPORT_PATH_FIELD_NUMBER: _ClassVar[int]
     progress: BacktestProgress
     result: BacktestResult
-    def __init__(self, progress: _Optional[_Union[BacktestProgress, _Mapping]] = ..., result: _Optional[_Union[BacktestResult, _Mapping]] = ...) -> None: ...
+    report_path: str
+    def __init__(self, progress: _Optional[_Union[BacktestProgress, _Mapping]] = ..., result: _Optional[_Union[BacktestResult, _Mapping]] = ..., report_path: _Optional[str] = ...) -> None: ...

@@ -24,6 +24,7 @@ class EventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_KIND_ENGINE_STATUS: _ClassVar[EventKind]
     EVENT_KIND_CONTROL_COMMAND: _ClassVar[EventKind]
     EVENT_KIND_REJECTED_BAR: _ClassVar[EventKind]
+    EVENT_KIND_PORTFOLIO_TARGET: _ClassVar[EventKind]
 
 class BarRejectReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -133,6 +134,7 @@ EVENT_KIND_ACCOUNT_SNAPSHOT: EventKind
 EVENT_KIND_ENGINE_STATUS: EventKind
 EVENT_KIND_CONTROL_COMMAND: EventKind
 EVENT_KIND_REJECTED_BAR: EventKind
+EVENT_KIND_PORTFOLIO_TARGET: EventKind
 BAR_REJECT_REASON_UNSPECIFIED: BarRejectReason
 BAR_REJECT_REASON_NON_FINITE: BarRejectReason
 BAR_REJECT_REASON_NON_POSITIVE_PRICE: BarRejectReason
@@ -327,8 +329,28 @@ class ScoredSignal(_message.Message):
     reference_price: float
     def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., components: _Optional[_Iterable[_Union[ComponentSignal, _Mapping]]] = ..., direction: _Optional[_Union[Direction, str]] = ..., confidence: _Optional[float] = ..., score: _Optional[float] = ..., active_alphas: _Optional[_Iterable[str]] = ..., regime: _Optional[_Union[Regime, str]] = ..., reference_price: _Optional[float] = ...) -> None: ...
 
+class PortfolioTarget(_message.Message):
+    __slots__ = ("header", "target_percent", "reference_price", "direction", "confidence", "strategy", "method", "rebalance_band")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    TARGET_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_PRICE_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    REBALANCE_BAND_FIELD_NUMBER: _ClassVar[int]
+    header: EventHeader
+    target_percent: float
+    reference_price: float
+    direction: Direction
+    confidence: float
+    strategy: str
+    method: str
+    rebalance_band: float
+    def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., target_percent: _Optional[float] = ..., reference_price: _Optional[float] = ..., direction: _Optional[_Union[Direction, str]] = ..., confidence: _Optional[float] = ..., strategy: _Optional[str] = ..., method: _Optional[str] = ..., rebalance_band: _Optional[float] = ...) -> None: ...
+
 class OrderIntent(_message.Message):
-    __slots__ = ("header", "side", "quantity", "order_type", "reason", "reference_price", "reduce_only", "source", "target_percent", "limit_price", "stop_price", "time_in_force", "parent_intent_id", "oco_group", "strategy")
+    __slots__ = ("header", "side", "quantity", "order_type", "reason", "reference_price", "reduce_only", "source", "target_percent", "limit_price", "stop_price", "time_in_force", "parent_intent_id", "oco_group", "strategy", "rebalance_band")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     SIDE_FIELD_NUMBER: _ClassVar[int]
     QUANTITY_FIELD_NUMBER: _ClassVar[int]
@@ -344,6 +366,7 @@ class OrderIntent(_message.Message):
     PARENT_INTENT_ID_FIELD_NUMBER: _ClassVar[int]
     OCO_GROUP_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    REBALANCE_BAND_FIELD_NUMBER: _ClassVar[int]
     header: EventHeader
     side: OrderSide
     quantity: float
@@ -359,7 +382,8 @@ class OrderIntent(_message.Message):
     parent_intent_id: str
     oco_group: str
     strategy: str
-    def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., side: _Optional[_Union[OrderSide, str]] = ..., quantity: _Optional[float] = ..., order_type: _Optional[_Union[OrderType, str]] = ..., reason: _Optional[_Union[IntentReason, str]] = ..., reference_price: _Optional[float] = ..., reduce_only: _Optional[bool] = ..., source: _Optional[str] = ..., target_percent: _Optional[float] = ..., limit_price: _Optional[float] = ..., stop_price: _Optional[float] = ..., time_in_force: _Optional[_Union[TimeInForce, str]] = ..., parent_intent_id: _Optional[str] = ..., oco_group: _Optional[str] = ..., strategy: _Optional[str] = ...) -> None: ...
+    rebalance_band: float
+    def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., side: _Optional[_Union[OrderSide, str]] = ..., quantity: _Optional[float] = ..., order_type: _Optional[_Union[OrderType, str]] = ..., reason: _Optional[_Union[IntentReason, str]] = ..., reference_price: _Optional[float] = ..., reduce_only: _Optional[bool] = ..., source: _Optional[str] = ..., target_percent: _Optional[float] = ..., limit_price: _Optional[float] = ..., stop_price: _Optional[float] = ..., time_in_force: _Optional[_Union[TimeInForce, str]] = ..., parent_intent_id: _Optional[str] = ..., oco_group: _Optional[str] = ..., strategy: _Optional[str] = ..., rebalance_band: _Optional[float] = ...) -> None: ...
 
 class RiskDecision(_message.Message):
     __slots__ = ("header", "intent", "approved", "reason", "message")
@@ -534,7 +558,7 @@ class ControlCommand(_message.Message):
     def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., action: _Optional[_Union[ControlAction, str]] = ..., reason: _Optional[str] = ..., actor: _Optional[str] = ..., sequence: _Optional[int] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("bar", "feature_vector", "alpha_signal", "prediction", "scored_signal", "order_intent", "risk_decision", "order", "fill", "position_snapshot", "account_snapshot", "engine_status", "control_command", "rejected_bar")
+    __slots__ = ("bar", "feature_vector", "alpha_signal", "prediction", "scored_signal", "order_intent", "risk_decision", "order", "fill", "position_snapshot", "account_snapshot", "engine_status", "control_command", "rejected_bar", "portfolio_target")
     BAR_FIELD_NUMBER: _ClassVar[int]
     FEATURE_VECTOR_FIELD_NUMBER: _ClassVar[int]
     ALPHA_SIGNAL_FIELD_NUMBER: _ClassVar[int]
@@ -549,6 +573,7 @@ class Event(_message.Message):
     ENGINE_STATUS_FIELD_NUMBER: _ClassVar[int]
     CONTROL_COMMAND_FIELD_NUMBER: _ClassVar[int]
     REJECTED_BAR_FIELD_NUMBER: _ClassVar[int]
+    PORTFOLIO_TARGET_FIELD_NUMBER: _ClassVar[int]
     bar: Bar
     feature_vector: FeatureVector
     alpha_signal: AlphaSignal
@@ -563,7 +588,8 @@ class Event(_message.Message):
     engine_status: EngineStatus
     control_command: ControlCommand
     rejected_bar: RejectedBar
-    def __init__(self, bar: _Optional[_Union[Bar, _Mapping]] = ..., feature_vector: _Optional[_Union[FeatureVector, _Mapping]] = ..., alpha_signal: _Optional[_Union[AlphaSignal, _Mapping]] = ..., prediction: _Optional[_Union[Prediction, _Mapping]] = ..., scored_signal: _Optional[_Union[ScoredSignal, _Mapping]] = ..., order_intent: _Optional[_Union[OrderIntent, _Mapping]] = ..., risk_decision: _Optional[_Union[RiskDecision, _Mapping]] = ..., order: _Optional[_Union[Order, _Mapping]] = ..., fill: _Optional[_Union[Fill, _Mapping]] = ..., position_snapshot: _Optional[_Union[PositionSnapshot, _Mapping]] = ..., account_snapshot: _Optional[_Union[AccountSnapshot, _Mapping]] = ..., engine_status: _Optional[_Union[EngineStatus, _Mapping]] = ..., control_command: _Optional[_Union[ControlCommand, _Mapping]] = ..., rejected_bar: _Optional[_Union[RejectedBar, _Mapping]] = ...) -> None: ...
+    portfolio_target: PortfolioTarget
+    def __init__(self, bar: _Optional[_Union[Bar, _Mapping]] = ..., feature_vector: _Optional[_Union[FeatureVector, _Mapping]] = ..., alpha_signal: _Optional[_Union[AlphaSignal, _Mapping]] = ..., prediction: _Optional[_Union[Prediction, _Mapping]] = ..., scored_signal: _Optional[_Union[ScoredSignal, _Mapping]] = ..., order_intent: _Optional[_Union[OrderIntent, _Mapping]] = ..., risk_decision: _Optional[_Union[RiskDecision, _Mapping]] = ..., order: _Optional[_Union[Order, _Mapping]] = ..., fill: _Optional[_Union[Fill, _Mapping]] = ..., position_snapshot: _Optional[_Union[PositionSnapshot, _Mapping]] = ..., account_snapshot: _Optional[_Union[AccountSnapshot, _Mapping]] = ..., engine_status: _Optional[_Union[EngineStatus, _Mapping]] = ..., control_command: _Optional[_Union[ControlCommand, _Mapping]] = ..., rejected_bar: _Optional[_Union[RejectedBar, _Mapping]] = ..., portfolio_target: _Optional[_Union[PortfolioTarget, _Mapping]] = ...) -> None: ...
 
 class Watermark(_message.Message):
     __slots__ = ("kind", "producer", "through_time_ns", "event_count", "end_of_stream")
