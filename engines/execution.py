@@ -12,7 +12,12 @@ A step holds every bar time up to its watermark. Execution walks them in time or
 decisions of that bar time are placed against the portfolio as it is then. From a target (a signed share
 of equity) it makes the order:
 
-* a target on the side already held (or already being bought/sold) does nothing: no rebalancing;
+* a target on the side already held (or already being bought/sold) does nothing, unless it carries a
+  `rebalance_band` (the weighting methods of portfolio construction): then a held position off its target
+  by more than that share of equity is resized by one market order for the difference (a reduction in
+  shares known at placement, never more than held), after the bar time's closes and reductions; its
+  working orders go and the new decision's legs guard the whole position (seeded with what is held, and
+  shrunk by a reduction's fills, so a stop never sells more than the position);
 * otherwise the symbol's open orders (resting exits included) are cancelled; a position on the other side
   is closed with a market order; an entry is a market order for `target x equity` worth of shares
   (a notional order, sized by the broker at its fill price), capped for buys by the cash left once the
