@@ -273,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     backtest.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                           help="show a progress bar (default: when stderr is a terminal)")
     backtest.set_defaults(log_level="WARNING")
+    from utp.daemon import sweep as sweep_cli
+
+    sweep_cli.add_parsers(sub)
     from utp.daemon import walkforward
 
     walkforward.add_parser(sub)
@@ -326,6 +329,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress = sys.stderr.isatty() if args.progress is None else args.progress
             return _backtest(runs, title, Path(args.out) if args.out else None, args.json,
                              report=Path(args.report) if args.report else None, progress=progress)  # fmt: skip
+        if args.command in ("sweep", "worker"):
+            from utp.daemon import sweep as sweep_cli
+
+            return sweep_cli.main(args)
         if args.command == "walk-forward":
             from utp.daemon import walkforward
 
