@@ -831,14 +831,24 @@ class SimulatedBroker(Broker):
         return report
 
 
+def event_messages(kind: np.ndarray, aux: np.ndarray, notional: np.ndarray) -> np.ndarray:
+    """The order status message of each venue event (object array; "" for none): why an order was
+    cancelled, that a DAY order's day ended, why a notional order was rejected (`aux`: the price)."""
+    text = np.full(kind.shape[0], "", dtype=object)
+    if not (kind >= EV_CANCELED).any():
+        return text
+    cancelled = kind == EV_CANCELED
+    text[cancelled] = "cancelled"
+    for code, words in CANCEL_TEXT.items():
+        text[cancelled & (aux == code)] = words
+    text[kind == EV_EXPIRED] = "the trading day ended"
+    for e in np.flatnonzero(kind == EV_REJECTED):  # rare: a notional too small for one share
+        text[e] = f"notional {notional[e]:.2f} buys no share at {aux[e]:.4f}"
+    return text
+
+
 def event_message(kind: int, aux: float, notional: float) -> str:
-    if kind == EV_CANCELED:
-        return CANCEL_TEXT.get(aux, "cancelled")
-    if kind == EV_EXPIRED:
-        return "the trading day ended"
-    if kind == EV_REJECTED:
-        return f"notional {notional:.2f} buys no share at {aux:.4f}"
-    return ""
+    return str(event_messages(np.array([kind]), np.array([aux]), np.array([notional]))[0])
 
 
 def _copy(order: BrokerOrder) -> BrokerOrder:

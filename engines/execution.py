@@ -45,7 +45,6 @@ import polars as pl
 from numba import njit
 
 from utp.core.broker import (
-    CANCEL_TEXT,
     E_AUX,
     E_AVG,
     E_COMMISSION,
@@ -59,7 +58,6 @@ from utp.core.broker import (
     E_SLOT,
     E_TIME,
     EV_CANCELED,
-    EV_EXPIRED,
     EV_FILL,
     EV_HELD,
     EV_NEW,
@@ -87,6 +85,7 @@ from utp.core.broker import (
     close_order,
     compact_open,
     create_order,
+    event_messages,
     match_bar,
     order_event,
     update_symbol_state,
@@ -524,17 +523,8 @@ class ExecutionEngine(Engine):
         side = np.where(self.broker.io[slot, I_SIDE] > 0, pb.ORDER_SIDE_BUY, pb.ORDER_SIDE_SELL).astype(np.int32)
         time = ev[:, E_TIME].astype(np.int64)
         aux_value = ev[:, E_AUX]
-        message = pl.Series("message", np.full(kind.size, "", dtype=object), dtype=pl.Utf8)
-        if (kind >= EV_CANCELED).any():
-            text = np.full(kind.size, "", dtype=object)
-            for code, words in CANCEL_TEXT.items():
-                text[(kind == EV_CANCELED) & (aux_value == code)] = words
-            text[kind == EV_EXPIRED] = "the trading day ended"
-            rejected = np.flatnonzero(kind == EV_REJECTED)
-            notional = meta["notional"].to_numpy()
-            for e in rejected:
-                text[e] = f"notional {notional[e]:.2f} buys no share at {aux_value[e]:.4f}"
-            message = pl.Series("message", text, dtype=pl.Utf8)
+        notional = meta["notional"].to_numpy() if (kind == EV_REJECTED).any() else np.zeros(kind.size)
+        message = pl.Series("message", event_messages(kind, aux_value, notional), dtype=pl.Utf8)
         fo, io = self.broker.fo, self.broker.io
         orders = pl.DataFrame({
             "client_order_id": meta["client_order_id"], "correlation_id": meta["correlation_id"],
