@@ -5,25 +5,37 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import multiprocessing
-from collections.abc import AsyncIterator, Mapping
+import os
+import signal
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import date
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import grpc
+import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from utp.core.config import AlphaConfig, Config, ConfigError, load_config, parse_assignments
 from utp.core.kinds import KIND_BY_NUMBER
+from utp.daemon import sweep, walkforward
 from utp.daemon.core import CoreDaemon
 from utp.daemon.session import NamedRun, backtest, named_runs
+from utp.daemon.sweep import SweepError, SweepReport, SweepSpec, SweepStreams
+from utp.daemon.walkforward import FoldResult, WalkForwardResult
 from utp.storage.datasets import DATASETS
 from utp.v1 import core_service_pb2 as api
 from utp.v1 import core_service_pb2_grpc as api_grpc
+from utp.v1 import research_pb2 as rpb
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +59,21 @@ _MAX_DOCUMENTS, _MAX_DOCUMENT = 16, 200_000
 _MAX_SETS = 200
 
 
-def backtest_runs(base: Config, request: api.RunBacktestRequest) -> list[NamedRun]:
-    """The runs of a RunBacktest request, configured like the CLI's: the daemon's configuration, then the
-    YAML documents, the KEY=VALUE settings, the request's own fields and the compared value, later wins.
-    InvalidRequest names the bad field."""
-    if len(request.config_yaml) > _MAX_DOCUMENTS or any(len(d) > _MAX_DOCUMENT for d in request.config_yaml):
+def _documents(documents: Sequence[str]) -> None:
+    if len(documents) > _MAX_DOCUMENTS or any(len(d) > _MAX_DOCUMENT for d in documents):
         raise InvalidRequest(f"config_yaml: at most {_MAX_DOCUMENTS} documents of {_MAX_DOCUMENT} characters")
+
+
+def request_config(
+    base: Config, request: api.RunBacktestRequest | api.RunWalkForwardRequest
+) -> Callable[[Mapping[str, Any]], Config]:
+    """The configuration of a RunBacktest or RunWalkForward request, built like the CLI's: the daemon's
+    configuration, then the YAML documents, the KEY=VALUE settings, the request's own fields and `extra`
+    (the argument of the returned function), later wins. The fields are checked here (InvalidRequest names
+    the bad one); the function raises ConfigError for a bad setting."""
+    _documents(request.config_yaml)
     if len(request.set) > _MAX_SETS or any(len(item) > _MAX_TEXT for item in request.set):
         raise InvalidRequest(f"set: at most {_MAX_SETS} items of {_MAX_TEXT} characters")
-    _text("compare", request.compare)
     try:
         overrides = parse_assignments(request.set, "set")
     except ConfigError as exc:
@@ -103,10 +121,134 @@ def backtest_runs(base: Config, request: api.RunBacktestRequest) -> list[NamedRu
             raise ConfigError(f"symbols: {', '.join(unknown[:5])} not in {md.dataset}")
         return config
 
+    return build
+
+
+def backtest_runs(base: Config, request: api.RunBacktestRequest) -> list[NamedRun]:
+    """The runs of a RunBacktest request (see `request_config`), one per compared value.
+    InvalidRequest names the bad field."""
+    _text("compare", request.compare)
+    build = request_config(base, request)
     try:
         return named_runs(request.compare, build)
     except ConfigError as exc:
         raise InvalidRequest(str(exc)) from None
+
+
+def _batched(base: Config) -> Config:
+    """The daemon's configuration for a backtest: many bar times per batch unless it says more (the live
+    session's batch is 1; a batch never changes a decision)."""
+    batch = max(base.market_data.batch_bar_times, 1000)
+    return load_config(base=base, environ={}, overrides={"market_data.batch_bar_times": batch})
+
+
+@dataclass(frozen=True)
+class WalkForwardPlan:
+    """A validated RunWalkForward request: the configuration and `walkforward.walk_forward`'s options."""
+
+    config: Config
+    scheme: walkforward.Scheme
+    train: int | None
+    test: int | None
+    step: int | None
+    n_folds: int | None
+    anchored: bool
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments of `walkforward.walk_forward` and `walkforward.fold_splits`."""
+        return {"scheme": self.scheme, "train": self.train, "test": self.test, "step": self.step,
+                "n_folds": self.n_folds, "anchored": self.anchored}  # fmt: skip
+
+
+def walk_forward_plan(base: Config, request: api.RunWalkForwardRequest) -> WalkForwardPlan:
+    """What a RunWalkForward request runs, with `utp walk-forward`'s defaults for the fields left at 0.
+    InvalidRequest names the bad field (whether a fold fits the data is known only once it is loaded)."""
+    scheme = _text("scheme", request.scheme) or "bars"
+    if scheme not in walkforward.DEFAULT_WINDOWS:
+        raise InvalidRequest(f"scheme: {scheme[:40]!r} is not bars or months")
+    for name in ("train", "test", "step", "folds"):
+        if getattr(request, name) < 0:
+            raise InvalidRequest(f"{name} must be >= 0 (0 = the scheme's default)")
+    if request.all_folds and request.folds:
+        raise InvalidRequest("folds: give folds or all_folds, not both")
+    n_folds = None if request.all_folds else request.folds or walkforward.DEFAULT_FOLDS[scheme]
+    try:
+        config = request_config(base, request)({})
+    except ConfigError as exc:
+        raise InvalidRequest(str(exc)) from None
+    return WalkForwardPlan(config, scheme, request.train or None, request.test or None,  # type: ignore[arg-type]
+                           request.step or None, n_folds, request.anchored)  # fmt: skip
+
+
+#: Variants of one RunSweep (before duplicate draws are dropped); `utp sweep` has no limit.
+MAX_SWEEP_VARIANTS = 10_000
+_NATS_SCHEMES = frozenset({"nats", "tls", "ws", "wss"})
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """A validated RunSweep request."""
+
+    spec: SweepSpec
+    metric: str
+    #: Processes on the daemon's machine; 0 when the variants go to workers over NATS.
+    processes: int
+    nats_url: str
+    streams: SweepStreams
+
+
+def sweep_plan(base: Config, request: api.RunSweepRequest) -> SweepPlan:
+    """What a RunSweep request runs: its spec over the daemon's configuration (`base`) and the request's
+    YAML documents. InvalidRequest names the bad field; a variant whose configuration is invalid (fast >=
+    slow) is found later, when the sweep process expands the spec."""
+    if not request.spec_yaml.strip():
+        raise InvalidRequest("spec_yaml: empty; a sweep spec has grid and/or random settings")
+    if len(request.spec_yaml) > _MAX_DOCUMENT:
+        raise InvalidRequest(f"spec_yaml: at most {_MAX_DOCUMENT} characters")
+    try:
+        data = yaml.safe_load(request.spec_yaml)
+    except yaml.YAMLError as exc:
+        raise InvalidRequest(f"spec_yaml: not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, Mapping):
+        raise InvalidRequest("spec_yaml: a sweep spec is a mapping (overrides, grid, random, samples, seed)")
+    if data.get("config"):
+        # The files are on the client's machine: reading the daemon's files of the same names would run
+        # another configuration than the client meant.
+        raise InvalidRequest("spec_yaml: config names files, which the daemon cannot read; send their text in "
+                             "config_yaml (the base is the daemon's configuration, then config_yaml)")  # fmt: skip
+    _documents(request.config_yaml)
+    metric = _text("metric", request.metric) or "sharpe"
+    if metric not in api.BacktestSummary.DESCRIPTOR.fields_by_name:
+        known = ", ".join(sorted(api.BacktestSummary.DESCRIPTOR.fields_by_name))
+        raise InvalidRequest(f"metric: {metric[:40]!r} is not a summary statistic; one of {known}")
+    if request.processes < 0:
+        raise InvalidRequest("processes must be >= 0 (0 = server.max_backtests)")
+    nats_url = _text("nats_url", request.nats_url)
+    if nats_url:
+        parsed = urlparse(nats_url)
+        if parsed.scheme not in _NATS_SCHEMES or not parsed.hostname:
+            raise InvalidRequest(f"nats_url: {nats_url[:80]!r} is not nats://host:port")
+    elif request.streams:
+        raise InvalidRequest("streams: only with nats_url")
+    try:
+        streams = SweepStreams(_text("streams", request.streams)) if request.streams else SweepStreams()
+    except SweepError as exc:
+        raise InvalidRequest(f"streams: {exc}") from None
+    try:
+        config = load_config(documents=request.config_yaml, base=_batched(base), environ={})
+    except ConfigError as exc:
+        raise InvalidRequest(f"config_yaml: {exc}") from None
+    try:
+        spec = sweep.parse_spec(data, name="spec_yaml", base=config)
+    except SweepError as exc:  # it names the spec and the setting
+        raise InvalidRequest(str(exc)) from None
+    variants = math.prod(len(values) for values in spec.grid.values()) * max(spec.samples, 1)
+    if variants > MAX_SWEEP_VARIANTS:
+        raise InvalidRequest(f"spec_yaml: {variants} variants; at most {MAX_SWEEP_VARIANTS} in one RunSweep")
+    max_processes = base.server.max_backtests
+    processes = 0 if nats_url else min(request.processes or max_processes, max_processes, variants)
+    return SweepPlan(spec, metric, processes, nats_url, streams)
 
 
 def report_folder(data_dir: Path, name: str) -> Path:
@@ -119,6 +261,64 @@ def report_folder(data_dir: Path, name: str) -> Path:
     return data_dir / "reports" / path
 
 
+# -- protobuf forms of the research results ----------------------------------------------------------
+def sweep_variant(result: rpb.SweepResult) -> api.SweepVariant:
+    """A variant's result as RunSweep streams it (SweepResult without the per-bar returns and queue fields)."""
+    variant = api.SweepVariant(variant_id=result.variant_id, params=dict(result.params), error=result.error,
+                               worker=result.worker, elapsed_s=result.elapsed_s)  # fmt: skip
+    if result.HasField("summary") and not result.error:
+        variant.summary.CopyFrom(result.summary)
+    return variant
+
+
+def sweep_summary(report: SweepReport, parameters: Sequence[str]) -> api.SweepSummary:
+    """The table and overfitting statistics of `sweep.report_dict`, as a message."""
+    summary = api.SweepSummary(sweep_id=report.sweep_id, metric=report.metric, variants=report.n_variants,
+                               failed=report.n_failed, duplicate_results=report.duplicates,
+                               parameters=list(parameters), rows=[sweep_variant(r) for r in report.results],
+                               notes=list(report.notes))  # fmt: skip
+    if report.dsr is not None:
+        d = report.dsr
+        summary.dsr.CopyFrom(api.DeflatedSharpeRatio(
+            variant_id=report.dsr_variant or "", dsr=d.dsr, psr=d.psr, sharpe_per_bar=d.sharpe,
+            sharpe_threshold_per_bar=d.sharpe_threshold, n_trials=int(d.n_trials), n_obs=d.n_obs))  # fmt: skip
+    if report.pbo is not None:
+        p = report.pbo
+        summary.pbo.CopyFrom(api.BacktestOverfitting(
+            pbo=p.pbo, n_blocks=p.n_blocks, n_combinations=p.n_combinations, n_variants=p.n_variants,
+            n_observations=p.n_observations, prob_oos_loss=p.prob_oos_loss,
+            degradation_slope=p.degradation_slope))  # fmt: skip
+    return summary
+
+
+def walk_forward_fold(fold: FoldResult) -> api.WalkForwardFold:
+    return api.WalkForwardFold(index=fold.index, train_start_time_ns=fold.train_start_ns,
+                               test_start_time_ns=fold.test_start_ns, test_end_time_ns=fold.test_end_ns,
+                               bars=int(fold.times_ns.size), total_return=fold.total_return, sharpe=fold.sharpe,
+                               max_drawdown=fold.max_drawdown, trades=fold.trades)  # fmt: skip
+
+
+def walk_forward_summary(result: WalkForwardResult) -> api.WalkForwardSummary:
+    """The out-of-sample figures of `walkforward.summary_dict` (NaN stays NaN)."""
+    times = result.oos_times_ns
+    train, test, step = result.windows
+    return api.WalkForwardSummary(
+        scheme=result.scheme, train=train, test=test, step=step, anchored=result.anchored,
+        periods_per_year=result.periods_per_year, folds=len(result.folds), oos_bars=int(result.oos_returns.size),
+        oos_start_time_ns=int(times[0]) if times.size else 0, oos_end_time_ns=int(times[-1]) if times.size else 0,
+        oos_total_return=result.oos_total_return, oos_sharpe=result.oos_sharpe, oos_psr=result.oos_psr,
+        negative_sharpe_share=result.negative_share,
+    )  # fmt: skip
+
+
+# -- the processes that run them ----------------------------------------------------------------------
+# Each sends (kind, payload) tuples through `conn`: protobuf bytes, or text for "invalid" (the request
+# cannot run: INVALID_ARGUMENT) and "error" (it failed: INTERNAL).
+def _send_failure(conn: Connection, exc: BaseException) -> None:
+    with contextlib.suppress(OSError):  # the daemon may have stopped listening (it is ending this process)
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
 def _backtest_process(config: Config, include_details: bool, conn: Connection) -> None:
     """A backtest in a process of its own: progress and the result go back through `conn` as protobuf bytes."""
     try:
@@ -126,7 +326,79 @@ def _backtest_process(config: Config, include_details: bool, conn: Connection) -
                           include_details=include_details)  # fmt: skip
         conn.send(("result", result.SerializeToString()))
     except BaseException as exc:  # noqa: BLE001 - everything is reported to the caller
-        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        _send_failure(conn, exc)
+    finally:
+        conn.close()
+
+
+def _interrupt_on_sigterm(parent: int) -> None:
+    """SIGTERM raises KeyboardInterrupt, as Ctrl-C does in `utp sweep`, so that a sweep ended by the daemon
+    kills its pool and purges its queued jobs on the way out; so does the daemon's death, which sends none
+    (the process then belongs to someone else)."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # once: a second one ends the process at once
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="stop-with-the-daemon", daemon=True).start()
+
+
+def _sweep_process(plan: SweepPlan, parent: int, conn: Connection) -> None:
+    """A sweep's coordinator: expands and validates the spec, runs the variants (its own process pool, or
+    workers over NATS) and sends each result, then the summary. Everything, the DSR and PBO included, is
+    computed here, off the daemon's interpreter."""
+    _interrupt_on_sigterm(parent)
+    try:
+        try:
+            variants = sweep.expand(plan.spec)
+        except SweepError as exc:
+            conn.send(("invalid", str(exc)))
+            return
+        sweep_id = sweep.new_sweep_id()
+        processes = min(plan.processes, len(variants))
+        started = api.SweepStarted(sweep_id=sweep_id, variants=len(variants), base_config_yaml=plan.spec.base_yaml,
+                                   processes=processes)  # fmt: skip
+        conn.send(("started", started.SerializeToString()))
+        report = sweep.run_sweep(
+            plan.spec, processes=processes or None, nats_url=plan.nats_url or None, streams=plan.streams,
+            metric=plan.metric, variants=variants, sweep_id=sweep_id,
+            on_result=lambda result: conn.send(("variant", sweep_variant(result).SerializeToString())),
+        )  # fmt: skip
+        conn.send(("summary", sweep_summary(report, plan.spec.keys).SerializeToString()))
+    except BaseException as exc:  # noqa: BLE001 - everything is reported to the caller
+        _send_failure(conn, exc)
+    finally:
+        # Nothing is left to clean up: the daemon may stop this process quietly while it exits.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        conn.close()
+
+
+def _walk_forward_process(plan: WalkForwardPlan, conn: Connection) -> None:
+    """A walk-forward: each fold as it completes, then the out-of-sample summary."""
+    from utp.daemon.session import MarketData
+
+    try:
+        market_data = MarketData.from_config(plan.config)
+        options = plan.options
+        try:
+            walkforward.fold_splits(walkforward.bar_times(market_data.bars), **options)
+        except ValueError as exc:
+            conn.send(("invalid", f"train/test/step ({plan.scheme}): {exc}"))
+            return
+        result = walkforward.walk_forward(
+            plan.config, market_data=market_data, **options,
+            on_fold=lambda fold: conn.send(("fold", walk_forward_fold(fold).SerializeToString())),
+        )  # fmt: skip
+        conn.send(("summary", walk_forward_summary(result).SerializeToString()))
+    except BaseException as exc:  # noqa: BLE001 - everything is reported to the caller
+        _send_failure(conn, exc)
     finally:
         conn.close()
 
@@ -134,7 +406,10 @@ def _backtest_process(config: Config, include_details: bool, conn: Connection) -
 class CoreServicer(api_grpc.CoreServiceServicer):
     def __init__(self, daemon: CoreDaemon) -> None:
         self.daemon = daemon
+        #: Processes of RunBacktest, RunWalkForward and RunSweep running at once (a local sweep holds one per
+        #: process of its pool), so research never takes more of the machine than server.max_backtests.
         self._backtests = asyncio.Semaphore(daemon.config.server.max_backtests)
+        self._gathering = asyncio.Lock()
 
     async def GetStatus(self, request: api.GetStatusRequest, context: grpc.aio.ServicerContext) -> api.GetStatusResponse:
         return self.daemon.status()
@@ -207,8 +482,9 @@ class CoreServicer(api_grpc.CoreServiceServicer):
         results: list[api.BacktestResult] = []
         for run in runs:
             # Each run in a process of its own: the live engines keep their event loop and interpreter.
-            async with self._backtests:
-                async for response in self._run_in_process(run, request.include_details or folder is not None, context):
+            responses = self._run_in_process(run, request.include_details or folder is not None, context)
+            async with self._process_slots(1), contextlib.aclosing(responses):
+                async for response in responses:
                     if response.HasField("result"):
                         results.append(response.result)
                     yield response
@@ -219,10 +495,87 @@ class CoreServicer(api_grpc.CoreServiceServicer):
     async def _run_in_process(
         self, run: NamedRun, include_details: bool, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[api.RunBacktestResponse]:
+        name = f"backtest {run.name}".strip()
+        messages = self._process_messages(_backtest_process, (run.config, include_details), name, context, last="result")
+        async with contextlib.aclosing(messages):
+            async for kind, payload in messages:
+                if kind == "progress":
+                    progress = api.BacktestProgress.FromString(payload)
+                    progress.run = run.name
+                    yield api.RunBacktestResponse(progress=progress)
+                else:
+                    result = api.BacktestResult.FromString(payload)
+                    result.name = run.name
+                    yield api.RunBacktestResponse(result=result)
+
+    async def RunSweep(
+        self, request: api.RunSweepRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[api.RunSweepResponse]:
+        try:
+            plan = sweep_plan(self.daemon.config, request)
+        except InvalidRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        # The coordinator is a process of its own and its pool's processes are its children, so it cannot
+        # be daemonic; it ends with the call (and with the daemon) through _interrupt_on_sigterm.
+        messages = self._process_messages(_sweep_process, (plan, os.getpid()), "sweep", context, last="summary",
+                                          daemonic=False)  # fmt: skip
+        # A distributed sweep's coordinator mostly waits, but it is a process (and a thread here) all the same.
+        async with self._process_slots(max(plan.processes, 1)), contextlib.aclosing(messages):
+            async for kind, payload in messages:
+                if kind == "started":
+                    yield api.RunSweepResponse(started=api.SweepStarted.FromString(payload))
+                elif kind == "variant":
+                    yield api.RunSweepResponse(variant=api.SweepVariant.FromString(payload))
+                else:
+                    yield api.RunSweepResponse(summary=api.SweepSummary.FromString(payload))
+
+    async def RunWalkForward(
+        self, request: api.RunWalkForwardRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[api.RunWalkForwardResponse]:
+        try:
+            plan = walk_forward_plan(self.daemon.config, request)
+        except InvalidRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        messages = self._process_messages(_walk_forward_process, (plan,), "walk-forward", context, last="summary")
+        async with self._process_slots(1), contextlib.aclosing(messages):
+            async for kind, payload in messages:
+                if kind == "fold":
+                    yield api.RunWalkForwardResponse(fold=api.WalkForwardFold.FromString(payload))
+                else:
+                    yield api.RunWalkForwardResponse(summary=api.WalkForwardSummary.FromString(payload))
+
+    @contextlib.asynccontextmanager
+    async def _process_slots(self, n: int) -> AsyncIterator[None]:
+        """Hold `n` of the server.max_backtests processes that research calls may run at once, waiting for
+        them. One caller at a time gathers several, so two sweeps never each hold part of what both need."""
+        taken = 0
+        try:
+            async with self._gathering:
+                while taken < n:
+                    await self._backtests.acquire()
+                    taken += 1
+            yield
+        finally:
+            for _ in range(taken):
+                self._backtests.release()
+
+    async def _process_messages(
+        self,
+        target: Callable[..., None],
+        args: tuple[Any, ...],
+        what: str,
+        context: grpc.aio.ServicerContext,
+        *,
+        last: str,
+        daemonic: bool = True,
+    ) -> AsyncIterator[tuple[str, bytes]]:
+        """Run `target(*args, conn)` in a spawned process and yield the (kind, payload) it sends through
+        `conn`, up to and including the first of kind `last`. "invalid" aborts the call with
+        INVALID_ARGUMENT, "error" or an early end with INTERNAL. When the call ends first (the client went
+        away, the daemon stops) the process is stopped: nobody wants its work any more."""
         ctx = multiprocessing.get_context("spawn")  # a clean interpreter: no copy of the daemon's threads
         receiver, sender = ctx.Pipe(duplex=False)
-        process = ctx.Process(target=_backtest_process, args=(run.config, include_details, sender), daemon=True,
-                              name=f"backtest {run.name}".strip())  # fmt: skip
+        process = ctx.Process(target=target, args=(*args, sender), daemon=daemonic, name=what)
         process.start()
         sender.close()
         try:
@@ -230,25 +583,25 @@ class CoreServicer(api_grpc.CoreServiceServicer):
                 try:
                     kind, payload = await asyncio.to_thread(receiver.recv)
                 except EOFError:
-                    process.join(1)
-                    await context.abort(grpc.StatusCode.INTERNAL, f"backtest process ended (exit {process.exitcode})")
-                if kind == "progress":
-                    progress = api.BacktestProgress.FromString(payload)
-                    progress.run = run.name
-                    yield api.RunBacktestResponse(progress=progress)
-                elif kind == "result":
-                    result = api.BacktestResult.FromString(payload)
-                    result.name = run.name
-                    yield api.RunBacktestResponse(result=result)
+                    await asyncio.to_thread(process.join, 1)
+                    await context.abort(grpc.StatusCode.INTERNAL, f"{what} process ended (exit {process.exitcode})")
+                if kind == "invalid":
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, payload)
+                if kind == "error":
+                    log.error("%s failed: %s", what, payload)
+                    await context.abort(grpc.StatusCode.INTERNAL, f"{what} failed: {payload}")
+                yield kind, payload
+                if kind == last:
                     return
-                else:
-                    log.error("backtest %s failed: %s", run.name or "", payload)
-                    await context.abort(grpc.StatusCode.INTERNAL, f"backtest failed: {payload}")
         finally:
-            receiver.close()
-            if process.is_alive():  # the caller went away or the stream failed: stop the work it asked for
+            if process.is_alive():
                 process.terminate()
-            await asyncio.to_thread(process.join, 5)
+            await asyncio.to_thread(process.join, 10)
+            if process.is_alive():  # a sweep that did not stop in time
+                process.kill()
+                await asyncio.to_thread(process.join, 5)
+            # Closed only now: a thread may still wait in recv() until the process's end closes the pipe.
+            receiver.close()
 
     def _write_report(self, folder: Path, runs: list[NamedRun], results: list[api.BacktestResult]) -> Path:
         from utp.daemon.cli import write_backtest_report

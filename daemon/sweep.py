@@ -147,8 +147,11 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def parse_spec(data: Mapping[str, Any], base_dir: Path = Path("."), name: str = "sweep") -> SweepSpec:
-    """A spec from its YAML mapping; config files are read relative to `base_dir`."""
+def parse_spec(
+    data: Mapping[str, Any], base_dir: Path = Path("."), name: str = "sweep", base: Config | None = None
+) -> SweepSpec:
+    """A spec from its YAML mapping; config files are read relative to `base_dir`. The files and the
+    spec's overrides go over the defaults, or over `base` (RunSweep: the daemon's configuration)."""
     try:
         raw = msgspec.convert(_plain(dict(data)), _SpecFile)
     except msgspec.ValidationError as exc:
@@ -159,7 +162,7 @@ def parse_spec(data: Mapping[str, Any], base_dir: Path = Path("."), name: str = 
         if not path.is_file():
             raise SweepError(f"{name}: config file {path} does not exist")
     try:
-        base = load_config(paths, overrides=raw.overrides, environ={})
+        base = load_config(paths, overrides=raw.overrides, environ={}, base=base)
     except ConfigError as exc:
         raise SweepError(f"{name}: the base configuration is invalid: {exc}") from None
     if not raw.grid and not raw.random:
@@ -832,6 +835,8 @@ class SweepReport:
     dsr_variant: str | None = None
     pbo: PBOResult | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    #: Every variant's result in the table's order (best first), for callers that want more than its columns.
+    results: tuple[rpb.SweepResult, ...] = ()
 
 
 def _param_column(name: str, values: list[Any]) -> pl.Series:
@@ -929,8 +934,10 @@ def gather(
         notes += more
     else:
         notes.append("no variant has results: no DSR or PBO")
+    by_id = {r.variant_id: r for r in results}
     return SweepReport(sweep_id, metric, table, len(results), len(failed), duplicates, dsr,
-                       best if dsr is not None else None, pbo, tuple(notes))  # fmt: skip
+                       best if dsr is not None else None, pbo, tuple(notes),
+                       tuple(by_id[v] for v in table["variant"]))  # fmt: skip
 
 
 def run_sweep(

@@ -39,7 +39,7 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -197,11 +197,13 @@ def walk_forward(
     anchored: bool = False,
     processes: int = 1,
     market_data: MarketData | None = None,
+    on_fold: Callable[[FoldResult], None] | None = None,
 ) -> WalkForwardResult:
     """Run every fold (see the module docstring) and measure them and their out-of-sample series.
 
     `market_data` defaults to the config's; `n_folds` None gives every fold that fits; `processes` > 1 runs
-    folds in that many spawned processes."""
+    folds in that many spawned processes. `on_fold` is called with each fold as soon as it and the folds
+    before it are done (in fold order), so a caller can stream them."""
     from utp.daemon.session import MarketData
 
     md = market_data if market_data is not None else MarketData.from_config(config)
@@ -210,11 +212,20 @@ def walk_forward(
                         anchored=anchored)  # fmt: skip
     # Each job carries only its fold's bars: a pool pickles them to its worker.
     jobs = [(config, md.dataset.name, md.universe.symbols, _window(md.bars, fold), fold) for fold in folds]
+    done: list[FoldResult] = []
+
+    def collect(finished: Iterable[FoldResult]) -> None:
+        for fold in finished:
+            done.append(fold)
+            if on_fold is not None:
+                on_fold(fold)
+
     if processes > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(max_workers=min(processes, len(jobs)), mp_context=get_context("spawn")) as pool:
-            results = tuple(pool.map(_run_fold_job, jobs))
+            collect(pool.map(_run_fold_job, jobs))
     else:
-        results = tuple(_run_fold_job(job) for job in jobs)
+        collect(_run_fold_job(job) for job in jobs)
+    results = tuple(done)
     ppy = md.dataset.periods_per_year
     oos_times, oos_returns = out_of_sample(results)
     try:

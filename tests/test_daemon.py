@@ -1,21 +1,30 @@
-"""`utp core` as a process: reflection, health, the approval gate, halt, RunBacktest, bad requests."""
+"""`utp core` as a process: reflection, health, the approval gate, halt, RunBacktest, RunSweep, RunWalkForward,
+bad requests."""
 
 from __future__ import annotations
 
+import math
 import signal
 import threading
 import time
+from datetime import UTC, datetime
+from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
+import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-from utp.core.config import load_config
+from utp.core.config import load_config, to_dict
+from utp.daemon import walkforward
 from utp.daemon.session import backtest
+from utp.daemon.sweep import load_spec, run_sweep
 from utp.v1 import core_service_pb2 as api
 from utp.v1 import events_pb2 as pb
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -212,3 +221,151 @@ def test_a_data_folder_refuses_another_session(daemon_factory, tmp_path) -> None
     other = daemon_factory("--dataset", "sp500", data_dir=first.data_dir)
     with pytest.raises(AssertionError, match=r"(?s)exited with 2.*holds another session \(dataset: 'goog' there, 'sp500' now"):
         other.start(timeout=30)
+
+
+# -- RunSweep and RunWalkForward ---------------------------------------------------------------------
+#: configs/sweep-reference.yaml over five years, its grid cut to 2 x 2: the reference strategy's base file
+#: goes in config_yaml (the daemon cannot read the client's files).
+SWEEP_SPEC = """\
+overrides:
+  market_data.dataset: goog
+  market_data.start: 2006-01-01
+  market_data.end: 2010-12-31
+grid:
+  alpha.ema_cross.fast: [8, 12]
+  alpha.ema_cross.slow: [26, 40]
+"""
+REFERENCE_YAML = (REPO / "configs" / "reference.yaml").read_text()
+
+
+class BarWatch:
+    """Arrival times of the live session's bars while a research call runs."""
+
+    def __init__(self, daemon) -> None:  # noqa: ANN001
+        daemon.wait_for(lambda s: s.account.header.event_time_ns > 0, what="the live session's first bars")
+        self.arrivals: list[float] = []
+        self.call = daemon.stub.WatchEvents(api.WatchEventsRequest(kinds=[pb.EVENT_KIND_BAR]))
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            for _ in self.call:
+                self.arrivals.append(time.monotonic())
+        except grpc.RpcError:
+            pass
+
+    def longest_gap(self, started: float, finished: float) -> float:
+        self.call.cancel()
+        during = [t for t in self.arrivals if started <= t <= finished]
+        assert len(during) > 20
+        return float(max(np.diff([started, *during, finished])))
+
+
+def test_run_sweep_streams_each_variant_then_the_clis_table_dsr_and_pbo(daemon, tmp_path) -> None:  # noqa: ANN001
+    bars = BarWatch(daemon)
+    started = time.monotonic()
+    request = api.RunSweepRequest(spec_yaml=SWEEP_SPEC, config_yaml=[REFERENCE_YAML], processes=2)
+    responses = list(daemon.stub.RunSweep(request, timeout=180))
+    # The live session (40 bar times a second) never stalled for long while the sweep ran.
+    assert bars.longest_gap(started, time.monotonic()) < 3.0
+    kinds = [r.WhichOneof("payload") for r in responses]
+    assert kinds == ["started", "variant", "variant", "variant", "variant", "summary"]
+    first, summary = responses[0].started, responses[-1].summary
+    assert first.variants == 4 and first.processes == 2 and summary.sweep_id == first.sweep_id
+
+    # `utp sweep` on the same spec with the reference config as its file, in this process.
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(f"config: [{REPO / 'configs' / 'reference.yaml'}]\n{SWEEP_SPEC}")
+    spec = load_spec(spec_file)
+    expected = run_sweep(spec, processes=2)
+    # The daemon's configuration is the RPC's base: only its live-session settings differ from the CLI's.
+    base = load_config(overrides=yaml.safe_load(first.base_config_yaml), environ={})
+    cli_base = spec.base
+    differing = {f"{section}.{key}" for section, values in to_dict(base).items() if isinstance(values, dict)
+                 for key, value in values.items() if to_dict(cli_base)[section][key] != value}  # fmt: skip
+    assert differing <= {"market_data.replay_rate", "server.listen"}, differing
+
+    assert summary.metric == "sharpe" and summary.variants == 4 and summary.failed == 0
+    assert list(summary.parameters) == ["alpha.ema_cross.fast", "alpha.ema_cross.slow"]
+    assert [row.variant_id for row in summary.rows] == list(expected.table["variant"])
+    for row, result in zip(summary.rows, expected.results, strict=True):
+        assert dict(row.params) == dict(result.params) and row.summary == result.summary and not row.error
+    streamed = {r.variant.variant_id: r.variant for r in responses if r.HasField("variant")}
+    assert {v: s.summary for v, s in streamed.items()} == {row.variant_id: row.summary for row in summary.rows}
+    assert expected.dsr is not None and expected.pbo is not None
+    assert summary.dsr.variant_id == expected.dsr_variant == summary.rows[0].variant_id
+    assert (summary.dsr.dsr, summary.dsr.psr, summary.dsr.n_trials, summary.dsr.n_obs) == (
+        expected.dsr.dsr, expected.dsr.psr, expected.dsr.n_trials, expected.dsr.n_obs)  # fmt: skip
+    assert (summary.pbo.pbo, summary.pbo.n_blocks, summary.pbo.n_combinations, summary.pbo.prob_oos_loss) == (
+        expected.pbo.pbo, expected.pbo.n_blocks, expected.pbo.n_combinations, expected.pbo.prob_oos_loss)  # fmt: skip
+    assert 0 <= summary.pbo.pbo <= 1 and summary.rows[0].summary.sharpe > summary.rows[-1].summary.sharpe
+
+
+def _finite(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+def _day(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9, UTC).strftime("%Y-%m-%d")
+
+
+def test_run_walk_forward_streams_folds_then_the_clis_out_of_sample_figures(daemon) -> None:  # noqa: ANN001
+    symbols = ["AAPL", "KO", "XOM", "JPM"]
+    request = api.RunWalkForwardRequest(dataset="sp500", symbols=symbols, start_date="2010-01-01", end_date="2012-12-31",
+                                        set=["risk.max_position_pct=0.5"], train=252, test=63, step=63)  # fmt: skip
+    responses = list(daemon.stub.RunWalkForward(request, timeout=180))
+    folds = [r.fold for r in responses if r.HasField("fold")]
+    summary = responses[-1].summary
+    assert responses[-1].HasField("summary") and len(folds) == summary.folds == len(responses) - 1
+
+    # `utp walk-forward --json` with the same options (and the daemon's risk.max_position_pct, overridden).
+    config = load_config(environ={}, overrides={
+        "market_data.dataset": "sp500", "market_data.symbols": symbols, "market_data.start": "2010-01-01",
+        "market_data.end": "2012-12-31", "market_data.batch_bar_times": 1000, "risk.max_position_pct": 0.5})  # fmt: skip
+    expected = walkforward.summary_dict(walkforward.walk_forward(config, train=252, test=63, step=63))
+    assert len(expected["folds"]) == len(folds) > 3
+    for fold, row in zip(folds, expected["folds"], strict=True):
+        assert {"fold": fold.index, "train_start": _day(fold.train_start_time_ns),
+                "test_start": _day(fold.test_start_time_ns), "test_end": _day(fold.test_end_time_ns),
+                "bars": fold.bars, "return": fold.total_return, "sharpe": _finite(fold.sharpe),
+                "max_drawdown": fold.max_drawdown, "trades": fold.trades} == row  # fmt: skip
+    assert (summary.scheme, summary.train, summary.test, summary.step, summary.anchored) == ("bars", 252, 63, 63, False)
+    assert summary.periods_per_year == expected["periods_per_year"]
+    assert {"bars": summary.oos_bars, "start": _day(summary.oos_start_time_ns), "end": _day(summary.oos_end_time_ns),
+            "total_return": summary.oos_total_return, "sharpe": _finite(summary.oos_sharpe),
+            "psr": _finite(summary.oos_psr), "negative_sharpe_share": summary.negative_sharpe_share} == expected["oos"]  # fmt: skip
+
+
+def test_malformed_research_requests_get_invalid_argument_naming_the_field(daemon) -> None:  # noqa: ANN001
+    """One daemon for every case; the last two are found by the spawned process (invalid variants, no fold
+    fits), the rest before anything runs."""
+    sweep_cases = [
+        (api.RunSweepRequest(spec_yaml="grid: [unclosed"), "spec_yaml: not valid YAML"),
+        (api.RunSweepRequest(spec_yaml="grid: {alpha.ema_cross.fastest: [1, 2]}"), "alpha.ema_cross.fastest"),
+        (api.RunSweepRequest(spec_yaml=f"config: [reference.yaml]\n{SWEEP_SPEC}"), "config_yaml"),
+        (api.RunSweepRequest(spec_yaml=SWEEP_SPEC, metric="luck"), "metric"),
+        (api.RunSweepRequest(spec_yaml=SWEEP_SPEC, config_yaml=["risk: [unclosed"]), "config_yaml"),
+        (api.RunSweepRequest(spec_yaml=SWEEP_SPEC, processes=-1), "processes"),
+        (api.RunSweepRequest(spec_yaml=SWEEP_SPEC, nats_url="http://example.com"), "nats_url"),
+        (api.RunSweepRequest(spec_yaml="grid: {alpha.ema_cross.fast: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]}\n"
+                                       "random: {risk.max_position_pct: {low: 0.1, high: 1}}\nsamples: 1001"), "at most"),
+        (api.RunSweepRequest(spec_yaml="grid: {alpha.ema_cross.fast: [30, 40], alpha.ema_cross.slow: [26]}",
+                             config_yaml=[REFERENCE_YAML]), "spec_yaml: no valid variant"),
+    ]  # fmt: skip
+    walk_forward_cases = [
+        (api.RunWalkForwardRequest(scheme="weeks"), "scheme"),
+        (api.RunWalkForwardRequest(set=["risk.no_such_rule=1"]), "no_such_rule"),
+        (api.RunWalkForwardRequest(dataset="nasdaq"), "dataset"),
+        (api.RunWalkForwardRequest(train=-1), "train"),
+        (api.RunWalkForwardRequest(folds=3, all_folds=True), "folds"),
+        (api.RunWalkForwardRequest(dataset="goog", train=5000), "train"),
+    ]
+    calls = [(daemon.stub.RunSweep, r, f) for r, f in sweep_cases]
+    calls += [(daemon.stub.RunWalkForward, r, f) for r, f in walk_forward_cases]
+    for method, request, field in calls:
+        with pytest.raises(grpc.RpcError) as caught:
+            list(method(request, timeout=120))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (request, caught.value.details())
+        assert field in caught.value.details(), (request, caught.value.details())
+    status = daemon.status()
+    assert status.session_state == api.SESSION_STATE_RUNNING and not status.halted

@@ -319,3 +319,229 @@ class RunBacktestResponse(_message.Message):
     result: BacktestResult
     report_path: str
     def __init__(self, progress: _Optional[_Union[BacktestProgress, _Mapping]] = ..., result: _Optional[_Union[BacktestResult, _Mapping]] = ..., report_path: _Optional[str] = ...) -> None: ...
+
+class RunSweepRequest(_message.Message):
+    __slots__ = ("spec_yaml", "config_yaml", "metric", "processes", "nats_url", "streams")
+    SPEC_YAML_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_YAML_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    PROCESSES_FIELD_NUMBER: _ClassVar[int]
+    NATS_URL_FIELD_NUMBER: _ClassVar[int]
+    STREAMS_FIELD_NUMBER: _ClassVar[int]
+    spec_yaml: str
+    config_yaml: _containers.RepeatedScalarFieldContainer[str]
+    metric: str
+    processes: int
+    nats_url: str
+    streams: str
+    def __init__(self, spec_yaml: _Optional[str] = ..., config_yaml: _Optional[_Iterable[str]] = ..., metric: _Optional[str] = ..., processes: _Optional[int] = ..., nats_url: _Optional[str] = ..., streams: _Optional[str] = ...) -> None: ...
+
+class SweepStarted(_message.Message):
+    __slots__ = ("sweep_id", "variants", "base_config_yaml", "processes")
+    SWEEP_ID_FIELD_NUMBER: _ClassVar[int]
+    VARIANTS_FIELD_NUMBER: _ClassVar[int]
+    BASE_CONFIG_YAML_FIELD_NUMBER: _ClassVar[int]
+    PROCESSES_FIELD_NUMBER: _ClassVar[int]
+    sweep_id: str
+    variants: int
+    base_config_yaml: str
+    processes: int
+    def __init__(self, sweep_id: _Optional[str] = ..., variants: _Optional[int] = ..., base_config_yaml: _Optional[str] = ..., processes: _Optional[int] = ...) -> None: ...
+
+class SweepVariant(_message.Message):
+    __slots__ = ("variant_id", "params", "summary", "error", "worker", "elapsed_s")
+    class ParamsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    VARIANT_ID_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    WORKER_FIELD_NUMBER: _ClassVar[int]
+    ELAPSED_S_FIELD_NUMBER: _ClassVar[int]
+    variant_id: str
+    params: _containers.ScalarMap[str, str]
+    summary: BacktestSummary
+    error: str
+    worker: str
+    elapsed_s: float
+    def __init__(self, variant_id: _Optional[str] = ..., params: _Optional[_Mapping[str, str]] = ..., summary: _Optional[_Union[BacktestSummary, _Mapping]] = ..., error: _Optional[str] = ..., worker: _Optional[str] = ..., elapsed_s: _Optional[float] = ...) -> None: ...
+
+class DeflatedSharpeRatio(_message.Message):
+    __slots__ = ("variant_id", "dsr", "psr", "sharpe_per_bar", "sharpe_threshold_per_bar", "n_trials", "n_obs")
+    VARIANT_ID_FIELD_NUMBER: _ClassVar[int]
+    DSR_FIELD_NUMBER: _ClassVar[int]
+    PSR_FIELD_NUMBER: _ClassVar[int]
+    SHARPE_PER_BAR_FIELD_NUMBER: _ClassVar[int]
+    SHARPE_THRESHOLD_PER_BAR_FIELD_NUMBER: _ClassVar[int]
+    N_TRIALS_FIELD_NUMBER: _ClassVar[int]
+    N_OBS_FIELD_NUMBER: _ClassVar[int]
+    variant_id: str
+    dsr: float
+    psr: float
+    sharpe_per_bar: float
+    sharpe_threshold_per_bar: float
+    n_trials: int
+    n_obs: int
+    def __init__(self, variant_id: _Optional[str] = ..., dsr: _Optional[float] = ..., psr: _Optional[float] = ..., sharpe_per_bar: _Optional[float] = ..., sharpe_threshold_per_bar: _Optional[float] = ..., n_trials: _Optional[int] = ..., n_obs: _Optional[int] = ...) -> None: ...
+
+class BacktestOverfitting(_message.Message):
+    __slots__ = ("pbo", "n_blocks", "n_combinations", "n_variants", "n_observations", "prob_oos_loss", "degradation_slope")
+    PBO_FIELD_NUMBER: _ClassVar[int]
+    N_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    N_COMBINATIONS_FIELD_NUMBER: _ClassVar[int]
+    N_VARIANTS_FIELD_NUMBER: _ClassVar[int]
+    N_OBSERVATIONS_FIELD_NUMBER: _ClassVar[int]
+    PROB_OOS_LOSS_FIELD_NUMBER: _ClassVar[int]
+    DEGRADATION_SLOPE_FIELD_NUMBER: _ClassVar[int]
+    pbo: float
+    n_blocks: int
+    n_combinations: int
+    n_variants: int
+    n_observations: int
+    prob_oos_loss: float
+    degradation_slope: float
+    def __init__(self, pbo: _Optional[float] = ..., n_blocks: _Optional[int] = ..., n_combinations: _Optional[int] = ..., n_variants: _Optional[int] = ..., n_observations: _Optional[int] = ..., prob_oos_loss: _Optional[float] = ..., degradation_slope: _Optional[float] = ...) -> None: ...
+
+class SweepSummary(_message.Message):
+    __slots__ = ("sweep_id", "metric", "variants", "failed", "duplicate_results", "parameters", "rows", "dsr", "pbo", "notes")
+    SWEEP_ID_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    VARIANTS_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_RESULTS_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    DSR_FIELD_NUMBER: _ClassVar[int]
+    PBO_FIELD_NUMBER: _ClassVar[int]
+    NOTES_FIELD_NUMBER: _ClassVar[int]
+    sweep_id: str
+    metric: str
+    variants: int
+    failed: int
+    duplicate_results: int
+    parameters: _containers.RepeatedScalarFieldContainer[str]
+    rows: _containers.RepeatedCompositeFieldContainer[SweepVariant]
+    dsr: DeflatedSharpeRatio
+    pbo: BacktestOverfitting
+    notes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, sweep_id: _Optional[str] = ..., metric: _Optional[str] = ..., variants: _Optional[int] = ..., failed: _Optional[int] = ..., duplicate_results: _Optional[int] = ..., parameters: _Optional[_Iterable[str]] = ..., rows: _Optional[_Iterable[_Union[SweepVariant, _Mapping]]] = ..., dsr: _Optional[_Union[DeflatedSharpeRatio, _Mapping]] = ..., pbo: _Optional[_Union[BacktestOverfitting, _Mapping]] = ..., notes: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RunSweepResponse(_message.Message):
+    __slots__ = ("started", "variant", "summary")
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    started: SweepStarted
+    variant: SweepVariant
+    summary: SweepSummary
+    def __init__(self, started: _Optional[_Union[SweepStarted, _Mapping]] = ..., variant: _Optional[_Union[SweepVariant, _Mapping]] = ..., summary: _Optional[_Union[SweepSummary, _Mapping]] = ...) -> None: ...
+
+class RunWalkForwardRequest(_message.Message):
+    __slots__ = ("dataset", "symbols", "start_date", "end_date", "weights", "initial_cash", "batch_bar_times", "config_yaml", "set", "scheme", "train", "test", "step", "folds", "all_folds", "anchored")
+    class WeightsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    SYMBOLS_FIELD_NUMBER: _ClassVar[int]
+    START_DATE_FIELD_NUMBER: _ClassVar[int]
+    END_DATE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    INITIAL_CASH_FIELD_NUMBER: _ClassVar[int]
+    BATCH_BAR_TIMES_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_YAML_FIELD_NUMBER: _ClassVar[int]
+    SET_FIELD_NUMBER: _ClassVar[int]
+    SCHEME_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_FIELD_NUMBER: _ClassVar[int]
+    TEST_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    FOLDS_FIELD_NUMBER: _ClassVar[int]
+    ALL_FOLDS_FIELD_NUMBER: _ClassVar[int]
+    ANCHORED_FIELD_NUMBER: _ClassVar[int]
+    dataset: str
+    symbols: _containers.RepeatedScalarFieldContainer[str]
+    start_date: str
+    end_date: str
+    weights: _containers.ScalarMap[str, float]
+    initial_cash: float
+    batch_bar_times: int
+    config_yaml: _containers.RepeatedScalarFieldContainer[str]
+    set: _containers.RepeatedScalarFieldContainer[str]
+    scheme: str
+    train: int
+    test: int
+    step: int
+    folds: int
+    all_folds: bool
+    anchored: bool
+    def __init__(self, dataset: _Optional[str] = ..., symbols: _Optional[_Iterable[str]] = ..., start_date: _Optional[str] = ..., end_date: _Optional[str] = ..., weights: _Optional[_Mapping[str, float]] = ..., initial_cash: _Optional[float] = ..., batch_bar_times: _Optional[int] = ..., config_yaml: _Optional[_Iterable[str]] = ..., set: _Optional[_Iterable[str]] = ..., scheme: _Optional[str] = ..., train: _Optional[int] = ..., test: _Optional[int] = ..., step: _Optional[int] = ..., folds: _Optional[int] = ..., all_folds: _Optional[bool] = ..., anchored: _Optional[bool] = ...) -> None: ...
+
+class WalkForwardFold(_message.Message):
+    __slots__ = ("index", "train_start_time_ns", "test_start_time_ns", "test_end_time_ns", "bars", "total_return", "sharpe", "max_drawdown", "trades")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_START_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    TEST_START_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    TEST_END_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    BARS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_RETURN_FIELD_NUMBER: _ClassVar[int]
+    SHARPE_FIELD_NUMBER: _ClassVar[int]
+    MAX_DRAWDOWN_FIELD_NUMBER: _ClassVar[int]
+    TRADES_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    train_start_time_ns: int
+    test_start_time_ns: int
+    test_end_time_ns: int
+    bars: int
+    total_return: float
+    sharpe: float
+    max_drawdown: float
+    trades: int
+    def __init__(self, index: _Optional[int] = ..., train_start_time_ns: _Optional[int] = ..., test_start_time_ns: _Optional[int] = ..., test_end_time_ns: _Optional[int] = ..., bars: _Optional[int] = ..., total_return: _Optional[float] = ..., sharpe: _Optional[float] = ..., max_drawdown: _Optional[float] = ..., trades: _Optional[int] = ...) -> None: ...
+
+class WalkForwardSummary(_message.Message):
+    __slots__ = ("scheme", "train", "test", "step", "anchored", "periods_per_year", "folds", "oos_bars", "oos_start_time_ns", "oos_end_time_ns", "oos_total_return", "oos_sharpe", "oos_psr", "negative_sharpe_share")
+    SCHEME_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_FIELD_NUMBER: _ClassVar[int]
+    TEST_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    ANCHORED_FIELD_NUMBER: _ClassVar[int]
+    PERIODS_PER_YEAR_FIELD_NUMBER: _ClassVar[int]
+    FOLDS_FIELD_NUMBER: _ClassVar[int]
+    OOS_BARS_FIELD_NUMBER: _ClassVar[int]
+    OOS_START_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    OOS_END_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    OOS_TOTAL_RETURN_FIELD_NUMBER: _ClassVar[int]
+    OOS_SHARPE_FIELD_NUMBER: _ClassVar[int]
+    OOS_PSR_FIELD_NUMBER: _ClassVar[int]
+    NEGATIVE_SHARPE_SHARE_FIELD_NUMBER: _ClassVar[int]
+    scheme: str
+    train: int
+    test: int
+    step: int
+    anchored: bool
+    periods_per_year: float
+    folds: int
+    oos_bars: int
+    oos_start_time_ns: int
+    oos_end_time_ns: int
+    oos_total_return: float
+    oos_sharpe: float
+    oos_psr: float
+    negative_sharpe_share: float
+    def __init__(self, scheme: _Optional[str] = ..., train: _Optional[int] = ..., test: _Optional[int] = ..., step: _Optional[int] = ..., anchored: _Optional[bool] = ..., periods_per_year: _Optional[float] = ..., folds: _Optional[int] = ..., oos_bars: _Optional[int] = ..., oos_start_time_ns: _Optional[int] = ..., oos_end_time_ns: _Optional[int] = ..., oos_total_return: _Optional[float] = ..., oos_sharpe: _Optional[float] = ..., oos_psr: _Optional[float] = ..., negative_sharpe_share: _Optional[float] = ...) -> None: ...
+
+class RunWalkForwardResponse(_message.Message):
+    __slots__ = ("fold", "summary")
+    FOLD_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    fold: WalkForwardFold
+    summary: WalkForwardSummary
+    def __init__(self, fold: _Optional[_Union[WalkForwardFold, _Mapping]] = ..., summary: _Optional[_Union[WalkForwardSummary, _Mapping]] = ...) -> None: ...

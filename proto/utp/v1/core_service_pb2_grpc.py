@@ -76,6 +76,16 @@ class CoreServiceStub:
                 request_serializer=utp_dot_v1_dot_core__service__pb2.RunBacktestRequest.SerializeToString,
                 response_deserializer=utp_dot_v1_dot_core__service__pb2.RunBacktestResponse.FromString,
                 _registered_method=True)
+        self.RunSweep = channel.unary_stream(
+                '/utp.v1.CoreService/RunSweep',
+                request_serializer=utp_dot_v1_dot_core__service__pb2.RunSweepRequest.SerializeToString,
+                response_deserializer=utp_dot_v1_dot_core__service__pb2.RunSweepResponse.FromString,
+                _registered_method=True)
+        self.RunWalkForward = channel.unary_stream(
+                '/utp.v1.CoreService/RunWalkForward',
+                request_serializer=utp_dot_v1_dot_core__service__pb2.RunWalkForwardRequest.SerializeToString,
+                response_deserializer=utp_dot_v1_dot_core__service__pb2.RunWalkForwardResponse.FromString,
+                _registered_method=True)
 
 
 class CoreServiceServicer:
@@ -142,6 +152,25 @@ class CoreServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RunSweep(self, request, context):
+        """Runs a parameter sweep like `utp sweep SPEC.yaml`: every variant backtested in the daemon's processes
+        (or by `utp worker`s over NATS JetStream); streams each variant's result as it finishes and ends with
+        the table, the Deflated Sharpe Ratio of the best variant and the probability of backtest overfitting.
+        INVALID_ARGUMENT for a bad spec (named setting), metric or configuration.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RunWalkForward(self, request, context):
+        """Runs a walk-forward like `utp walk-forward`: one backtest per fold; streams each fold's test-window
+        figures as it completes and ends with the out-of-sample aggregate. INVALID_ARGUMENT for a bad
+        configuration, scheme or window (e.g. no fold fits the data).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoreServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -184,6 +213,16 @@ def add_CoreServiceServicer_to_server(servicer, server):
                     servicer.RunBacktest,
                     request_deserializer=utp_dot_v1_dot_core__service__pb2.RunBacktestRequest.FromString,
                     response_serializer=utp_dot_v1_dot_core__service__pb2.RunBacktestResponse.SerializeToString,
+            ),
+            'RunSweep': grpc.unary_stream_rpc_method_handler(
+                    servicer.RunSweep,
+                    request_deserializer=utp_dot_v1_dot_core__service__pb2.RunSweepRequest.FromString,
+                    response_serializer=utp_dot_v1_dot_core__service__pb2.RunSweepResponse.SerializeToString,
+            ),
+            'RunWalkForward': grpc.unary_stream_rpc_method_handler(
+                    servicer.RunWalkForward,
+                    request_deserializer=utp_dot_v1_dot_core__service__pb2.RunWalkForwardRequest.FromString,
+                    response_serializer=utp_dot_v1_dot_core__service__pb2.RunWalkForwardResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -404,6 +443,60 @@ class CoreService:
             '/utp.v1.CoreService/RunBacktest',
             utp_dot_v1_dot_core__service__pb2.RunBacktestRequest.SerializeToString,
             utp_dot_v1_dot_core__service__pb2.RunBacktestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunSweep(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/utp.v1.CoreService/RunSweep',
+            utp_dot_v1_dot_core__service__pb2.RunSweepRequest.SerializeToString,
+            utp_dot_v1_dot_core__service__pb2.RunSweepResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunWalkForward(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/utp.v1.CoreService/RunWalkForward',
+            utp_dot_v1_dot_core__service__pb2.RunWalkForwardRequest.SerializeToString,
+            utp_dot_v1_dot_core__service__pb2.RunWalkForwardResponse.FromString,
             options,
             channel_credentials,
             insecure,
