@@ -63,6 +63,11 @@ class Bus(ABC):
     async def tap(self, handler: TapHandler, wants: KindFilter) -> Subscription:
         """Best-effort, non-durable view of every published event, for watchers."""
 
+    def listened(self, kind: str) -> bool:  # noqa: ARG002 - a bus that cannot tell says yes
+        """Whether a batch of `kind` published now could reach anyone: a publisher of optional events (engine
+        status) skips building them when it could not. Durable buses keep batches for consumers to come."""
+        return True
+
 
 @dataclass(eq=False)
 class _InProcessSubscription(Subscription):
@@ -134,6 +139,12 @@ class InProcessBus(Bus):
         sub = _InProcessSubscription(self, None, tap_handler=handler, wants=wants)
         self._subscriptions.append(sub)
         return sub
+
+    def listened(self, kind: str) -> bool:
+        return any(
+            not sub.closed and (sub.kind == kind if sub.handler is not None else sub.wants is not None and sub.wants(kind))
+            for sub in self._subscriptions
+        )
 
     def _remove(self, sub: _InProcessSubscription) -> None:
         if sub in self._subscriptions:

@@ -293,6 +293,8 @@ class _RunnerBase:
         now = self.clock.now_ns()
         if not force and (self.status_interval_ns is None or now - self._last_status_ns < self.status_interval_ns):
             return
+        if not self.bus.listened("engine_status"):  # informational: not built when nobody could see it
+            return
         self._last_status_ns = now
         frame = KINDS["engine_status"].to_frame([self.status()])
         await self.bus.publish(Batch("engine_status", self.engine.name, frame, None))

@@ -288,8 +288,7 @@ class AlphaEngine(Engine):
         if not parts:
             return KINDS["alpha_signal"].empty_frame()
         return (
-            pl.concat(parts)
-            .sort(["_row", "_model_order"])
+            (parts[0] if len(parts) == 1 else pl.concat(parts).sort(["_row", "_model_order"]))
             .select(
                 pl.format("alpha_signal/{}/{}", "source_model", "correlation_id").alias("event_id"),
                 "correlation_id",

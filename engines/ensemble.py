@@ -34,6 +34,13 @@ from utp.v1 import events_pb2 as pb
 _DIRECTION_SIGN = {pb.DIRECTION_UP: 1, pb.DIRECTION_DOWN: -1, pb.DIRECTION_FLAT: 0}
 
 
+def _lookup(values: pl.Series, table: Mapping[Any, int], default: int) -> np.ndarray:
+    """int64 `table[value]` per value (`default` when absent)."""
+    if values.len() <= 2048:  # signals are sparse: plain lookups beat a columnar call's fixed cost
+        return np.fromiter((table.get(v, default) for v in values.to_list()), np.int64, values.len())
+    return values.replace_strict(table, default=default, return_dtype=pl.Int64).to_numpy()
+
+
 @njit(cache=True)
 def _regime(close_to_slow, fast_to_slow):  # noqa: ANN001
     """From the features close/SMA_slow - 1 and SMA_fast/SMA_slow - 1."""
@@ -128,6 +135,7 @@ class EnsembleEngine(Engine):
         self.config = config
         self.universe = universe
         self.sources = tuple(config.weights)
+        self._source_names = pl.Series(self.sources, dtype=pl.Utf8)
         self.weights = np.array([config.weights[s] for s in self.sources], np.float64)
         self._component = {s: i for i, s in enumerate(self.sources)}
         n, m = len(universe), len(self.sources)
@@ -157,9 +165,8 @@ class EnsembleEngine(Engine):
         missing = {"close", self.close_to_slow_column, self.fast_to_slow_column} - set(features.columns)
         if missing:
             raise ValueError(f"feature vectors lack {', '.join(sorted(missing))}, needed for the regime")
-        # Alpha signals are sparse: plain lookups are cheaper than columnar calls here.
-        acomp = np.array([self._component.get(s, -1) for s in alphas["source_model"].to_list()], np.int64)
-        asign = np.array([_DIRECTION_SIGN.get(d, 0) for d in alphas["direction"].to_list()], np.int64)
+        acomp = _lookup(alphas["source_model"], self._component, -1)
+        asign = _lookup(alphas["direction"], _DIRECTION_SIGN, 0)
         n_rows = features.height
         m = len(self.sources)
         out_row = np.empty(n_rows, np.int64)
@@ -204,24 +211,26 @@ class EnsembleEngine(Engine):
             np.where(score > 0, pb.DIRECTION_UP, pb.DIRECTION_DOWN),
             pb.DIRECTION_FLAT,
         ).astype(np.int32)
-        # Components: one row per (signal, active source), in source order, gathered into lists.
-        r_idx, c_idx = np.nonzero(active)
+        # Components: every source of every signal, the active ones first (in source order), as fixed-size
+        # arrays cut down to each signal's active count.
+        n, m = active.shape
+        count = active.sum(axis=1)
+        r_idx, c_idx = np.repeat(np.arange(n), m), np.argsort(~active, axis=1, kind="stable").ravel()
         weight_sum = (active * self.weights).sum(axis=1)
-        sources = np.array(self.sources, dtype=object)
         sign_to_direction = np.array([pb.DIRECTION_DOWN, pb.DIRECTION_FLAT, pb.DIRECTION_UP], np.int32)
         with np.errstate(divide="ignore", invalid="ignore"):
             weight = np.where(weight_sum[r_idx] > 0, self.weights[c_idx] / weight_sum[r_idx], 0.0)
-        flat = pl.DataFrame({
-            "r": r_idx.astype(np.int64),
-            "source": pl.Series(sources[c_idx].tolist(), dtype=pl.Utf8),
+        source = self._source_names.gather(c_idx)
+        components = pl.DataFrame({
+            "source": source,
             "direction": sign_to_direction[out_sign[:n_out][r_idx, c_idx] + 1],
             "confidence": out_conf[:n_out][r_idx, c_idx],
             "weight": weight,
-        })  # fmt: skip
-        lists = flat.group_by("r", maintain_order=True).agg(
-            pl.struct("source", "direction", "confidence", "weight").alias("components"),
-            pl.col("source").alias("active_alphas"),
-        )  # fmt: skip
+        }).select(pl.struct("source", "direction", "confidence", "weight")).to_series()  # fmt: skip
+        lists = pl.DataFrame([
+            components.reshape((n, m)).alias("components"), source.reshape((n, m)).alias("active_alphas"),
+            pl.Series("count", count),
+        ]).select(pl.col("components", "active_alphas").arr.head(pl.col("count"), as_array=False))  # fmt: skip
         picked = features.select("correlation_id", "event_time_ns", "symbol", "close")[rows]
         frame = picked.with_columns(
             (pl.lit("scored_signal/") + pl.col("correlation_id")).alias("event_id"),
@@ -230,11 +239,7 @@ class EnsembleEngine(Engine):
             pl.Series("score", score),
             pl.Series("regime", out_regime[:n_out].astype(np.int32)),
             pl.col("close").alias("reference_price"),
-            pl.Series("r", np.arange(n_out, dtype=np.int64)),
-        ).join(lists, on="r", how="left", maintain_order="left")
-        frame = frame.with_columns(
-            pl.col("components").fill_null(pl.lit([], dtype=schema["components"])),
-            pl.col("active_alphas").fill_null(pl.lit([], dtype=schema["active_alphas"])),
+            *lists.get_columns(),
         )
         return frame.select(list(schema)).cast(schema)  # type: ignore[arg-type]
 

@@ -93,7 +93,7 @@ from utp.core.broker import (
 from utp.core.config import ExecutionConfig
 from utp.core.controls import ControlState
 from utp.core.ids import client_order_id
-from utp.core.kinds import KINDS
+from utp.core.kinds import HEADER_COLUMNS, KINDS, TIME
 from utp.core.portfolio import (
     A_CASH,
     ACCOUNT_COLUMNS,
@@ -124,8 +124,8 @@ DONE, BUFFERS_FULL, TABLE_FULL = 0, 1, 2
 SNAP_COLUMNS = (Q, AVG, LAST, REALIZED, COMMISSIONS, BORROW)
 _STATUS_OF_KIND = np.array([pb.ORDER_STATUS_NEW, pb.ORDER_STATUS_HELD, pb.ORDER_STATUS_FILLED, pb.ORDER_STATUS_NEW,
                             pb.ORDER_STATUS_CANCELED, pb.ORDER_STATUS_EXPIRED, pb.ORDER_STATUS_REJECTED, 0], np.int32)  # fmt: skip
-_TOKENS = np.array([pb.OrderStatus.Name(v).removeprefix("ORDER_STATUS_").lower() if v in pb.OrderStatus.values() else ""
-                    for v in range(max(pb.OrderStatus.values()) + 1)], dtype=object)  # fmt: skip
+_TOKENS = pl.Series([pb.OrderStatus.Name(v).removeprefix("ORDER_STATUS_").lower() if v in pb.OrderStatus.values() else ""
+                     for v in range(max(pb.OrderStatus.values()) + 1)], dtype=pl.Utf8)  # fmt: skip
 
 
 @njit(cache=True, inline="always")
@@ -357,9 +357,8 @@ class ExecutionEngine(Engine):
         self.portfolio = Portfolio(universe.symbols, config.initial_cash, borrow_rate=config.borrow_rate)
         self.placed: set[str] = set()  # client order ids of every order placed
         self._tif = TIF_DAY if config.time_in_force == "day" else TIF_GTC
-        self._symbols = np.array(universe.symbols, dtype=object)
+        self._symbol_names = pl.Series("symbol", universe.symbols, dtype=pl.Utf8)
         self._mark = np.zeros(len(universe.symbols), np.int64)
-        self._rows = np.zeros((1024, R_TIME + 1))
         self._snaps = np.zeros((max(1024, 2 * len(universe.symbols)), 2 + len(SNAP_COLUMNS)))
         self._events = np.zeros((4096, N_E))
         self._fills = np.zeros(4097, np.int64)
@@ -380,23 +379,33 @@ class ExecutionEngine(Engine):
                             "trading is halted" if self.controls.halted else "execution is not approved")  # fmt: skip
         out = _StepOutput()
         broker, pf = self.broker, self.portfolio
+        # Room for every order the step can create (a close and an entry per decision, one per leg) and for
+        # their first events, so that the kernel rarely has to stop early and come back.
+        broker.reserve(2 * decisions.height + legs.height)
+        if self._events.shape[0] < 4 * (decisions.height + legs.height):
+            size = 1 << int(4 * (decisions.height + legs.height)).bit_length()
+            self._events, self._fills = np.zeros((size, N_E)), np.zeros(size + 1, np.int64)
         cursor = np.zeros(N_C, np.int64)
         cursor[C_ROWS], cursor[C_SERIAL] = broker.n_rows, broker.serial
         d_row = np.full(decisions.height, -1, np.int64)
         d_seed = np.zeros(decisions.height)
         b, dc, lc = bars, _decision_arrays(decisions, self._tif), _leg_arrays(legs)
-        # An account row per bar time: room for the whole step (up to a million rows a call).
-        rows_wanted = min(max(bars[0].size, 1), 1 << 20)
-        if self._rows.shape[0] < rows_wanted:
-            self._rows = np.zeros((rows_wanted, R_TIME + 1))
+        # An account row per bar time, written into a fresh column-major block per call: its columns become the
+        # account frame's without a copy. One row more than the bar times: the kernel wants room for a row
+        # before each time it looks at, decisions after the last bar included.
+        times_left = int(np.count_nonzero(bars[0][1:] != bars[0][:-1])) + 1 if bars[0].size else 0
         while True:
+            rows = np.empty((min(times_left, 1 << 20) + 1, R_TIME + 1), order="F")
             status, n_events, n_rows, n_snaps = _execute(
                 *b, *dc, *lc, broker.fo, broker.io, broker.olist, broker.active, broker.state, broker.params,
-                pf.pos, pf.acct, pf.borrow_rate, allowed, d_row, d_seed, self._events, self._fills, self._rows,
+                pf.pos, pf.acct, pf.borrow_rate, allowed, d_row, d_seed, self._events, self._fills, rows,
                 self._snaps, self._mark, cursor,
             )  # fmt: skip
             broker.n_rows, broker.serial = int(cursor[C_ROWS]), int(cursor[C_SERIAL])
-            self._drain(ctx, out, decisions, legs, n_events, n_rows, n_snaps)
+            if n_rows:
+                out.rows.append(rows[:n_rows])
+                times_left -= n_rows
+            self._drain(ctx, out, decisions, legs, n_events, n_snaps)
             if status == DONE:
                 break
             if status == TABLE_FULL:
@@ -450,27 +459,31 @@ class ExecutionEngine(Engine):
             pl.col("intent").struct.field("strategy").alias("strategy"),
             pl.col("intent").struct.field("rebalance_band").alias("band"),
         )  # fmt: skip
-        bad = intents.filter(pl.col("target").is_null() | ~pl.col("target").is_finite())
-        if bad.height:
-            ctx.log.error("%d intents without a target ignored (first: %s)", bad.height, bad["intent_id"][0])
-            ctx.count_rejected(bad.height)
-            intents = intents.filter(pl.col("target").is_not_null() & pl.col("target").is_finite())
-        known = intents["symbol"].is_in(list(self.universe.symbols))
+        bad = ~np.isfinite(intents["target"].to_numpy())  # a null target reads as NaN
+        if bad.any():
+            ctx.log.error("%d intents without a target ignored (first: %s)", int(bad.sum()),
+                          intents["intent_id"][int(np.argmax(bad))])  # fmt: skip
+            ctx.count_rejected(int(bad.sum()))
+            intents = intents.filter(pl.Series(~bad))
+        sid = self.universe.indices(intents["symbol"])
+        known = sid >= 0
         if not known.all():
             ctx.log.error("%d targets for symbols outside the universe ignored", int((~known).sum()))
             ctx.count_rejected(int((~known).sum()))
-            intents = intents.filter(known)
-        intents = intents.with_columns(
-            pl.Series("cid", [client_order_id(i) for i in intents["intent_id"].to_list()], dtype=pl.Utf8)
-        )
-        if self.placed:
-            again = intents["cid"].is_in(list(self.placed))
-            if again.any():
-                ctx.log.info("%d intents already placed; not placing them again", int(again.sum()))
-                intents = intents.filter(~again)
-        index = {s: i for i, s in enumerate(self.universe.symbols)}
-        intents = intents.with_columns(pl.col("symbol").replace_strict(index, return_dtype=pl.Int64).alias("symbol_index"))
+            intents, sid = intents.filter(pl.Series(known)), sid[known]
+        cids = [client_order_id(i) for i in intents["intent_id"].to_list()]
+        again = self._placed_before(cids)
+        if again.any():
+            ctx.log.info("%d intents already placed; not placing them again", int(again.sum()))
+            intents, sid = intents.filter(pl.Series(~again)), sid[~again]
+            cids = [c for c, a in zip(cids, again, strict=True) if not a]
+        intents = intents.with_columns(pl.Series("cid", cids, pl.Utf8), pl.Series("symbol_index", sid, pl.Int64))
         return intents.sort("event_time_ns", pl.col("target") != 0.0, maintain_order=True)
+
+    def _placed_before(self, cids: list[str]) -> np.ndarray:
+        """Which of these client order ids were placed already (set lookups: the history only grows)."""
+        placed = self.placed
+        return np.fromiter((c in placed for c in cids), np.bool_, len(cids))
 
     def _legs(self, ctx: EngineContext, frame: pl.DataFrame | None, decisions: pl.DataFrame) -> pl.DataFrame:
         """Protective legs whose entry is among this step's decisions (the others have no entry to guard)."""
@@ -480,21 +493,19 @@ class ExecutionEngine(Engine):
             decisions.select(pl.col("intent_id").alias("parent_intent_id"), pl.int_range(pl.len()).alias("parent")),
             on="parent_intent_id", how="left",
         ).with_columns(pl.col("parent").fill_null(-1))  # fmt: skip
-        legs = legs.with_columns(
-            pl.Series("cid", [client_order_id(i) for i in legs["event_id"].to_list()], dtype=pl.Utf8)
-        )
-        if self.placed:
-            legs = legs.filter(~pl.col("cid").is_in(list(self.placed)))
+        cids = [client_order_id(i) for i in legs["event_id"].to_list()]
+        legs = legs.with_columns(pl.Series("cid", cids, dtype=pl.Utf8))
+        again = self._placed_before(cids)
+        if again.any():
+            legs = legs.filter(pl.Series(~again))
         return legs.sort("event_time_ns", maintain_order=True)
 
     # -- outputs ---------------------------------------------------------------------------------------
     def _drain(
-        self, ctx: EngineContext, out: _StepOutput, decisions: pl.DataFrame, legs: pl.DataFrame,
-        n_events: int, n_rows: int, n_snaps: int,
+        self, ctx: EngineContext, out: _StepOutput, decisions: pl.DataFrame, legs: pl.DataFrame, n_events: int,
+        n_snaps: int,
     ) -> None:  # fmt: skip
         """Turn what the kernel wrote into rows of the output frames (and the broker's text fields)."""
-        if n_rows:
-            out.rows.append(self._rows[:n_rows].copy())
         if n_snaps:
             out.snaps.append(self._snaps[:n_snaps].copy())
         if not n_events:
@@ -510,12 +521,14 @@ class ExecutionEngine(Engine):
                          decisions["intent_id"][int(idx[0])])  # fmt: skip
         created = ((kind == EV_NEW) | (kind == EV_HELD)) & (role > 0)
         if created.any():
-            self.broker.add_meta(self._created_meta(ev[created, E_SLOT].astype(np.int64), role[created], aux[created],
-                                                    decisions, legs))  # fmt: skip
-            self.placed.update(self.broker.meta["client_order_id"].gather(ev[created, E_SLOT].astype(np.int64)).to_list())
+            meta = self._created_meta(ev[created, E_SLOT].astype(np.int64), role[created], aux[created], decisions, legs)
+            self.broker.add_meta(meta)
+            self.placed.update(meta["client_order_id"].to_list())
         keep = ~skipped
         ev, kind = ev[keep], kind[keep]
         slot = ev[:, E_SLOT].astype(np.int64)
+        if self.broker.meta.n_chunks() > 4:  # one chunk per batch of new orders: gathers across many are slow
+            self.broker.meta = self.broker.meta.rechunk()
         meta = self.broker.meta[slot]
         order_qty, filled = ev[:, E_ORDER_QTY], ev[:, E_FILLED]
         status = _STATUS_OF_KIND[kind]
@@ -523,24 +536,26 @@ class ExecutionEngine(Engine):
         side = np.where(self.broker.io[slot, I_SIDE] > 0, pb.ORDER_SIDE_BUY, pb.ORDER_SIDE_SELL).astype(np.int32)
         time = ev[:, E_TIME].astype(np.int64)
         aux_value = ev[:, E_AUX]
-        notional = meta["notional"].to_numpy() if (kind == EV_REJECTED).any() else np.zeros(kind.size)
-        message = pl.Series("message", event_messages(kind, aux_value, notional), dtype=pl.Utf8)
+        message = pl.lit("", pl.Utf8)
+        if (kind >= EV_CANCELED).any():  # the events that can carry a message (most carry none)
+            notional = meta["notional"].to_numpy() if (kind == EV_REJECTED).any() else np.zeros(kind.size)
+            message = pl.lit(pl.Series(event_messages(kind, aux_value, notional), dtype=pl.Utf8))
         fo, io = self.broker.fo, self.broker.io
         orders = pl.DataFrame({
             "client_order_id": meta["client_order_id"], "correlation_id": meta["correlation_id"],
             "event_time_ns": time, "symbol": meta["symbol"], "intent_id": meta["intent_id"], "side": side,
             "quantity": order_qty, "order_type": io[slot, I_TYPE].astype(np.int32), "status": status,
-            "filled_quantity": filled, "average_fill_price": ev[:, E_AVG], "broker": pl.repeat(self.broker.name, kind.size, eager=True),
-            "broker_order_id": pl.Series(io[slot, I_SERIAL]).cast(pl.Utf8), "submitted_time_ns": meta["submitted_time_ns"],
+            "filled_quantity": filled, "average_fill_price": ev[:, E_AVG],
+            "broker_order_id": "sim-" + pl.Series(io[slot, I_SERIAL]).cast(pl.Utf8), "submitted_time_ns": meta["submitted_time_ns"],
             "reason": meta["reason"], "limit_price": fo[slot, F_LIMIT], "stop_price": fo[slot, F_STOP],
             "time_in_force": meta["time_in_force"], "notional": meta["notional"],
             "parent_client_order_id": meta["parent_client_order_id"], "oco_group": meta["oco_group"],
-            "message": message, "strategy": meta["strategy"], "replaces_client_order_id": meta["replaces_client_order_id"],
-            "status_token": pl.Series(_TOKENS[status], dtype=pl.Utf8),
+            "strategy": meta["strategy"], "replaces_client_order_id": meta["replaces_client_order_id"],
+            "status_token": _TOKENS.gather(status),
         })  # fmt: skip
         orders = orders.with_columns(
             pl.format("order/{}/{}/{}", "client_order_id", "status_token", "filled_quantity").alias("event_id"),
-            pl.format("sim-{}", pl.col("broker_order_id")).alias("broker_order_id"),
+            pl.lit(self.broker.name).alias("broker"), message.alias("message"),
         )  # fmt: skip
         out.orders.append(orders)
         is_fill = kind == EV_FILL
@@ -557,38 +572,37 @@ class ExecutionEngine(Engine):
     def _created_meta(
         self, slot: np.ndarray, role: np.ndarray, index: np.ndarray, decisions: pl.DataFrame, legs: pl.DataFrame
     ) -> pl.DataFrame:
-        """Text fields of the orders the kernel created, in row order."""
+        """Text fields of the orders the kernel created (`slot`: their rows, in creation order, which is row order)."""
         parts = []
-        for which in (ROLE_CLOSE, ROLE_ENTRY):
-            sel = role == which
-            if not sel.any():
-                continue
-            rows = decisions[index[sel]]
+        by_decision = role != ROLE_LEG
+        if by_decision.any():
+            slots, closes = slot[by_decision], role[by_decision] == ROLE_CLOSE
+            rows = decisions[index[by_decision]]
+            # A close that is the whole target keeps the intent's id; the close before a reversal has its own.
             cid = rows["cid"]
-            if which == ROLE_CLOSE:  # a close that is the whole target keeps the intent's id
-                close_ids = [client_order_id(i + "/close") for i in rows["intent_id"].to_list()]
-                cid = pl.Series("cid", np.where(rows["target"].to_numpy() == 0.0, cid.to_numpy(), np.array(close_ids, dtype=object)), dtype=pl.Utf8)
+            reversal = np.flatnonzero(closes & (rows["target"].to_numpy() != 0.0))
+            if reversal.size:
+                ids = rows["intent_id"].gather(reversal).to_list()
+                cid = cid.clone().scatter(reversal, [client_order_id(i + "/close") for i in ids])
+            reason = np.where(closes, pb.INTENT_REASON_SIGNAL_EXIT, rows["reason"].to_numpy())
             parts.append(rows.select(
-                pl.Series("slot", slot[sel]), cid.alias("client_order_id"), "symbol", "intent_id", "correlation_id",
-                "strategy",
-                pl.lit(pb.INTENT_REASON_SIGNAL_EXIT, pl.Int32).alias("reason") if which == ROLE_CLOSE else pl.col("reason"),
-                pl.lit("").alias("parent_client_order_id"), pl.lit("").alias("oco_group"),
-                pl.col("event_time_ns").alias("submitted_time_ns"), pl.col("tif").alias("time_in_force"),
-                pl.Series("notional", self.broker.fo[slot[sel], F_NOTIONAL]), pl.lit("").alias("replaces_client_order_id"),
+                pl.Series("slot", slots), cid.alias("client_order_id"), "symbol", "intent_id", "correlation_id",
+                "strategy", pl.Series("reason", reason, pl.Int32), pl.lit("").alias("parent_client_order_id"),
+                pl.lit("").alias("oco_group"), pl.col("event_time_ns").alias("submitted_time_ns"),
+                pl.col("tif").cast(pl.Int32).alias("time_in_force"),
+                pl.Series("notional", self.broker.fo[slots, F_NOTIONAL]), pl.lit("").alias("replaces_client_order_id"),
             ))  # fmt: skip
-        sel = role == ROLE_LEG
-        if sel.any():
-            rows = legs[index[sel]]
+        if not by_decision.all():
+            rows = legs[index[~by_decision]]
             parent_cid = decisions["cid"].gather(rows["parent"])
             parts.append(rows.select(
-                pl.Series("slot", slot[sel]), pl.col("cid").alias("client_order_id"), "symbol",
-                pl.col("event_id").alias("intent_id"), "correlation_id", "strategy", "reason",
+                pl.Series("slot", slot[~by_decision]), pl.col("cid").alias("client_order_id"), "symbol",
+                pl.col("event_id").alias("intent_id"), "correlation_id", "strategy", pl.col("reason").cast(pl.Int32),
                 parent_cid.alias("parent_client_order_id"), parent_cid.alias("oco_group"),
-                pl.col("event_time_ns").alias("submitted_time_ns"), "time_in_force",
+                pl.col("event_time_ns").alias("submitted_time_ns"), pl.col("time_in_force").cast(pl.Int32),
                 pl.lit(0.0).alias("notional"), pl.lit("").alias("replaces_client_order_id"),
             ))  # fmt: skip
-        frame = pl.concat([p.cast({"reason": pl.Int32, "time_in_force": pl.Int32}) for p in parts]).sort("slot")
-        return frame
+        return parts[0] if len(parts) == 1 else pl.concat(parts).sort("slot")
 
     def _publish(self, ctx: EngineContext, out: _StepOutput) -> None:
         if out.orders:
@@ -603,23 +617,31 @@ class ExecutionEngine(Engine):
         if out.snaps:
             ctx.emit("position_snapshot", self._position_frame(ctx, np.concatenate(out.snaps)))
         if out.rows:
-            ctx.emit("account_snapshot", _account_frame(np.concatenate(out.rows)))
+            ctx.emit("account_snapshot", _account_frame(out.rows))
 
     def _position_frame(self, ctx: EngineContext, snaps: np.ndarray) -> pl.DataFrame:
-        sym = snaps[:, 1].astype(np.int64)
-        time = snaps[:, 0].astype(np.int64)
+        time, sym = snaps[:, 0].astype(np.int64), snaps[:, 1].astype(np.int64)
+        # One snapshot per symbol and bar time (the first: a fill's comes before the end of the step's), in time
+        # order, ties in the order written.
+        order = np.lexsort((np.arange(time.size), sym, time))
+        first = np.ones(order.size, np.bool_)
+        first[1:] = (time[order[1:]] != time[order[:-1]]) | (sym[order[1:]] != sym[order[:-1]])
+        rows = np.sort(order[first])
+        rows = rows[np.argsort(time[rows], kind="stable")]
+        snaps, time, sym = snaps[rows], time[rows], sym[rows]
         q, avg, last = snaps[:, 2], snaps[:, 3], snaps[:, 4]
-        frame = pl.DataFrame({
-            "event_time_ns": time, "symbol": pl.Series(self._symbols[sym], dtype=pl.Utf8), "quantity": q,
-            "average_price": avg, "last_price": last, "market_value": q * last, "unrealized_pnl": q * (last - avg),
-            "realized_pnl": snaps[:, 5], "pending_quantity": self._pending()[sym], "commissions": snaps[:, 6],
-        }).with_columns(pl.format("{}@{}", "symbol", "event_time_ns").alias("correlation_id"))  # fmt: skip
-        frame = frame.unique(["event_time_ns", "symbol"], keep="first", maintain_order=True).sort(
-            "event_time_ns", maintain_order=True
-        )
-        frame = frame.with_columns(pl.format("position_snapshot/{}", "correlation_id").alias("event_id"))
+        symbol = self._symbol_names.gather(sym)
+        correlation = (symbol + "@" + pl.Series(time).cast(pl.Utf8)).alias("correlation_id")
+        values = {
+            "quantity": q, "average_price": avg, "last_price": last, "market_value": q * last,
+            "unrealized_pnl": q * (last - avg), "realized_pnl": snaps[:, 5], "pending_quantity": self._pending()[sym],
+            "commissions": snaps[:, 6],
+        }  # fmt: skip
         schema = KINDS["position_snapshot"].schema
-        frame = frame.select(list(schema)).cast(schema)  # type: ignore[arg-type]
+        frame = pl.DataFrame([
+            ("position_snapshot/" + correlation).alias("event_id"), correlation, pl.Series(TIME, time), symbol,
+            *(pl.Series(name, values[name], schema[name]) for name in list(schema)[len(HEADER_COLUMNS):]),
+        ])  # fmt: skip
         if ctx.keeps_records:
             # The latest snapshot of each symbol is what the daemon shows; flat positions leave the table.
             latest = frame.unique("symbol", keep="last", maintain_order=True)
@@ -692,12 +714,18 @@ def _leg_arrays(legs: pl.DataFrame) -> tuple[np.ndarray, ...]:
     )
 
 
-def _account_frame(rows: np.ndarray) -> pl.DataFrame:
-    frame = pl.DataFrame({"event_time_ns": rows[:, R_TIME].astype(np.int64)}).with_columns(
-        pl.format("account_snapshot/{}", pl.col("event_time_ns")).alias("event_id"),
-        pl.format("@{}", pl.col("event_time_ns")).alias("correlation_id"),
-        pl.lit("").alias("symbol"),
-        *(pl.Series(name, rows[:, i]) for i, name in enumerate(ACCOUNT_COLUMNS)),
-    )
+_NO_SYMBOL = pl.Series("symbol", [""], dtype=pl.Utf8)
+
+
+def _account_frame(blocks: list[np.ndarray]) -> pl.DataFrame:
+    """The account rows (column-major blocks the kernel wrote, each a fresh array) as an account_snapshot frame."""
     schema = KINDS["account_snapshot"].schema
-    return frame.select(list(schema)).cast(schema)  # type: ignore[arg-type]
+    columns = [blocks[0][:, i] if len(blocks) == 1 else np.concatenate([b[:, i] for b in blocks])
+               for i in range(R_TIME + 1)]  # fmt: skip
+    time = pl.Series(TIME, columns[R_TIME].astype(np.int64))
+    stamp = time.cast(pl.Utf8)  # formatted once for both ids
+    values = {name: pl.Series(name, columns[i], schema[name]) for i, name in enumerate(ACCOUNT_COLUMNS)}
+    return pl.DataFrame([
+        ("account_snapshot/" + stamp).alias("event_id"), ("@" + stamp).alias("correlation_id"), time,
+        _NO_SYMBOL.new_from_index(0, time.len()), *(values[name] for name in list(schema)[len(HEADER_COLUMNS):]),
+    ])  # fmt: skip

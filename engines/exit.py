@@ -43,6 +43,8 @@ class ExitEngine(Engine):
 
     def legs_for(self, decisions: pl.DataFrame) -> pl.DataFrame:
         """The protective legs of the approved entries among `decisions`, sorted by time."""
+        if self.config.take_profit_pct <= 0 and self.config.stop_loss_pct <= 0:
+            return KINDS["order_intent"].empty_frame()
         entries = decisions.filter(pl.col("approved")).unnest("intent", separator=".").filter(
             pl.col("intent.target_percent").fill_null(0.0) != 0.0
         )  # fmt: skip

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from utp.core.config import FeaturesConfig
@@ -30,9 +31,11 @@ class FeatureEngine(Engine):
         self.features = StreamingFeatures(config, universe, benchmark)
         self.spec: FeatureSpec = self.features.spec
 
-    def compute(self, bars: pl.DataFrame) -> pl.DataFrame:
-        """Feature vectors for bars (sorted by time, symbols in the universe), advancing the state."""
-        bars, sid, _ = self.universe.split(bars)
+    def compute(self, bars: pl.DataFrame, sid: np.ndarray | None = None) -> pl.DataFrame:
+        """Feature vectors for bars (sorted by time, symbols in the universe; pass their indices if known),
+        advancing the state."""
+        if sid is None:
+            bars, sid, _ = self.universe.split(bars)
         values = self.features.update(bars, sid)
         return bars.select(
             ("feature_vector/" + pl.col("correlation_id")).alias("event_id"),
@@ -43,12 +46,11 @@ class FeatureEngine(Engine):
         ).with_columns(pl.Series(name, values[name], pl.Float64) for name in self.spec.names)
 
     def on_step(self, ctx: EngineContext, through_ns: int, frames: Mapping[str, pl.DataFrame]) -> None:
-        bars = frames["bar"]
-        _, _, unknown = self.universe.split(bars)
+        bars, sid, unknown = self.universe.split(frames["bar"])
         if unknown:
             ctx.log.warning("dropped %d bars of symbols outside the universe", unknown)
             ctx.count_rejected(unknown)
-        ctx.emit("feature_vector", self.compute(bars))
+        ctx.emit("feature_vector", self.compute(bars, sid))
 
     def snapshot(self) -> Any:
         return self.features.provider.states

@@ -38,21 +38,31 @@ _REASON_TEXT = {
 
 
 @njit(cache=True)
-def _order_checks(sid, times, static_reason, last_time, floor, out_reason):  # noqa: ANN001
-    """Per-row ordering checks after the static ones; advances each symbol's last accepted time."""
+def _validate(sid, times, o, h, lo, c, v, last_time, floor, out_reason):  # noqa: ANN001
+    """Reject reason per row, the first failing check naming it (0 = accepted); advances each symbol's last
+    accepted time. The numbers are the BarRejectReason values."""
     for i in range(times.shape[0]):
-        if static_reason[i] != 0:
-            out_reason[i] = static_reason[i]
-            continue
         s = sid[i]
-        t = times[i]
-        if t == last_time[s]:
-            out_reason[i] = 7  # BAR_REJECT_REASON_DUPLICATE
-        elif t < last_time[s] or t <= floor:
-            out_reason[i] = 6  # BAR_REJECT_REASON_OUT_OF_ORDER
+        if s < 0:
+            out_reason[i] = 8  # UNKNOWN_SYMBOL
+        elif not (np.isfinite(o[i]) and np.isfinite(h[i]) and np.isfinite(lo[i]) and np.isfinite(c[i])
+                  and np.isfinite(v[i])):  # fmt: skip
+            out_reason[i] = 1  # NON_FINITE
+        elif o[i] <= 0.0 or h[i] <= 0.0 or lo[i] <= 0.0 or c[i] <= 0.0:
+            out_reason[i] = 2  # NON_POSITIVE_PRICE
+        elif h[i] < lo[i]:
+            out_reason[i] = 3  # HIGH_BELOW_LOW
+        elif o[i] < lo[i] or o[i] > h[i] or c[i] < lo[i] or c[i] > h[i]:
+            out_reason[i] = 4  # OUTSIDE_RANGE
+        elif v[i] < 0.0:
+            out_reason[i] = 5  # NEGATIVE_VOLUME
+        elif times[i] == last_time[s]:
+            out_reason[i] = 7  # DUPLICATE
+        elif times[i] < last_time[s] or times[i] <= floor:
+            out_reason[i] = 6  # OUT_OF_ORDER
         else:
             out_reason[i] = 0
-            last_time[s] = t
+            last_time[s] = times[i]
 
 
 def validate_bars(raw: pl.DataFrame, universe: Universe, last_time: np.ndarray, floor: int) -> np.ndarray:
@@ -60,23 +70,10 @@ def validate_bars(raw: pl.DataFrame, universe: Universe, last_time: np.ndarray, 
 
     `floor` is the watermark already published: nothing at or before it may be published again.
     """
-    sid = universe.indices(raw["symbol"])
-    o, h, lo, c, v = (raw[col].to_numpy() for col in ("open", "high", "low", "close", "volume"))
-    reason = np.zeros(raw.height, np.int32)
-    checks = (
-        (sid < 0, pb.BAR_REJECT_REASON_UNKNOWN_SYMBOL),
-        (~(np.isfinite(o) & np.isfinite(h) & np.isfinite(lo) & np.isfinite(c) & np.isfinite(v)),
-         pb.BAR_REJECT_REASON_NON_FINITE),
-        ((o <= 0) | (h <= 0) | (lo <= 0) | (c <= 0), pb.BAR_REJECT_REASON_NON_POSITIVE_PRICE),
-        (h < lo, pb.BAR_REJECT_REASON_HIGH_BELOW_LOW),
-        ((o < lo) | (o > h) | (c < lo) | (c > h), pb.BAR_REJECT_REASON_OUTSIDE_RANGE),
-        (v < 0, pb.BAR_REJECT_REASON_NEGATIVE_VOLUME),
-    )  # fmt: skip
-    with np.errstate(invalid="ignore"):
-        for mask, code in checks:  # the first failing check names the reason
-            reason[(reason == 0) & mask] = code
     out = np.empty(raw.height, np.int32)
-    _order_checks(np.maximum(sid, 0), raw["event_time_ns"].to_numpy(), reason, last_time, floor, out)
+    _validate(universe.indices(raw["symbol"]), raw["event_time_ns"].to_numpy(),
+              *(raw[col].to_numpy().astype(np.float64, copy=False) for col in ("open", "high", "low", "close", "volume")),
+              last_time, floor, out)  # fmt: skip
     return out
 
 
@@ -121,28 +118,28 @@ class MarketDataEngine(SourceEngine):
     def produce(self, ctx: EngineContext) -> bool:
         if self.next_batch >= self.batches_total:
             return False
-        lo, hi = self.batch_starts[self.next_batch], self.batch_starts[self.next_batch + 1]
-        raw = self.raw.slice(int(lo), int(hi - lo)).with_row_index("row", offset=int(lo))
+        lo, hi = int(self.batch_starts[self.next_batch]), int(self.batch_starts[self.next_batch + 1])
+        raw = self.raw.slice(lo, hi - lo)
         reason = validate_bars(raw, self.universe, self.last_time, self.through_ns)
-        accepted = raw.filter(pl.Series(reason == 0))
+        refused = reason != 0
+        accepted = raw.filter(pl.Series(~refused)) if refused.any() else raw
         if accepted.height:
-            bars = (
-                accepted.sort("event_time_ns", maintain_order=True)
-                .with_columns(correlation_id_expr().alias("correlation_id"))
-                .select(
-                    ("bar/" + pl.col("correlation_id")).alias("event_id"),
-                    "correlation_id",
-                    "event_time_ns",
-                    "symbol",
-                    "open", "high", "low", "close", "volume",
-                    pl.lit(self.interval_ns, pl.Int64).alias("interval_ns"),
-                )  # fmt: skip
-            )
+            if not accepted["event_time_ns"].is_sorted():  # recorded out of order across symbols
+                accepted = accepted.sort("event_time_ns", maintain_order=True)
+            bars = accepted.with_columns(correlation_id_expr().alias("correlation_id")).select(
+                ("bar/" + pl.col("correlation_id")).alias("event_id"),
+                "correlation_id",
+                "event_time_ns",
+                "symbol",
+                "open", "high", "low", "close", "volume",
+                pl.lit(self.interval_ns, pl.Int64).alias("interval_ns"),
+            )  # fmt: skip
             ctx.emit("bar", bars)
             self.through_ns = max(self.through_ns, int(bars["event_time_ns"][-1]))
             self.bars_published += bars.height
-        if (reason != 0).any():
-            self._quarantine(ctx, raw.filter(pl.Series(reason != 0)), reason[reason != 0])
+        if refused.any():
+            rows = raw.with_row_index("row", offset=lo).filter(pl.Series(refused))
+            self._quarantine(ctx, rows, reason[refused])
         self.next_batch += 1
         return True
 
