@@ -111,7 +111,8 @@ class PortfolioConstructionEngine(Engine):
         price = signals["reference_price"].to_numpy()
         strategy = signals["active_alphas"].list.join("+").to_list()
         correlation = signals["correlation_id"].to_list()
-        insight = self._insight_weights(signals)
+        # Only the insight method reads the vote behind each signal (an explode of every signal's components).
+        insight = self._insight_weights(signals) if self.config.method == "insight" else np.zeros(signals.height)
         out: dict[str, list] = {k: [] for k in ("correlation_id", "event_time_ns", "symbol", "reference_price",
                                                 "direction", "confidence", "strategy", "target")}  # fmt: skip
         starts = np.flatnonzero(np.r_[True, times[1:] != times[:-1]])
