@@ -170,10 +170,94 @@ class EnsembleConfig(_Section):
     #: SMA periods (features) that classify the regime: bull when close and the fast SMA are above the slow.
     regime_sma_fast: int = 20
     regime_sma_slow: int = 50
+    #: Per-bar realised volatility (the feature realized_vol_<features.volatility_period>) above which an
+    #: uptrend counts as sideways: a trend that noisy is not one to lean on. 0 turns the test off.
+    regime_max_volatility: float = 0.03
+    regime_volatility_feature: str = "realized_vol_20"
+    #: The ensemble confidence (and score) is multiplied by the regime's scale (the seeds' 1.0/0.7/0.5).
+    regime_scale: dict[str, float] = msgspec.field(
+        default_factory=lambda: {"bull": 1.0, "bear": 0.7, "sideways": 0.5}
+    )
+    #: A model's vote is UP/DOWN only when the median forecast of its signal horizon is at least this
+    #: return away from 0 (the seeds' quantile-return threshold); closer, it votes FLAT.
+    min_expected_return: float = 0.005
+    #: Platt scaling of the ensemble confidence, [a, b]: p = 1 / (1 + exp(a * confidence + b)), fitted by
+    #: `utp train` on out-of-sample scored signals; [0, 0] leaves the confidence as it is.
+    platt: tuple[float, float] = (0.0, 0.0)
+
+
+class DriftConfig(_Section):
+    enabled: bool = True
+    #: Predictions (of one model) in the rolling window the monitor measures.
+    window: int = 500
+    #: Pause when the window's median confidence is this share below the model's training reference.
+    confidence_drop: float = 0.2
+    #: Pause when any feature's population stability index against training exceeds this (0.25 is the
+    #: usual "significant shift").
+    psi_threshold: float = 0.25
+
+
+class InferenceConfig(_Section):
+    #: Registered models served; each votes in the ensemble under its name when it has a weight there.
+    models: tuple[str, ...] = ("tft",)
+    #: ONNX files to serve instead of the registry's champion, by model name (research and tests).
+    model_files: dict[str, str] = msgspec.field(default_factory=dict)
+    #: With no champion in the registry, serve the TFT that ships with utp (trained by `utp train
+    #: --model tft --package`); false serves nothing until a model is promoted.
+    packaged_fallback: bool = True
+    #: Seconds between looks at the registry for a new champion in a live session (hot reload).
+    registry_poll_s: float = 5.0
+    #: Run on the CUDA provider when onnxruntime has it; the CPU provider otherwise.
+    use_cuda: bool = False
+    #: onnxruntime intra-op threads; 0 = its default.
+    threads: int = 0
+    #: Feature vectors kept per symbol for sequence models (at least the longest lookback served).
+    history_bars: int = 64
+    drift: DriftConfig = DriftConfig()
+
+
+class GateConfig(_Section):
+    #: The promotion gate (the seeds'): a model that misses any of these cannot become champion.
+    min_oos_sharpe: float = 0.5
+    min_win_rate: float = 0.45
+    min_fold_sharpe: float = 0.0
+
+
+class TrainConfig(_Section):
+    """`utp train`: data, labels, walk-forward folds, the out-of-sample backtest and the gate."""
+
+    dataset: str = "sp500"
+    symbols: tuple[str, ...] = ()
+    start: str = "2005-01-01"
+    end: str = ""
+    #: Forward-return horizons in bars (labels and forecasts).
+    horizons: tuple[int, ...] = (1, 5, 20)
+    #: The horizon the model's vote trades on.
+    signal_horizon: int = 5
+    folds: int = 12
+    train_bars: int = 756
+    test_bars: int = 63
+    #: Bars dropped between training and test windows beyond the purge (the longest horizon).
+    embargo_bars: int = 5
+    #: Share of a fold's training bars (the latest) held out for early stopping, after a purge gap.
+    validation_share: float = 0.15
+    gate: GateConfig = GateConfig()
+    #: Parameters of the models (core/ml/lgbm.py LgbmParams, core/ml/tft.py TftParams); empty = defaults.
+    lgbm: dict[str, Any] = msgspec.field(default_factory=dict)
+    tft: dict[str, Any] = msgspec.field(default_factory=dict)
+    #: Settings of the out-of-sample backtest, dotted ({"portfolio.top_n": 5}), over the ones utp train
+    #: picks (the model voting alone; rank long/short for many symbols, fixed for one).
+    backtest: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class ModelsConfig(_Section):
+    #: MLflow tracking and registry URI; empty = SQLite under <data dir>/mlflow.
+    mlflow_uri: str = ""
+    experiment: str = "utp"
 
 
 PORTFOLIO_METHODS = (
-    "fixed", "equal", "confidence", "insight", "mean_variance", "risk_parity", "hrp", "black_litterman",
+    "fixed", "equal", "confidence", "insight", "rank", "mean_variance", "risk_parity", "hrp", "black_litterman",
 )  # fmt: skip
 OPTIMIZER_METHODS = ("mean_variance", "risk_parity", "hrp", "black_litterman")
 
@@ -187,7 +271,8 @@ class PortfolioConfig(_Section):
     gross weights sum to `gross`, and resize held positions as the weights move:
     equal: 1/N each. confidence: proportional to the ensemble confidence (Lean's confidence-weighted).
     insight: proportional to the share of the ensemble's total weight backing the direction (Lean's
-    insight-weighted, the insight's weight being its vote). mean_variance, risk_parity, hrp and
+    insight-weighted, the insight's weight being its vote). rank: long the `top_n` symbols by latest
+    ensemble score, short the `bottom_n`, equal weights. mean_variance, risk_parity, hrp and
     black_litterman: skfolio's optimisers fitted on the last `lookback` bars of returns of those symbols;
     Black-Litterman takes each signal as a view (direction x confidence x `view_return` a year).
     Risk still caps each target at risk.max_position_pct.
@@ -206,6 +291,10 @@ class PortfolioConfig(_Section):
     view_return: float = 0.10
     #: Resize a held position when it is off its target by more than this share of equity.
     rebalance_band: float = 0.02
+    #: rank: long the top_n symbols by their latest ensemble score (score > 0), short the bottom_n
+    #: (score < 0, with risk.allow_short), equal weights (a model's cross-sectional portfolio).
+    top_n: int = 3
+    bottom_n: int = 3
 
 
 class RiskConfig(_Section):
@@ -283,6 +372,9 @@ class Config(_Section):
     bus: BusConfig = BusConfig()
     state: StateConfig = StateConfig()
     server: ServerConfig = ServerConfig()
+    inference: InferenceConfig = InferenceConfig()
+    train: TrainConfig = TrainConfig()
+    models: ModelsConfig = ModelsConfig()
 
 
 class ConfigError(ValueError):
@@ -449,9 +541,13 @@ def validate(config: Config) -> None:
     from utp.core.features import FeatureSpec  # the definition knows its own names
 
     try:
-        _ = FeatureSpec(f).names
+        feature_names = FeatureSpec(f).names
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    en = config.ensemble
+    if en.regime_max_volatility > 0 and en.regime_volatility_feature not in feature_names:
+        raise ConfigError(f"ensemble.regime_volatility_feature {en.regime_volatility_feature!r} is not a feature "
+                          "(set regime_max_volatility: 0 to classify the regime without volatility)")
     if config.alpha.ema_cross.fast >= config.alpha.ema_cross.slow:
         raise ConfigError("alpha.ema_cross.fast must be < alpha.ema_cross.slow")
     if config.alpha.macd.fast >= config.alpha.macd.slow:
@@ -461,6 +557,29 @@ def validate(config: Config) -> None:
     rsi = config.alpha.rsi
     if not rsi.lower < rsi.lower_reset <= rsi.upper_reset < rsi.upper:
         raise ConfigError("alpha.rsi needs lower < lower_reset <= upper_reset < upper")
+    if set(en.regime_scale) != {"bull", "bear", "sideways"} or any(not 0 <= v <= 1 for v in en.regime_scale.values()):
+        raise ConfigError("ensemble.regime_scale needs bull, bear and sideways, each in [0, 1]")
+    if en.min_expected_return < 0 or en.regime_max_volatility < 0:
+        raise ConfigError("ensemble.min_expected_return and regime_max_volatility must be >= 0")
+    inf = config.inference
+    if inf.history_bars < 1 or inf.registry_poll_s <= 0 or inf.threads < 0:
+        raise ConfigError("inference.history_bars >= 1, registry_poll_s > 0 and threads >= 0")
+    unknown = set(inf.model_files) - set(inf.models)
+    if unknown:
+        raise ConfigError(f"inference.model_files names models not in inference.models: {', '.join(sorted(unknown))}")
+    d = inf.drift
+    if d.window < 10 or not 0 < d.confidence_drop < 1 or d.psi_threshold <= 0:
+        raise ConfigError("inference.drift needs window >= 10, confidence_drop in (0, 1), psi_threshold > 0")
+    tr = config.train
+    _parse_date("train.start", tr.start), _parse_date("train.end", tr.end)
+    if not tr.horizons or any(h < 1 for h in tr.horizons) or tr.signal_horizon not in tr.horizons:
+        raise ConfigError("train.horizons must be positive and include train.signal_horizon")
+    if tr.folds < 1 or tr.train_bars < 20 or tr.test_bars < 1 or tr.embargo_bars < 0:
+        raise ConfigError("train needs folds >= 1, train_bars >= 20, test_bars >= 1, embargo_bars >= 0")
+    if not 0 < tr.validation_share < 0.5:
+        raise ConfigError("train.validation_share must be in (0, 0.5)")
+    if pc.top_n < 0 or pc.bottom_n < 0 or (pc.method == "rank" and pc.top_n + pc.bottom_n == 0):
+        raise ConfigError("portfolio.top_n and bottom_n must be >= 0, and rank needs one of them > 0")
 
 
 def to_dict(config: Config) -> dict[str, Any]:

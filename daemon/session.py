@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +33,8 @@ from utp.core.bus import Bus, InProcessBus
 from utp.core.clock import Clock, SimulatedClock
 from utp.core.config import Config, ConfigError
 from utp.core.controls import ControlState
-from utp.core.features import Benchmark
+from utp.core.features import Benchmark, FeatureSpec
+from utp.core.ml.sources import ModelSource
 from utp.core.runtime import Checkpointer, Engine, EngineRunner, SourceRunner
 from utp.core.universe import Universe
 from utp.engines.alpha import AlphaEngine
@@ -42,6 +43,7 @@ from utp.engines.ensemble import EnsembleEngine
 from utp.engines.execution import ExecutionEngine
 from utp.engines.exit import ExitEngine
 from utp.engines.features import FeatureEngine
+from utp.engines.inference import InferenceEngine
 from utp.engines.market_data import MarketDataEngine
 from utp.engines.portfolio import PortfolioConstructionEngine
 from utp.engines.risk import RiskEngine
@@ -86,7 +88,11 @@ class Session:
         collect_results: bool = False,
         include_details: bool = True,
         status_interval_s: float | None = None,
+        model_sources: Sequence[ModelSource] | None = None,
     ) -> None:
+        """`model_sources`: the models the inference engine serves (see `daemon.models.model_sources`);
+        None serves the models of `inference.model_files` and the packaged TFT. Only models with an
+        ensemble weight are served; with none, the graph has no inference engine."""
         self.config = config
         self.bus = bus
         self.clock = clock
@@ -114,16 +120,25 @@ class Session:
             fractional=ex.fractional_shares,
         )
         benchmark = Benchmark.from_frame(load_sp500_index()) if config.features.benchmark == "sp500" else None
+        if model_sources is None:
+            from utp.daemon.models import model_sources as resolve
+
+            model_sources = resolve(config, registry=None)
+        served = [s for s in model_sources if s.name in config.ensemble.weights]
         engines: list[Engine] = [
             FeatureEngine(config.features, universe, benchmark),
             AlphaEngine(config.alpha, universe),
-            EnsembleEngine(config.ensemble, universe),
+            EnsembleEngine(config.ensemble, universe, tuple(s.name for s in served)),
             PortfolioConstructionEngine(config.portfolio, config.risk, universe,
                                         periods_per_year=self.market_data.dataset.periods_per_year),
             RiskEngine(config.risk, controls),
             ExecutionEngine(config.execution, broker, controls, universe),
             ExitEngine(config.exit),
         ]
+        if served:
+            inf = config.inference
+            engines.insert(1, InferenceEngine(served, universe, feature_set_version=FeatureSpec(config.features).version,
+                                              history_bars=inf.history_bars, drift=inf.drift))  # fmt: skip
         self.collector: BacktestEngine | None = None
         if collect_results:
             self.collector = BacktestEngine(
@@ -176,6 +191,7 @@ async def run_backtest(
     market_data: MarketData | None = None,
     on_progress: ProgressCallback | None = None,
     include_details: bool = True,
+    model_sources: Sequence[ModelSource] | None = None,
 ) -> api.BacktestResult:
     """Run the engine graph over recorded bars on the in-process bus with a simulated clock.
 
@@ -196,6 +212,7 @@ async def run_backtest(
         controls=ControlState(execution_approved=True),
         collect_results=True,
         include_details=include_details,
+        model_sources=model_sources,
     )
     await session.start()
     if on_progress is not None:
@@ -223,6 +240,7 @@ def backtest(
     market_data: MarketData | None = None,
     on_progress: ProgressCallback | None = None,
     include_details: bool = True,
+    model_sources: Sequence[ModelSource] | None = None,
 ) -> api.BacktestResult:
     """`run_backtest` on an event loop of its own (for callers outside one: the CLI, a worker thread)."""
     holder: list[api.BacktestResult] = []
@@ -231,7 +249,7 @@ def backtest(
         # The result stays out of the task's return value: asyncio formats a finished main task's result
         # when it restores the SIGINT handler, and a long equity curve takes seconds to print.
         holder.append(await run_backtest(config, market_data=market_data, on_progress=on_progress,
-                                         include_details=include_details))  # fmt: skip
+                                         include_details=include_details, model_sources=model_sources))  # fmt: skip
 
     asyncio.run(go())
     return holder[0]

@@ -32,6 +32,9 @@ from utp.core.universe import Universe
 from utp.v1 import events_pb2 as pb
 
 _DIRECTION_SIGN = {pb.DIRECTION_UP: 1, pb.DIRECTION_DOWN: -1, pb.DIRECTION_FLAT: 0}
+# The alpha_signal columns the vote reads; a model's predictions are turned into rows of these.
+_VOTES = pl.DataFrame(schema={k: KINDS["alpha_signal"].schema[k] for k in (
+    "event_time_ns", "symbol", "source_model", "direction", "confidence", "period_bars", "cancel")})
 
 
 def _lookup(values: pl.Series, table: Mapping[Any, int], default: int) -> np.ndarray:
@@ -42,11 +45,13 @@ def _lookup(values: pl.Series, table: Mapping[Any, int], default: int) -> np.nda
 
 
 @njit(cache=True)
-def _regime(close_to_slow, fast_to_slow):  # noqa: ANN001
-    """From the features close/SMA_slow - 1 and SMA_fast/SMA_slow - 1."""
+def _regime(close_to_slow, fast_to_slow, volatility, max_volatility):  # noqa: ANN001
+    """From the features close/SMA_slow - 1, SMA_fast/SMA_slow - 1 and the per-bar realised volatility."""
     if np.isnan(close_to_slow) or np.isnan(fast_to_slow):
         return 0  # REGIME_UNSPECIFIED
     if close_to_slow > 0.0 and fast_to_slow > 0.0:
+        if max_volatility > 0.0 and volatility > max_volatility:
+            return 3  # too noisy an uptrend: REGIME_SIDEWAYS
         return 1  # REGIME_BULL
     if close_to_slow < 0.0 and fast_to_slow < 0.0:
         return 2  # REGIME_BEAR
@@ -69,7 +74,7 @@ def _activate(j, asid, acomp, asign, aconf, aperiod, acancel, active, sign, conf
 
 @njit(cache=True)
 def _vote(  # noqa: ANN001, PLR0913 - a kernel takes its state as arrays
-    ftime, fsid, fclose_to_slow, ffast_to_slow,
+    ftime, fsid, fclose_to_slow, ffast_to_slow, fvolatility, max_volatility,
     atime, asid, acomp, asign, aconf, aperiod, acancel,
     weights,
     active, sign, conf, expires, bars_seen, last_active, last_sign, last_conf,
@@ -116,7 +121,7 @@ def _vote(  # noqa: ANN001, PLR0913 - a kernel takes its state as arrays
                 out_conf[n_out, m] = conf[s, m]
             out_row[n_out] = k
             out_score[n_out] = score
-            out_regime[n_out] = _regime(fclose_to_slow[k], ffast_to_slow[k])
+            out_regime[n_out] = _regime(fclose_to_slow[k], ffast_to_slow[k], fvolatility[k], max_volatility)
             n_out += 1
         i = end
     # Signals for bars without a feature vector (none in a healthy graph) still update the state.
@@ -128,13 +133,17 @@ def _vote(  # noqa: ANN001, PLR0913 - a kernel takes its state as arrays
 
 class EnsembleEngine(Engine):
     name = "ensemble"
-    inputs = (Input("alpha_signal"), Input("feature_vector"))
     outputs = ("scored_signal",)
 
-    def __init__(self, config: EnsembleConfig, universe: Universe) -> None:
+    def __init__(self, config: EnsembleConfig, universe: Universe, models: tuple[str, ...] = ()) -> None:
         self.config = config
         self.universe = universe
         self.sources = tuple(config.weights)
+        # Served models vote under their names; without one that has a weight, predictions are not read.
+        self.models = tuple(m for m in models if m in config.weights)
+        self.inputs = (Input("alpha_signal"), Input("feature_vector"))
+        if self.models:
+            self.inputs = (*self.inputs, Input("prediction"))
         self._source_names = pl.Series(self.sources, dtype=pl.Utf8)
         self.weights = np.array([config.weights[s] for s in self.sources], np.float64)
         self._component = {s: i for i, s in enumerate(self.sources)}
@@ -150,8 +159,36 @@ class EnsembleEngine(Engine):
         fast, slow = config.regime_sma_fast, config.regime_sma_slow
         self.close_to_slow_column = f"close_to_sma_{slow}"
         self.fast_to_slow_column = f"sma_{fast}_to_sma_{slow}"
-        columns = ("close", self.close_to_slow_column, self.fast_to_slow_column)
+        self.volatility_column = config.regime_volatility_feature if config.regime_max_volatility > 0 else ""
+        columns = ("close", self.close_to_slow_column, self.fast_to_slow_column, *filter(None, [self.volatility_column]))
+        self._needed = frozenset(columns)
         self._no_features = pl.DataFrame(schema={**KINDS["feature_vector"].schema, **dict.fromkeys(columns, pl.Float64)})
+        # Confidence multiplier by Regime value (UNSPECIFIED, BULL, BEAR, SIDEWAYS).
+        scale = config.regime_scale
+        self.regime_scale = np.array([1.0, scale["bull"], scale["bear"], scale["sideways"]])
+
+    def model_votes(self, predictions: pl.DataFrame) -> pl.DataFrame:
+        """Predictions as votes of their models: UP/DOWN when the median forecast of the model's signal
+        horizon clears `min_expected_return`, FLAT (a vote for no position) otherwise; each holds one bar."""
+        if not predictions.height:
+            return _VOTES.clear()
+        q50 = (
+            predictions.select("signal_horizon_bars", "forecasts")
+            .with_row_index("_row")
+            .explode("forecasts")
+            .unnest("forecasts")
+            .filter(pl.col("horizon_bars") == pl.col("signal_horizon_bars"))
+        )
+        median = np.full(predictions.height, np.nan)
+        median[q50["_row"].to_numpy()] = q50["q50"].to_numpy()
+        threshold = self.config.min_expected_return
+        direction = np.where(median >= threshold, pb.DIRECTION_UP,
+                             np.where(median <= -threshold, pb.DIRECTION_DOWN, pb.DIRECTION_FLAT))  # fmt: skip
+        return predictions.select(
+            "event_time_ns", "symbol", pl.col("model_name").alias("source_model"),
+            pl.Series("direction", direction.astype(np.int32)), "confidence",
+            pl.lit(1, pl.Int32).alias("period_bars"), pl.lit(False).alias("cancel"),
+        )  # fmt: skip
 
     def score(
         self,
@@ -162,9 +199,11 @@ class EnsembleEngine(Engine):
     ) -> pl.DataFrame:
         """Scored signals for one time range of alpha signals and feature vectors (both time-sorted,
         symbols in the universe; pass their indices if known)."""
-        missing = {"close", self.close_to_slow_column, self.fast_to_slow_column} - set(features.columns)
+        missing = self._needed - set(features.columns)
         if missing:
             raise ValueError(f"feature vectors lack {', '.join(sorted(missing))}, needed for the regime")
+        volatility = (features[self.volatility_column].to_numpy() if self.volatility_column
+                      else np.zeros(features.height))  # fmt: skip
         acomp = _lookup(alphas["source_model"], self._component, -1)
         asign = _lookup(alphas["direction"], _DIRECTION_SIGN, 0)
         n_rows = features.height
@@ -180,6 +219,8 @@ class EnsembleEngine(Engine):
             self.universe.indices(features["symbol"]) if feature_sid is None else feature_sid,
             features[self.close_to_slow_column].to_numpy(),
             features[self.fast_to_slow_column].to_numpy(),
+            volatility,
+            self.config.regime_max_volatility,
             alphas["event_time_ns"].to_numpy(),
             self.universe.indices(alphas["symbol"]) if alpha_sid is None else alpha_sid,
             acomp,
@@ -204,8 +245,12 @@ class EnsembleEngine(Engine):
             return KINDS["scored_signal"].empty_frame()
         rows = out_row[:n_out]
         active = out_active[:n_out]
-        score = out_score[:n_out]
+        regime = out_regime[:n_out]
+        score = out_score[:n_out] * self.regime_scale[regime]
         confidence = np.abs(score)
+        a, b = self.config.platt
+        if a or b:
+            confidence = 1.0 / (1.0 + np.exp(a * confidence + b))
         direction = np.where(
             (confidence >= self.config.min_confidence) & (score != 0.0),
             np.where(score > 0, pb.DIRECTION_UP, pb.DIRECTION_DOWN),
@@ -237,7 +282,7 @@ class EnsembleEngine(Engine):
             pl.Series("direction", direction),
             pl.Series("confidence", confidence),
             pl.Series("score", score),
-            pl.Series("regime", out_regime[:n_out].astype(np.int32)),
+            pl.Series("regime", regime.astype(np.int32)),
             pl.col("close").alias("reference_price"),
             *lists.get_columns(),
         )
@@ -246,6 +291,12 @@ class EnsembleEngine(Engine):
     def on_step(self, ctx: EngineContext, through_ns: int, frames: Mapping[str, pl.DataFrame]) -> None:
         alphas = frames.get("alpha_signal", KINDS["alpha_signal"].empty_frame())
         features = frames.get("feature_vector", self._no_features)
+        predictions = frames.get("prediction")
+        if predictions is not None and predictions.height:
+            # The kernel reads the alpha columns below; a model's votes join them in time order.
+            votes = self.model_votes(predictions)
+            alphas = pl.concat([alphas.select(_VOTES.columns), votes], how="vertical").sort(
+                "event_time_ns", maintain_order=True)
         alphas, alpha_sid, unknown_alphas = self.universe.split(alphas)
         features, feature_sid, unknown_features = self.universe.split(features)
         if unknown_alphas or unknown_features:

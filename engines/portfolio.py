@@ -58,6 +58,7 @@ class PortfolioConstructionEngine(Engine):
         self.sign = np.zeros(n, np.int64)  # +1 long, -1 short, 0 out of the portfolio
         self.confidence = np.zeros(n)
         self.insight = np.zeros(n)
+        self.score = np.full(n, np.nan)  # rank: the latest ensemble score per symbol
         self.strategy = np.full(n, "", dtype=object)
         self.last_target = np.zeros(n)
         self.last_close = np.full(n, np.nan)
@@ -109,6 +110,8 @@ class PortfolioConstructionEngine(Engine):
         direction = signals["direction"].to_numpy()
         confidence = signals["confidence"].to_numpy()
         price = signals["reference_price"].to_numpy()
+        score = signals["score"].to_numpy()
+        ranked = self.config.method == "rank"
         strategy = signals["active_alphas"].list.join("+").to_list()
         correlation = signals["correlation_id"].to_list()
         # Only the insight method reads the vote behind each signal (an explode of every signal's components).
@@ -123,6 +126,10 @@ class PortfolioConstructionEngine(Engine):
             for i in range(a, b):
                 s = int(sid[i])
                 self.last_close[s] = price[i]
+                if ranked:  # every signal moves its symbol's rank, FLAT ones too
+                    self.score[s], self.confidence[s], self.strategy[s] = score[i], confidence[i], strategy[i]
+                    signalled[s] = i
+                    continue
                 if direction[i] == pb.DIRECTION_UP:
                     self.sign[s] = 1
                 elif direction[i] == pb.DIRECTION_DOWN:
@@ -133,6 +140,8 @@ class PortfolioConstructionEngine(Engine):
                 signalled[s] = i
             if not signalled:
                 continue
+            if ranked:
+                self.sign = self._ranked_signs()
             weights = self.weights(ctx, t)
             for s in range(len(self.universe)):
                 if s not in signalled and abs(weights[s] - self.last_target[s]) <= 1e-12:
@@ -163,7 +172,7 @@ class PortfolioConstructionEngine(Engine):
             return weights
         gross, method = self.config.gross, self.config.method
         signs = self.sign[members].astype(np.float64)
-        if method == "equal" or (self.optimizer and members.size == 1):
+        if method in ("equal", "rank") or (self.optimizer and members.size == 1):
             w = np.full(members.size, 1.0 / members.size)
         elif method in ("confidence", "insight"):
             # Lean's rule: proportional to the insight's confidence (or weight), scaled down only when
@@ -174,6 +183,20 @@ class PortfolioConstructionEngine(Engine):
             w = self._optimised(ctx, time_ns, members, signs)
         weights[members] = signs * w * gross
         return weights
+
+    def _ranked_signs(self) -> np.ndarray:
+        """+1 for the top_n symbols by score (score > 0), -1 for the bottom_n (score < 0, shorts allowed);
+        ties go to the symbol earlier in the universe."""
+        sign = np.zeros(len(self.universe), np.int64)
+        known = np.flatnonzero(np.isfinite(self.score))
+        by_score = known[np.argsort(-self.score[known], kind="stable")]
+        top = [s for s in by_score[: self.config.top_n] if self.score[s] > 0]
+        sign[top] = 1
+        if self.allow_short and self.config.bottom_n:
+            by_low = known[np.argsort(self.score[known], kind="stable")]
+            bottom = [s for s in by_low[: self.config.bottom_n] if self.score[s] < 0 and sign[s] == 0]
+            sign[bottom] = -1
+        return sign
 
     def _optimised(self, ctx: EngineContext, time_ns: int, members: np.ndarray, signs: np.ndarray) -> np.ndarray:
         k = int(np.searchsorted(self.history_times, time_ns, side="right"))
@@ -279,7 +302,7 @@ class PortfolioConstructionEngine(Engine):
             pl.lit(band).alias("rebalance_band"),
         ).select(list(schema)).cast(schema)  # type: ignore[arg-type]
 
-    _STATE = ("sign", "confidence", "insight", "strategy", "last_target", "last_close", "history_times", "history",
+    _STATE = ("sign", "confidence", "insight", "score", "strategy", "last_target", "last_close", "history_times", "history",
               "fallbacks")  # fmt: skip
 
     def snapshot(self) -> Any:

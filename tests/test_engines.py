@@ -56,6 +56,10 @@ class FakeContext:
 
 
 # -- ensemble --------------------------------------------------------------------------------------
+#: The vote tests read the weighted vote itself; the regime's confidence scale has tests of its own.
+UNSCALED = {"bull": 1.0, "bear": 1.0, "sideways": 1.0}
+
+
 def features(times: list[int], symbol: str = "AAA", close: float = 10.0) -> pl.DataFrame:
     n = len(times)
     return pl.DataFrame(
@@ -68,6 +72,7 @@ def features(times: list[int], symbol: str = "AAA", close: float = 10.0) -> pl.D
             "close": [close] * n,
             "close_to_sma_50": [close / 10.5 - 1] * n,
             "sma_20_to_sma_50": [11.0 / 10.5 - 1] * n,
+            "realized_vol_20": [0.01] * n,
         }
     )
 
@@ -81,7 +86,7 @@ def alphas(rows: list[tuple[int, str, int, int]], symbol: str = "AAA") -> pl.Dat
 
 
 def test_ensemble_renormalises_weights_over_active_sources_and_expires_signals() -> None:
-    engine = EnsembleEngine(EnsembleConfig(min_confidence=0.65), Universe(["AAA"]))
+    engine = EnsembleEngine(EnsembleConfig(min_confidence=0.65, regime_scale=UNSCALED), Universe(["AAA"]))
     times = [i * DAY for i in range(1, 8)]
     scored = KINDS["scored_signal"].to_messages(
         engine.score(alphas([(times[0], "rsi", pb.DIRECTION_UP, 3), (times[1], "ema_cross", pb.DIRECTION_DOWN, 2)]),
@@ -101,7 +106,7 @@ def test_ensemble_renormalises_weights_over_active_sources_and_expires_signals()
 
 
 def test_a_cancelled_signal_leaves_the_vote() -> None:
-    engine = EnsembleEngine(EnsembleConfig(min_confidence=0.0), Universe(["AAA"]))
+    engine = EnsembleEngine(EnsembleConfig(min_confidence=0.0, regime_scale=UNSCALED), Universe(["AAA"]))
     times = [i * DAY for i in range(1, 5)]
     signals = [
         pb.AlphaSignal(header=header("alpha_signal", "AAA", times[0], "macd"), source_model="macd",
@@ -118,7 +123,7 @@ def test_a_cancelled_signal_leaves_the_vote() -> None:
 
 
 def test_ensemble_gate_and_confidence_weighting() -> None:
-    engine = EnsembleEngine(EnsembleConfig(weights={"rsi": 0.2, "ema_cross": 0.8}, min_confidence=0.65), Universe(["AAA"]))
+    engine = EnsembleEngine(EnsembleConfig(weights={"rsi": 0.2, "ema_cross": 0.8}, min_confidence=0.65, regime_scale=UNSCALED), Universe(["AAA"]))
     times = [DAY, 2 * DAY]
     scored = KINDS["scored_signal"].to_messages(
         engine.score(alphas([(times[0], "rsi", pb.DIRECTION_UP, 5), (times[1], "ema_cross", pb.DIRECTION_DOWN, 5)]),

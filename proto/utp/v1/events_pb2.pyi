@@ -25,6 +25,7 @@ class EventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_KIND_CONTROL_COMMAND: _ClassVar[EventKind]
     EVENT_KIND_REJECTED_BAR: _ClassVar[EventKind]
     EVENT_KIND_PORTFOLIO_TARGET: _ClassVar[EventKind]
+    EVENT_KIND_MODEL_ALERT: _ClassVar[EventKind]
 
 class BarRejectReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -44,6 +45,15 @@ class Direction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DIRECTION_UP: _ClassVar[Direction]
     DIRECTION_DOWN: _ClassVar[Direction]
     DIRECTION_FLAT: _ClassVar[Direction]
+
+class ModelAlertKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MODEL_ALERT_KIND_UNSPECIFIED: _ClassVar[ModelAlertKind]
+    MODEL_ALERT_KIND_MODEL_SWAPPED: _ClassVar[ModelAlertKind]
+    MODEL_ALERT_KIND_CONFIDENCE_DRIFT: _ClassVar[ModelAlertKind]
+    MODEL_ALERT_KIND_FEATURE_DRIFT: _ClassVar[ModelAlertKind]
+    MODEL_ALERT_KIND_MODEL_FAILED: _ClassVar[ModelAlertKind]
+    MODEL_ALERT_KIND_FEATURE_MISMATCH: _ClassVar[ModelAlertKind]
 
 class Regime(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -135,6 +145,7 @@ EVENT_KIND_ENGINE_STATUS: EventKind
 EVENT_KIND_CONTROL_COMMAND: EventKind
 EVENT_KIND_REJECTED_BAR: EventKind
 EVENT_KIND_PORTFOLIO_TARGET: EventKind
+EVENT_KIND_MODEL_ALERT: EventKind
 BAR_REJECT_REASON_UNSPECIFIED: BarRejectReason
 BAR_REJECT_REASON_NON_FINITE: BarRejectReason
 BAR_REJECT_REASON_NON_POSITIVE_PRICE: BarRejectReason
@@ -148,6 +159,12 @@ DIRECTION_UNSPECIFIED: Direction
 DIRECTION_UP: Direction
 DIRECTION_DOWN: Direction
 DIRECTION_FLAT: Direction
+MODEL_ALERT_KIND_UNSPECIFIED: ModelAlertKind
+MODEL_ALERT_KIND_MODEL_SWAPPED: ModelAlertKind
+MODEL_ALERT_KIND_CONFIDENCE_DRIFT: ModelAlertKind
+MODEL_ALERT_KIND_FEATURE_DRIFT: ModelAlertKind
+MODEL_ALERT_KIND_MODEL_FAILED: ModelAlertKind
+MODEL_ALERT_KIND_FEATURE_MISMATCH: ModelAlertKind
 REGIME_UNSPECIFIED: Regime
 REGIME_BULL: Regime
 REGIME_BEAR: Regime
@@ -284,18 +301,46 @@ class QuantileForecast(_message.Message):
     def __init__(self, horizon_bars: _Optional[int] = ..., q10: _Optional[float] = ..., q50: _Optional[float] = ..., q90: _Optional[float] = ...) -> None: ...
 
 class Prediction(_message.Message):
-    __slots__ = ("header", "model_name", "model_version", "feature_set_version", "forecasts")
+    __slots__ = ("header", "model_name", "model_version", "feature_set_version", "forecasts", "signal_horizon_bars", "direction", "confidence")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     FEATURE_SET_VERSION_FIELD_NUMBER: _ClassVar[int]
     FORECASTS_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_HORIZON_BARS_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     header: EventHeader
     model_name: str
     model_version: str
     feature_set_version: str
     forecasts: _containers.RepeatedCompositeFieldContainer[QuantileForecast]
-    def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., feature_set_version: _Optional[str] = ..., forecasts: _Optional[_Iterable[_Union[QuantileForecast, _Mapping]]] = ...) -> None: ...
+    signal_horizon_bars: int
+    direction: Direction
+    confidence: float
+    def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., feature_set_version: _Optional[str] = ..., forecasts: _Optional[_Iterable[_Union[QuantileForecast, _Mapping]]] = ..., signal_horizon_bars: _Optional[int] = ..., direction: _Optional[_Union[Direction, str]] = ..., confidence: _Optional[float] = ...) -> None: ...
+
+class ModelAlert(_message.Message):
+    __slots__ = ("header", "model_name", "model_version", "kind", "message", "value", "threshold", "feature", "inference_paused")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
+    INFERENCE_PAUSED_FIELD_NUMBER: _ClassVar[int]
+    header: EventHeader
+    model_name: str
+    model_version: str
+    kind: ModelAlertKind
+    message: str
+    value: float
+    threshold: float
+    feature: str
+    inference_paused: bool
+    def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., kind: _Optional[_Union[ModelAlertKind, str]] = ..., message: _Optional[str] = ..., value: _Optional[float] = ..., threshold: _Optional[float] = ..., feature: _Optional[str] = ..., inference_paused: _Optional[bool] = ...) -> None: ...
 
 class ComponentSignal(_message.Message):
     __slots__ = ("source", "direction", "confidence", "weight")
@@ -558,7 +603,7 @@ class ControlCommand(_message.Message):
     def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., action: _Optional[_Union[ControlAction, str]] = ..., reason: _Optional[str] = ..., actor: _Optional[str] = ..., sequence: _Optional[int] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("bar", "feature_vector", "alpha_signal", "prediction", "scored_signal", "order_intent", "risk_decision", "order", "fill", "position_snapshot", "account_snapshot", "engine_status", "control_command", "rejected_bar", "portfolio_target")
+    __slots__ = ("bar", "feature_vector", "alpha_signal", "prediction", "scored_signal", "order_intent", "risk_decision", "order", "fill", "position_snapshot", "account_snapshot", "engine_status", "control_command", "rejected_bar", "portfolio_target", "model_alert")
     BAR_FIELD_NUMBER: _ClassVar[int]
     FEATURE_VECTOR_FIELD_NUMBER: _ClassVar[int]
     ALPHA_SIGNAL_FIELD_NUMBER: _ClassVar[int]
@@ -574,6 +619,7 @@ class Event(_message.Message):
     CONTROL_COMMAND_FIELD_NUMBER: _ClassVar[int]
     REJECTED_BAR_FIELD_NUMBER: _ClassVar[int]
     PORTFOLIO_TARGET_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ALERT_FIELD_NUMBER: _ClassVar[int]
     bar: Bar
     feature_vector: FeatureVector
     alpha_signal: AlphaSignal
@@ -589,7 +635,8 @@ class Event(_message.Message):
     control_command: ControlCommand
     rejected_bar: RejectedBar
     portfolio_target: PortfolioTarget
-    def __init__(self, bar: _Optional[_Union[Bar, _Mapping]] = ..., feature_vector: _Optional[_Union[FeatureVector, _Mapping]] = ..., alpha_signal: _Optional[_Union[AlphaSignal, _Mapping]] = ..., prediction: _Optional[_Union[Prediction, _Mapping]] = ..., scored_signal: _Optional[_Union[ScoredSignal, _Mapping]] = ..., order_intent: _Optional[_Union[OrderIntent, _Mapping]] = ..., risk_decision: _Optional[_Union[RiskDecision, _Mapping]] = ..., order: _Optional[_Union[Order, _Mapping]] = ..., fill: _Optional[_Union[Fill, _Mapping]] = ..., position_snapshot: _Optional[_Union[PositionSnapshot, _Mapping]] = ..., account_snapshot: _Optional[_Union[AccountSnapshot, _Mapping]] = ..., engine_status: _Optional[_Union[EngineStatus, _Mapping]] = ..., control_command: _Optional[_Union[ControlCommand, _Mapping]] = ..., rejected_bar: _Optional[_Union[RejectedBar, _Mapping]] = ..., portfolio_target: _Optional[_Union[PortfolioTarget, _Mapping]] = ...) -> None: ...
+    model_alert: ModelAlert
+    def __init__(self, bar: _Optional[_Union[Bar, _Mapping]] = ..., feature_vector: _Optional[_Union[FeatureVector, _Mapping]] = ..., alpha_signal: _Optional[_Union[AlphaSignal, _Mapping]] = ..., prediction: _Optional[_Union[Prediction, _Mapping]] = ..., scored_signal: _Optional[_Union[ScoredSignal, _Mapping]] = ..., order_intent: _Optional[_Union[OrderIntent, _Mapping]] = ..., risk_decision: _Optional[_Union[RiskDecision, _Mapping]] = ..., order: _Optional[_Union[Order, _Mapping]] = ..., fill: _Optional[_Union[Fill, _Mapping]] = ..., position_snapshot: _Optional[_Union[PositionSnapshot, _Mapping]] = ..., account_snapshot: _Optional[_Union[AccountSnapshot, _Mapping]] = ..., engine_status: _Optional[_Union[EngineStatus, _Mapping]] = ..., control_command: _Optional[_Union[ControlCommand, _Mapping]] = ..., rejected_bar: _Optional[_Union[RejectedBar, _Mapping]] = ..., portfolio_target: _Optional[_Union[PortfolioTarget, _Mapping]] = ..., model_alert: _Optional[_Union[ModelAlert, _Mapping]] = ...) -> None: ...
 
 class Watermark(_message.Message):
     __slots__ = ("kind", "producer", "through_time_ns", "event_count", "end_of_stream")
