@@ -279,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     from utp.daemon import walkforward
 
     walkforward.add_parser(sub)
+    from utp.daemon import ml_cli
+
+    ml_cli.add_parsers(sub)
     return parser
 
 
@@ -337,6 +340,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from utp.daemon import walkforward
 
             return walkforward.run_command(args)
+        if args.command in ("train", "models"):
+            from utp.daemon import ml_cli
+
+            return ml_cli.run_train(args) if args.command == "train" else ml_cli.run_models(args)
     except (ConfigError, ValueError) as exc:
         print(f"utp: error: {exc}", file=sys.stderr)
         return 2
