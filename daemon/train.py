@@ -228,7 +228,7 @@ def information_coefficients(times: np.ndarray, forecast: np.ndarray, realised: 
     ric = np.array([v for v in rank_ics if np.isfinite(v)])
     if ic.size == 0:
         return float("nan"), float("nan"), float("nan")
-    icir = float(ic.mean() / ic.std(ddof=1)) if ic.size > 1 and ic.std(ddof=1) > 0 else float("nan")
+    icir = float(ic.mean() / ic.std(ddof=1)) if ic.size > 1 and ic.std(ddof=1) > 1e-12 else float("nan")
     return float(ic.mean()), float(ric.mean()) if ric.size else float("nan"), icir
 
 
