@@ -9,6 +9,8 @@ restarted daemon resumes every engine from its last commit.
 from __future__ import annotations
 
 import asyncio
+import threading
+from typing import Any
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +80,22 @@ class CoreDaemon:
         self._run_task: asyncio.Task | None = None
         self._lock = asyncio.Lock()
         self.clock = WallClock()
+        self._registry: Any = None
+        self._registry_lock = threading.Lock()
+        self.model_watchers: list[Any] = []
+
+    def registry(self) -> Any:
+        """The model registry (MLflow under <data dir>/mlflow, or models.mlflow_uri), opened once; blocking
+        (MLflow's import and a new database take seconds), so call it off the event loop."""
+        with self._registry_lock:
+            if self._registry is None:
+                from utp.core.ml.registry import ModelRegistry
+
+                self._registry = ModelRegistry(self.data_dir / "mlflow", self.config.models.mlflow_uri or None)
+            return self._registry
+
+    async def model_registry(self) -> Any:
+        return await asyncio.to_thread(self.registry)
 
     # -- life cycle --------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -110,6 +128,7 @@ class CoreDaemon:
             controls=self.controls,
             checkpointer=checkpointer,
             status_interval_s=self.config.status_interval_s,
+            model_sources=await self._model_sources(),
         )
         await self.session.start()
         # Engines restored older checkpoints may hold older flags: state the current ones once more.
@@ -122,6 +141,18 @@ class CoreDaemon:
         )
         self.state = api.SESSION_STATE_RUNNING
         self._run_task = asyncio.create_task(self._run(), name="session")
+
+    async def _model_sources(self) -> list[Any]:
+        """The champions the session serves, followed for hot reload. The registry is opened by the
+        watchers' threads, so the session starts at once (on the packaged model, if any) and the champion
+        takes over from the bar after it has loaded."""
+        from utp.daemon.models import model_sources
+
+        sources = await asyncio.to_thread(model_sources, self.config, self.registry, live=True)
+        self.model_watchers = [s for s in sources if hasattr(s, "start")]
+        for watcher in self.model_watchers:
+            watcher.start()
+        return sources
 
     async def _run(self) -> None:
         assert self.session is not None
@@ -149,6 +180,8 @@ class CoreDaemon:
             await self.session.stop()
             if isinstance(self.session.source_runner.checkpointer, DeferredCheckpointer):
                 self.session.source_runner.checkpointer.flush()
+        for model_watcher in self.model_watchers:
+            await asyncio.to_thread(model_watcher.stop)
         await self.bus.close()
         for watcher in self.watchers:
             watcher.offer(pb.Event())  # wakes the stream so it ends

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from importlib.resources import files
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,8 +41,11 @@ def packaged_model(config: Config) -> ServedModel | None:
     return load_served(PACKAGED_MODEL, "packaged", path.read_bytes(), use_cuda=inf.use_cuda, threads=inf.threads)
 
 
-def model_sources(config: Config, registry: ModelRegistry | None, *, live: bool = False) -> list[ModelSource]:
-    """The sources of the models the session serves (see the module doc for the order)."""
+def model_sources(
+    config: Config, registry: ModelRegistry | Callable[[], ModelRegistry] | None, *, live: bool = False
+) -> list[ModelSource]:
+    """The sources of the models the session serves (see the module doc for the order). `registry` may be
+    a function that opens it: a live session's watchers then open it from their own thread."""
     inf = config.inference
     session = {"use_cuda": inf.use_cuda, "threads": inf.threads}
     sources: list[ModelSource] = []
@@ -54,10 +58,12 @@ def model_sources(config: Config, registry: ModelRegistry | None, *, live: bool 
         fallback = packaged_model(config) if name == PACKAGED_MODEL and inf.packaged_fallback else None
         if registry is not None:
             def champion(name: str = name) -> tuple[str, bytes] | None:
-                found = registry.champion(name)
-                return None if found is None else (found.version, registry.model_bytes(name, found.version))
+                opened = registry() if callable(registry) else registry
+                found = opened.champion(name)
+                return None if found is None else (found.version, opened.model_bytes(name, found.version))
 
-            watcher = RegistryWatcher(name, champion, poll_s=inf.registry_poll_s, fallback=fallback, session=session)
+            watcher = RegistryWatcher(name, champion, poll_s=inf.registry_poll_s, fallback=fallback, session=session,
+                                      look_now=not live)  # fmt: skip
             if live:
                 sources.append(watcher)
                 continue

@@ -403,6 +403,40 @@ def _walk_forward_process(plan: WalkForwardPlan, conn: Connection) -> None:
         conn.close()
 
 
+def _retrain_process(config: Config, kind: str, promote: bool, actor: str, conn: Connection) -> None:
+    """`utp train` in a process of its own: each stage as progress, then the result."""
+    import json
+
+    from utp.daemon.ml_cli import open_registry
+    from utp.daemon.train import train_walk_forward
+
+    try:
+        def progress(stage: str, info: dict[str, Any]) -> None:
+            conn.send(("progress", api.RetrainProgress(stage=stage, detail_json=json.dumps(info, default=float)).SerializeToString()))
+
+        report = train_walk_forward(config, kind, registry=open_registry(config), promote=promote, progress=progress,
+                                    actor=actor)  # fmt: skip
+        g = report.gate
+        folds = [api.ModelFold(fold=f.fold, in_sample_start=r["in_sample_start"], in_sample_end=r["in_sample_end"],
+                               oos_start=r["oos_start"], oos_end=r["oos_end"], ic=f.ic, rank_ic=f.rank_ic, icir=f.icir,
+                               sharpe=f.sharpe, win_rate=f.win_rate, trades=f.trades)
+                 for f in report.folds for r in [f.row()]]  # fmt: skip
+        result = api.RetrainResult(model=report.model_name, version=report.version, run_id=report.run_id,
+                                   gate_passed=g.passed, gate_reasons=g.reasons, oos_sharpe=g.oos_sharpe,
+                                   oos_win_rate=g.oos_win_rate, min_fold_sharpe=g.min_fold_sharpe,
+                                   deflated_sharpe=g.deflated_sharpe, promoted=report.promoted, folds=folds)  # fmt: skip
+        conn.send(("result", result.SerializeToString()))
+    except BaseException as exc:  # noqa: BLE001 - everything is reported to the caller
+        _send_failure(conn, exc)
+    finally:
+        conn.close()
+
+
+def model_version_message(info: Any) -> api.ModelVersion:
+    return api.ModelVersion(name=info.name, version=info.version, aliases=list(info.aliases), run_id=info.run_id,
+                            created_ms=info.created_ms, gate_passed=info.gate_passed, tags=dict(info.tags))  # fmt: skip
+
+
 class CoreServicer(api_grpc.CoreServiceServicer):
     def __init__(self, daemon: CoreDaemon) -> None:
         self.daemon = daemon
@@ -543,6 +577,58 @@ class CoreServicer(api_grpc.CoreServiceServicer):
                     yield api.RunWalkForwardResponse(fold=api.WalkForwardFold.FromString(payload))
                 else:
                     yield api.RunWalkForwardResponse(summary=api.WalkForwardSummary.FromString(payload))
+
+    async def TriggerRetrain(
+        self, request: api.TriggerRetrainRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[api.TriggerRetrainResponse]:
+        if request.model not in ("lgbm", "tft"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"model: {request.model!r} is not lgbm or tft")
+        try:
+            overrides = parse_assignments(request.set, "set")
+            config = load_config([], base=self.daemon.config, overrides={"data_dir": str(self.daemon.data_dir), **overrides},
+                                 environ={})  # fmt: skip
+        except ConfigError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        actor = "TriggerRetrain" + (f" ({request.reason})" if request.reason else "")
+        messages = self._process_messages(_retrain_process, (config, request.model, request.promote, actor), "retrain",
+                                          context, last="result")  # fmt: skip
+        async with self._process_slots(1), contextlib.aclosing(messages):
+            async for kind, payload in messages:
+                if kind == "progress":
+                    yield api.TriggerRetrainResponse(progress=api.RetrainProgress.FromString(payload))
+                else:
+                    yield api.TriggerRetrainResponse(result=api.RetrainResult.FromString(payload))
+
+    async def ListModels(self, request: api.ListModelsRequest, context: grpc.aio.ServicerContext) -> api.ListModelsResponse:
+        from utp.core.ml.registry import UnknownModel
+
+        try:
+            registry = await self.daemon.model_registry()
+            versions = await asyncio.to_thread(registry.versions, request.name or None)
+        except UnknownModel as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        return api.ListModelsResponse(versions=[model_version_message(v) for v in versions])
+
+    async def PromoteModel(self, request: api.PromoteModelRequest, context: grpc.aio.ServicerContext) -> api.PromoteModelResponse:
+        from utp.core.ml.registry import PromotionRefused, UnknownModel
+
+        if not request.name:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "name: which model (lgbm, tft)")
+        reason, actor = await self._who(request, context)
+        actor = actor or "grpc"
+        try:
+            registry = await self.daemon.model_registry()
+            if request.rollback:
+                info = await asyncio.to_thread(registry.rollback, request.name, actor=actor, reason=reason)
+            else:
+                info = await asyncio.to_thread(registry.promote, request.name, request.version or None, actor=actor,
+                                               reason=reason)  # fmt: skip
+        except UnknownModel as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except PromotionRefused as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        log.info("%s made %s %s champion (%s)", actor, info.name, info.version, reason or "no reason given")
+        return api.PromoteModelResponse(champion=model_version_message(info))
 
     @contextlib.asynccontextmanager
     async def _process_slots(self, n: int) -> AsyncIterator[None]:

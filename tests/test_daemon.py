@@ -369,3 +369,42 @@ def test_malformed_research_requests_get_invalid_argument_naming_the_field(daemo
         assert field in caught.value.details(), (request, caught.value.details())
     status = daemon.status()
     assert status.session_state == api.SESSION_STATE_RUNNING and not status.halted
+
+
+def test_model_rpcs_list_refuse_a_failed_gate_promote_and_the_session_swaps_to_the_champion(daemon_factory, tmp_path) -> None:  # noqa: ANN001
+    from tests.ml_models import linear_model
+    from utp.core.config import load_config
+    from utp.core.features import FeatureSpec
+    from utp.core.ml.registry import ModelRegistry
+
+    data_dir = tmp_path / "models-data"
+    spec = FeatureSpec(load_config([], environ={}).features)
+    registry = ModelRegistry(data_dir / "mlflow")
+    tags = {"feature_set_version": spec.version, "model_kind": "lgbm", "oos_sharpe": "0.9", "oos_win_rate": "0.5",
+            "min_fold_sharpe": "0.1", "deflated_sharpe": "0.9"}  # fmt: skip
+    with registry.start_run("test", "models", {}, {}) as run:
+        for passed in ("false", "true"):
+            model = linear_model(spec.names, spec.version, weights={"ret_5": 1.0})
+            registry.register("tft", run, model, {**tags, "gate_passed": passed})
+    daemon = daemon_factory("--replay-rate", "40", "--set", "inference.registry_poll_s=0.5", data_dir=data_dir).start()
+    listed = daemon.stub.ListModels(api.ListModelsRequest(name="tft"), timeout=30).versions
+    assert [(v.version, v.gate_passed, list(v.aliases)) for v in listed] == [("2", True, ["challenger"]), ("1", False, [])]
+    with pytest.raises(grpc.RpcError) as refused:
+        daemon.stub.PromoteModel(api.PromoteModelRequest(name="tft", version="1", actor="test"), timeout=30)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "gate" in refused.value.details()
+    with pytest.raises(grpc.RpcError) as unknown:
+        daemon.stub.ListModels(api.ListModelsRequest(name="nope"), timeout=30)
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+    # The live session picks the champion up and predicts with it (hot reload, no restart).
+    events: list[pb.Event] = []
+    watching = threading.Thread(target=lambda: events.extend(collect(
+        daemon.stub, api.WatchEventsRequest(kinds=[pb.EVENT_KIND_MODEL_ALERT, pb.EVENT_KIND_PREDICTION]), 10)))
+    watching.start()
+    time.sleep(1.0)
+    champion = daemon.stub.PromoteModel(api.PromoteModelRequest(name="tft", reason="test", actor="test"), timeout=30).champion
+    assert champion.version == "2" and "champion" in champion.aliases
+    watching.join()
+    swapped = [e.model_alert for e in events if e.WhichOneof("payload") == "model_alert"]
+    predictions = [e.prediction for e in events if e.WhichOneof("payload") == "prediction"]
+    assert [a.model_version for a in swapped if a.kind == pb.MODEL_ALERT_KIND_MODEL_SWAPPED] == ["2"]
+    assert predictions and {p.model_version for p in predictions} == {"2"}

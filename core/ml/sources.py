@@ -69,9 +69,11 @@ class RegistryWatcher:
         poll_s: float = 5.0,
         fallback: ServedModel | None = None,
         session: dict | None = None,
+        look_now: bool = True,
     ) -> None:
         """`champion()` returns (version, ONNX bytes) of the current champion, or None; it is called from
-        the watcher's thread (and once at construction, so a session starts with its champion)."""
+        the watcher's thread, and at construction with `look_now` (a session that starts with its
+        champion); without, the thread looks first, and the fallback serves until then."""
         self.name = name
         self._champion = champion
         self.poll_s = poll_s
@@ -81,7 +83,8 @@ class RegistryWatcher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.failures = 0
-        self.refresh()
+        if look_now:
+            self.refresh()
 
     def model_at(self, time_ns: int) -> ServedModel | None:  # noqa: ARG002 - whatever is champion now
         with self._lock:
@@ -116,5 +119,6 @@ class RegistryWatcher:
             self._thread = None
 
     def _run(self) -> None:
+        self.refresh()
         while not self._stop.wait(self.poll_s):
             self.refresh()

@@ -545,3 +545,140 @@ class RunWalkForwardResponse(_message.Message):
     fold: WalkForwardFold
     summary: WalkForwardSummary
     def __init__(self, fold: _Optional[_Union[WalkForwardFold, _Mapping]] = ..., summary: _Optional[_Union[WalkForwardSummary, _Mapping]] = ...) -> None: ...
+
+class TriggerRetrainRequest(_message.Message):
+    __slots__ = ("model", "set", "promote", "reason")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SET_FIELD_NUMBER: _ClassVar[int]
+    PROMOTE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    set: _containers.RepeatedScalarFieldContainer[str]
+    promote: bool
+    reason: str
+    def __init__(self, model: _Optional[str] = ..., set: _Optional[_Iterable[str]] = ..., promote: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RetrainProgress(_message.Message):
+    __slots__ = ("stage", "detail_json")
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_JSON_FIELD_NUMBER: _ClassVar[int]
+    stage: str
+    detail_json: str
+    def __init__(self, stage: _Optional[str] = ..., detail_json: _Optional[str] = ...) -> None: ...
+
+class ModelFold(_message.Message):
+    __slots__ = ("fold", "in_sample_start", "in_sample_end", "oos_start", "oos_end", "ic", "rank_ic", "icir", "sharpe", "win_rate", "trades")
+    FOLD_FIELD_NUMBER: _ClassVar[int]
+    IN_SAMPLE_START_FIELD_NUMBER: _ClassVar[int]
+    IN_SAMPLE_END_FIELD_NUMBER: _ClassVar[int]
+    OOS_START_FIELD_NUMBER: _ClassVar[int]
+    OOS_END_FIELD_NUMBER: _ClassVar[int]
+    IC_FIELD_NUMBER: _ClassVar[int]
+    RANK_IC_FIELD_NUMBER: _ClassVar[int]
+    ICIR_FIELD_NUMBER: _ClassVar[int]
+    SHARPE_FIELD_NUMBER: _ClassVar[int]
+    WIN_RATE_FIELD_NUMBER: _ClassVar[int]
+    TRADES_FIELD_NUMBER: _ClassVar[int]
+    fold: int
+    in_sample_start: str
+    in_sample_end: str
+    oos_start: str
+    oos_end: str
+    ic: float
+    rank_ic: float
+    icir: float
+    sharpe: float
+    win_rate: float
+    trades: int
+    def __init__(self, fold: _Optional[int] = ..., in_sample_start: _Optional[str] = ..., in_sample_end: _Optional[str] = ..., oos_start: _Optional[str] = ..., oos_end: _Optional[str] = ..., ic: _Optional[float] = ..., rank_ic: _Optional[float] = ..., icir: _Optional[float] = ..., sharpe: _Optional[float] = ..., win_rate: _Optional[float] = ..., trades: _Optional[int] = ...) -> None: ...
+
+class RetrainResult(_message.Message):
+    __slots__ = ("model", "version", "run_id", "gate_passed", "gate_reasons", "oos_sharpe", "oos_win_rate", "min_fold_sharpe", "deflated_sharpe", "promoted", "folds")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    GATE_PASSED_FIELD_NUMBER: _ClassVar[int]
+    GATE_REASONS_FIELD_NUMBER: _ClassVar[int]
+    OOS_SHARPE_FIELD_NUMBER: _ClassVar[int]
+    OOS_WIN_RATE_FIELD_NUMBER: _ClassVar[int]
+    MIN_FOLD_SHARPE_FIELD_NUMBER: _ClassVar[int]
+    DEFLATED_SHARPE_FIELD_NUMBER: _ClassVar[int]
+    PROMOTED_FIELD_NUMBER: _ClassVar[int]
+    FOLDS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: str
+    run_id: str
+    gate_passed: bool
+    gate_reasons: _containers.RepeatedScalarFieldContainer[str]
+    oos_sharpe: float
+    oos_win_rate: float
+    min_fold_sharpe: float
+    deflated_sharpe: float
+    promoted: bool
+    folds: _containers.RepeatedCompositeFieldContainer[ModelFold]
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., run_id: _Optional[str] = ..., gate_passed: _Optional[bool] = ..., gate_reasons: _Optional[_Iterable[str]] = ..., oos_sharpe: _Optional[float] = ..., oos_win_rate: _Optional[float] = ..., min_fold_sharpe: _Optional[float] = ..., deflated_sharpe: _Optional[float] = ..., promoted: _Optional[bool] = ..., folds: _Optional[_Iterable[_Union[ModelFold, _Mapping]]] = ...) -> None: ...
+
+class TriggerRetrainResponse(_message.Message):
+    __slots__ = ("progress", "result")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    progress: RetrainProgress
+    result: RetrainResult
+    def __init__(self, progress: _Optional[_Union[RetrainProgress, _Mapping]] = ..., result: _Optional[_Union[RetrainResult, _Mapping]] = ...) -> None: ...
+
+class ModelVersion(_message.Message):
+    __slots__ = ("name", "version", "aliases", "run_id", "created_ms", "gate_passed", "tags")
+    class TagsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ALIASES_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_MS_FIELD_NUMBER: _ClassVar[int]
+    GATE_PASSED_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    aliases: _containers.RepeatedScalarFieldContainer[str]
+    run_id: str
+    created_ms: int
+    gate_passed: bool
+    tags: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., run_id: _Optional[str] = ..., created_ms: _Optional[int] = ..., gate_passed: _Optional[bool] = ..., tags: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("versions",)
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    versions: _containers.RepeatedCompositeFieldContainer[ModelVersion]
+    def __init__(self, versions: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ...) -> None: ...
+
+class PromoteModelRequest(_message.Message):
+    __slots__ = ("name", "version", "rollback", "reason", "actor")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ROLLBACK_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    rollback: bool
+    reason: str
+    actor: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., rollback: _Optional[bool] = ..., reason: _Optional[str] = ..., actor: _Optional[str] = ...) -> None: ...
+
+class PromoteModelResponse(_message.Message):
+    __slots__ = ("champion",)
+    CHAMPION_FIELD_NUMBER: _ClassVar[int]
+    champion: ModelVersion
+    def __init__(self, champion: _Optional[_Union[ModelVersion, _Mapping]] = ...) -> None: ...

@@ -86,6 +86,21 @@ class CoreServiceStub:
                 request_serializer=utp_dot_v1_dot_core__service__pb2.RunWalkForwardRequest.SerializeToString,
                 response_deserializer=utp_dot_v1_dot_core__service__pb2.RunWalkForwardResponse.FromString,
                 _registered_method=True)
+        self.TriggerRetrain = channel.unary_stream(
+                '/utp.v1.CoreService/TriggerRetrain',
+                request_serializer=utp_dot_v1_dot_core__service__pb2.TriggerRetrainRequest.SerializeToString,
+                response_deserializer=utp_dot_v1_dot_core__service__pb2.TriggerRetrainResponse.FromString,
+                _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/utp.v1.CoreService/ListModels',
+                request_serializer=utp_dot_v1_dot_core__service__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=utp_dot_v1_dot_core__service__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
+        self.PromoteModel = channel.unary_unary(
+                '/utp.v1.CoreService/PromoteModel',
+                request_serializer=utp_dot_v1_dot_core__service__pb2.PromoteModelRequest.SerializeToString,
+                response_deserializer=utp_dot_v1_dot_core__service__pb2.PromoteModelResponse.FromString,
+                _registered_method=True)
 
 
 class CoreServiceServicer:
@@ -171,6 +186,29 @@ class CoreServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TriggerRetrain(self, request, context):
+        """Trains a model walk-forward, gates, logs to MLflow and registers it (`utp train`), in a process of its
+        own; streams each stage, then the result.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListModels(self, request, context):
+        """The model registry's versions, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PromoteModel(self, request, context):
+        """Makes a version champion (it must have passed the gate), or rolls back to the previous champion.
+        The daemon's session serves the new champion from its next bar time (hot reload).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoreServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -223,6 +261,21 @@ def add_CoreServiceServicer_to_server(servicer, server):
                     servicer.RunWalkForward,
                     request_deserializer=utp_dot_v1_dot_core__service__pb2.RunWalkForwardRequest.FromString,
                     response_serializer=utp_dot_v1_dot_core__service__pb2.RunWalkForwardResponse.SerializeToString,
+            ),
+            'TriggerRetrain': grpc.unary_stream_rpc_method_handler(
+                    servicer.TriggerRetrain,
+                    request_deserializer=utp_dot_v1_dot_core__service__pb2.TriggerRetrainRequest.FromString,
+                    response_serializer=utp_dot_v1_dot_core__service__pb2.TriggerRetrainResponse.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=utp_dot_v1_dot_core__service__pb2.ListModelsRequest.FromString,
+                    response_serializer=utp_dot_v1_dot_core__service__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'PromoteModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.PromoteModel,
+                    request_deserializer=utp_dot_v1_dot_core__service__pb2.PromoteModelRequest.FromString,
+                    response_serializer=utp_dot_v1_dot_core__service__pb2.PromoteModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -497,6 +550,87 @@ class CoreService:
             '/utp.v1.CoreService/RunWalkForward',
             utp_dot_v1_dot_core__service__pb2.RunWalkForwardRequest.SerializeToString,
             utp_dot_v1_dot_core__service__pb2.RunWalkForwardResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TriggerRetrain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/utp.v1.CoreService/TriggerRetrain',
+            utp_dot_v1_dot_core__service__pb2.TriggerRetrainRequest.SerializeToString,
+            utp_dot_v1_dot_core__service__pb2.TriggerRetrainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/utp.v1.CoreService/ListModels',
+            utp_dot_v1_dot_core__service__pb2.ListModelsRequest.SerializeToString,
+            utp_dot_v1_dot_core__service__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PromoteModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/utp.v1.CoreService/PromoteModel',
+            utp_dot_v1_dot_core__service__pb2.PromoteModelRequest.SerializeToString,
+            utp_dot_v1_dot_core__service__pb2.PromoteModelResponse.FromString,
             options,
             channel_credentials,
             insecure,
