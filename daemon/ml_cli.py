@@ -112,7 +112,9 @@ def run_train(args: argparse.Namespace) -> int:
             "model": report.model_name, "version": report.version, "run_id": report.run_id, "promoted": report.promoted,
             "gate": {"passed": g.passed, "oos_sharpe": g.oos_sharpe, "oos_win_rate": g.oos_win_rate,
                      "min_fold_sharpe": g.min_fold_sharpe, "deflated_sharpe": g.deflated_sharpe, "reasons": g.reasons},
-            "folds": [f.row() for f in report.folds], "platt": list(report.platt), "seconds": report.seconds,
+            "folds": [f.row() for f in report.folds], "platt": list(report.platt),
+            "ensemble_platt": list(report.ensemble_platt), "ensemble_signals": report.ensemble_signals,
+            "seconds": report.seconds,
         }, default=float))  # fmt: skip
         return 0
     print(f"\n{report.model_kind} walk-forward on {config.train.dataset}: {len(report.folds)} folds, "
@@ -126,6 +128,8 @@ def run_train(args: argparse.Namespace) -> int:
     verdict = "PASSED" if g.passed else "FAILED: " + "; ".join(g.reasons)
     print(f"OOS Sharpe {_number(g.oos_sharpe)}, win rate {_number(g.oos_win_rate)}, worst fold Sharpe "
           f"{_number(g.min_fold_sharpe)}, deflated Sharpe {_number(g.deflated_sharpe)}; gate {verdict}")  # fmt: skip
+    a, b = report.ensemble_platt
+    print(f"ensemble calibration on {report.ensemble_signals} OOS signals: --set 'ensemble.platt=[{a:.6g}, {b:.6g}]'")
     if report.version:
         state = "champion" if report.promoted else ("challenger" if g.passed else "not promotable")
         print(f"registered {report.model_name} version {report.version} ({state}); MLflow run {report.run_id}")

@@ -59,7 +59,10 @@ def model_sources(
         if registry is not None:
             def champion(name: str = name) -> tuple[str, bytes] | None:
                 opened = registry() if callable(registry) else registry
-                found = opened.champion(name)
+                try:
+                    found = opened.champion(name)
+                except LookupError:  # nothing registered under this name yet: no champion
+                    return None
                 return None if found is None else (found.version, opened.model_bytes(name, found.version))
 
             watcher = RegistryWatcher(name, champion, poll_s=inf.registry_poll_s, fallback=fallback, session=session,

@@ -35,6 +35,7 @@ from datetime import date, datetime, timezone
 from typing import Any
 
 import numpy as np
+import polars as pl
 
 from utp.core.config import Config, load_config
 from utp.core.features import Benchmark
@@ -183,6 +184,10 @@ class TrainingReport:
     onnx: bytes
     metadata: ModelMetadata
     explain: dict[str, Any]
+    #: Platt scaling of the ensemble confidence (ensemble.platt), fitted on the out-of-sample scored signals
+    #: of the whole ensemble (the model with the configured alphas) against the realised direction.
+    ensemble_platt: tuple[float, float] = (0.0, 0.0)
+    ensemble_signals: int = 0
     run_id: str = ""
     version: str = ""
     promoted: bool = False
@@ -377,6 +382,8 @@ def train_walk_forward(
         r.trades = len(inside)
         r.win_rate = float(np.mean([t.pnl > 0 for t in inside])) if inside else float("nan")
     gate = _gate(config, results, np.concatenate(all_returns), closed, ppy, registry, kind)
+    ensemble_platt, n_signals = ensemble_calibration(config, data, kind, schedule, bt_config)
+    tell("ensemble calibration", {"platt": list(ensemble_platt), "signals": n_signals})
     tell("gate", {"passed": gate.passed, "oos_sharpe": gate.oos_sharpe, "oos_win_rate": gate.oos_win_rate,
                   "min_fold_sharpe": gate.min_fold_sharpe, "deflated_sharpe": gate.deflated_sharpe,
                   "reasons": gate.reasons})  # fmt: skip
@@ -389,18 +396,65 @@ def train_walk_forward(
     platt = fit_platt(raw_all, correct_all)
     x_fit = trainer.inputs(data, fit)
     notes = {"dataset": data.name, "train_start": _iso_day(int(first)), "train_end": _iso_day(int(last)),
-             "gate_passed": str(gate.passed).lower()}  # fmt: skip
+             "gate_passed": str(gate.passed).lower(), "ensemble_platt": f"{ensemble_platt[0]:.6g},{ensemble_platt[1]:.6g}"}  # fmt: skip
     metadata = _metadata(config, kind, data, trainer.lookback, platt=platt,
                          reference_confidence=float(np.median(raw_all)) if raw_all.size else float("nan"),
                          bins=reference_bins(data.features(fit), data.feature_names), notes=notes)  # fmt: skip
     onnx_bytes = trainer.export(model, metadata)
     explain = trainer.explain(model, x_fit, data, signal)
     report = TrainingReport(kind, kind, data.feature_set_version, results, gate, len(closed), platt, onnx_bytes,
-                            metadata, explain)  # fmt: skip
+                            metadata, explain, ensemble_platt, n_signals)  # fmt: skip
     if registry is not None:
         _log_and_register(config, report, registry, promote=promote, actor=actor, tell=tell)
     report.seconds = time.monotonic() - began
     return report
+
+
+def ensemble_calibration(config: Config, data: LabelledDataset, kind: str, schedule: list, oos: Config) -> tuple[tuple[float, float], int]:
+    """Fit ensemble.platt on the out-of-sample scored signals of the configured ensemble (its weights, the
+    model voting under its name with the fold models of `schedule`), uncalibrated, against whether the
+    signal's direction matched the realised return of the signal horizon. Returns ((a, b), signals used)."""
+    import asyncio
+
+    from utp.core.bus import InProcessBus
+    from utp.core.clock import SimulatedClock
+    from utp.core.controls import ControlState
+    from utp.core.kinds import KINDS
+    from utp.daemon.session import Session
+
+    if kind not in config.ensemble.weights:
+        return (0.0, 0.0), 0
+    overrides = {k: v for k, v in {
+        "market_data.dataset": oos.market_data.dataset, "market_data.symbols": list(oos.market_data.symbols),
+        "market_data.start": oos.market_data.start, "market_data.end": oos.market_data.end,
+        "market_data.batch_bar_times": 1000, "ensemble.platt": [0.0, 0.0], "inference.models": [kind],
+        "inference.model_files": {}, "inference.packaged_fallback": False}.items()}  # fmt: skip
+    ensemble_config = load_config([], base=config, overrides=overrides, environ={})
+    signals: list = []
+
+    async def run() -> None:
+        bus = InProcessBus()
+        session = Session(ensemble_config, bus=bus, clock=SimulatedClock(), controls=ControlState(execution_approved=True),
+                          model_sources=[ModelSchedule(kind, schedule)])  # fmt: skip
+
+        async def keep(kind_name: str, messages: list) -> None:  # noqa: ARG001 - tap signature
+            signals.extend(messages)
+
+        await bus.tap(keep, lambda k: k == "scored_signal")
+        await session.start()
+        await session.run()
+        await session.stop()
+
+    asyncio.run(run())
+    scored = KINDS["scored_signal"].to_frame(signals)
+    first_test = schedule[0][0]
+    scored = scored.filter((pl.col("event_time_ns") >= first_test) & (pl.col("score") != 0.0))
+    label = data.frame.select("event_time_ns", "symbol", pl.col(f"fwd_ret_{config.train.signal_horizon}").alias("realised"))
+    joined = scored.join(label, on=["event_time_ns", "symbol"]).filter(pl.col("realised").is_finite() & (pl.col("realised") != 0))
+    if joined.height < 20:
+        return (0.0, 0.0), joined.height
+    score, realised = joined["score"].to_numpy(), joined["realised"].to_numpy()
+    return fit_platt(np.abs(score), np.sign(score) == np.sign(realised)), joined.height
 
 
 def _gate(config: Config, folds: list[FoldResult], returns: np.ndarray, closed: list, ppy: float,
@@ -458,6 +512,8 @@ def _log_and_register(config: Config, report: TrainingReport, registry: Any, *, 
                 for f in report.folds]  # fmt: skip
         run.log_table("walk_forward_results", rows)
         run.log_dict("explain", report.explain)
+        run.log_dict("ensemble_calibration", {"platt": list(report.ensemble_platt), "signals": report.ensemble_signals,
+                                              "setting": f"ensemble.platt=[{report.ensemble_platt[0]:.6g}, {report.ensemble_platt[1]:.6g}]"})
         run.log_dict("gate", {"passed": g.passed, "reasons": g.reasons, "oos_sharpe": g.oos_sharpe,
                               "oos_win_rate": g.oos_win_rate, "min_fold_sharpe": g.min_fold_sharpe,
                               "deflated_sharpe": g.deflated_sharpe})  # fmt: skip

@@ -113,7 +113,6 @@ class InferenceEngine(Engine):
         times = vectors["event_time_ns"].to_numpy()
         starts = np.flatnonzero(np.r_[True, times[1:] != times[:-1]])
         ends = np.r_[starts[1:], times.size]
-        rows_out: list[np.ndarray] = []
         parts: list[tuple[ServedModel, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         alerts: list[dict[str, Any]] = []
         for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
@@ -133,7 +132,6 @@ class InferenceEngine(Engine):
                 signal = quantiles[:, md.signal_index, :]
                 raw = raw_confidence(signal[:, 0], signal[:, 1], signal[:, 2])
                 parts.append((serving.model, ready, quantiles, raw, platt_scale(raw, md.platt)))
-                rows_out.append(ready)
                 alarm = serving.monitor.observe(raw, windows[:, -1, :])
                 if alarm is not None:
                     alerts.append(self._alert(t, serving.model, pb.MODEL_ALERT_KIND_CONFIDENCE_DRIFT

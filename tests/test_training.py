@@ -107,7 +107,8 @@ def test_the_gate_passes_only_a_model_that_meets_every_threshold() -> None:
 
 SMALL = ["--set", "train.start=2014-06-01", "--set", "train.train_bars=250", "--set", "train.test_bars=30",
          "--folds", "2", "--set", "train.lgbm={n_estimators: 30}", "--symbols", ",".join(SYMBOLS)]  # fmt: skip
-LENIENT = ["--set", "train.gate={min_oos_sharpe: -100, min_win_rate: 0.0, min_fold_sharpe: -100}"]
+LENIENT = ["--set", "train.gate={min_oos_sharpe: -100, min_win_rate: 0.0, min_fold_sharpe: -100}",
+           "--set", "ensemble.weights={lgbm: 0.5, rsi: 0.2, ema_cross: 0.2, macd: 0.1}"]
 
 
 def test_train_logs_gates_registers_and_only_a_passing_model_can_be_promoted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -119,6 +120,9 @@ def test_train_logs_gates_registers_and_only_a_passing_model_can_be_promoted(tmp
     assert main(["train", "--model", "lgbm", *SMALL, *LENIENT, *common, "--json"]) == 0
     lenient = json.loads(capsys.readouterr().out)
     assert lenient["gate"]["passed"] and lenient["version"] == "2"
+    # The ensemble's confidence is calibrated on its out-of-sample signals (the model with the alphas).
+    assert strict["ensemble_signals"] == 0 and lenient["ensemble_signals"] > 20
+    assert lenient["ensemble_platt"] != [0.0, 0.0] and all(math.isfinite(v) for v in lenient["ensemble_platt"])
     # The same data and model: the lenient gate changes only the verdict.
     assert lenient["gate"]["oos_sharpe"] == strict["gate"]["oos_sharpe"]
     if not strict["gate"]["passed"]:
