@@ -18,7 +18,7 @@ import math
 import numpy as np
 from numba import njit
 
-from utp.core.indicators._base import KERNEL, NAN, STEP, IndicatorUpdate, check_period, mask_warmup, rows, series
+from utp.core.indicators._base import KERNEL, KERNEL_NO_FMA, NAN, STEP, IndicatorUpdate, check_period, mask_warmup, rows, series
 from utp.core.indicators.averages import _sma_step
 
 _K = 3.0 - 2.0 * math.sqrt(2.0)
@@ -45,7 +45,10 @@ def _corwin_schultz_step(high, low, trailing, prev_high, prev_low, count, total,
     return value, ready, estimate, high, low, count, total
 
 
-@njit(**KERNEL)
+# No fused multiply-add: the estimate's square roots and products contract differently in the two kernels
+# under some LLVM versions (numba 0.68), which broke batch == stream in the last bit; there is no TA-Lib
+# counterpart whose rounding to match.
+@njit(**KERNEL_NO_FMA)
 def _corwin_schultz_batch(high, low, period, estimates, out):  # noqa: ANN001
     prev_high, prev_low, count, total = 0.0, 0.0, 0, 0.0
     for i in range(high.shape[0]):
@@ -56,7 +59,7 @@ def _corwin_schultz_batch(high, low, period, estimates, out):  # noqa: ANN001
         )
 
 
-@njit(**KERNEL)
+@njit(**KERNEL_NO_FMA)
 def _corwin_schultz_stream(sid, high, low, period, ring, pos, prev_high, prev_low, count, total, value, ready):  # noqa: ANN001
     for i in range(high.shape[0]):
         s = sid[i]
