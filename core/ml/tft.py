@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import math
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -396,11 +398,19 @@ def export_tft_onnx(model: TemporalFusionTransformer, metadata: dict[str, str] |
     was_training = model.training
     model.eval()
     example = torch.zeros(2, model.params.lookback, model.n_features)  # 2: a size-1 axis would be fixed
+    # The exporter narrates (torchvision ops it skips, deprecations of its own internals) on the root log
+    # and as warnings; none of it is about this model, whose graph is checked below and by the tests.
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)
     try:
-        program = torch.onnx.export(model, (example,), input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT],
-                                    dynamic_shapes=({0: torch.export.Dim("batch")},), opset_version=opset,
-                                    dynamo=True, verbose=False)  # fmt: skip
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(model, (example,), input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT],
+                                        dynamic_shapes=({0: torch.export.Dim("batch")},), opset_version=opset,
+                                        dynamo=True, verbose=False)  # fmt: skip
     finally:
+        exporter_log.setLevel(level)
         model.train(was_training)
     graph = program.model_proto
     if not graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param:
