@@ -202,8 +202,8 @@ class InferenceConfig(_Section):
     models: tuple[str, ...] = ("tft",)
     #: ONNX files to serve instead of the registry's champion, by model name (research and tests).
     model_files: dict[str, str] = msgspec.field(default_factory=dict)
-    #: With no champion in the registry, serve the TFT that ships with utp (trained by `utp train
-    #: --model tft --package`); false serves nothing until a model is promoted.
+    #: In a backtest (the demo too) with no champion or file, serve the TFT that ships with utp
+    #: (daemon/models.py says how it is made). A live session serves only champions.
     packaged_fallback: bool = True
     #: Seconds between looks at the registry for a new champion in a live session (hot reload).
     registry_poll_s: float = 5.0

@@ -5,8 +5,10 @@ Per name in `inference.models` (only names with an ensemble weight are served at
 1. `inference.model_files[name]`: that ONNX file, fixed for the run;
 2. the registry's champion (when a registry is given): fixed at the start of a backtest, followed with
    hot reload in a live session (`RegistryWatcher`);
-3. for "tft" with `inference.packaged_fallback`: the TFT that ships with utp (`configs/models/tft.onnx`),
-   until a champion exists.
+3. for "tft" with `inference.packaged_fallback`, in backtests (the demo among them): the TFT that ships
+   with utp (`configs/models/tft.onnx`, made by `utp train --model tft --dataset goog --set train.start=
+   --set train.train_bars=500 --no-registry --output configs/models/tft.onnx`). A live session never
+   serves it: there only a champion, which passed the promotion gate, reaches execution.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def model_sources(
         if name in inf.model_files:
             sources.append(FixedModel.from_file(name, inf.model_files[name], **session))
             continue
-        fallback = packaged_model(config) if name == PACKAGED_MODEL and inf.packaged_fallback else None
+        fallback = packaged_model(config) if name == PACKAGED_MODEL and inf.packaged_fallback and not live else None
         if registry is not None:
             def champion(name: str = name) -> tuple[str, bytes] | None:
                 opened = registry() if callable(registry) else registry

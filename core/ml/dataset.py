@@ -7,7 +7,7 @@ next bar: close[t+h] / close[t] - 1 (NaN where the future is not in the data). N
 features depends on later bars; the label is the only look at the future, and the walk-forward splitter
 purges training rows whose label window reaches into the test window.
 
-A row is *usable* when every feature is finite; a sequence model needs its symbol's last `lookback`
+Models see every feature but the raw close (`NOT_MODEL_INPUTS`). A row is *usable* when every model input is finite; a sequence model needs its symbol's last `lookback`
 rows (this one included) usable. The inference engine applies the same rules to decide which bars get a
 prediction, so training and serving agree on which rows exist.
 """
@@ -23,6 +23,11 @@ from numba import njit
 
 from utp.core.config import FeaturesConfig
 from utp.core.features import Benchmark, FeatureSpec, compute_features
+
+
+#: Features the models do not see: the raw price level is not comparable across symbols or years (a model
+#: would learn the years' price levels, and the drift monitor would rightly call every other year a shift).
+NOT_MODEL_INPUTS = frozenset({"close"})
 
 
 def label_column(horizon: int) -> str:
@@ -135,4 +140,5 @@ def build_dataset(
         pl.col("event_time_ns").shift(-longest).over("symbol").fill_null(pl.col("event_time_ns")).alias("label_end_ns")
     )
     frame = frame.with_columns(*labels, label_end).drop("_close")
-    return LabelledDataset(name, frame, spec.names, horizons, spec.version, periods_per_year)
+    inputs = tuple(n for n in spec.names if n not in NOT_MODEL_INPUTS)
+    return LabelledDataset(name, frame, inputs, horizons, spec.version, periods_per_year)
