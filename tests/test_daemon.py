@@ -408,3 +408,20 @@ def test_model_rpcs_list_refuse_a_failed_gate_promote_and_the_session_swaps_to_t
     predictions = [e.prediction for e in events if e.WhichOneof("payload") == "prediction"]
     assert [a.model_version for a in swapped if a.kind == pb.MODEL_ALERT_KIND_MODEL_SWAPPED] == ["2"]
     assert predictions and {p.model_version for p in predictions} == {"2"}
+
+
+def test_trigger_retrain_streams_the_stages_then_registers_the_model(daemon) -> None:  # noqa: ANN001
+    settings = ["train.start=2014-06-01", "train.train_bars=250", "train.test_bars=30", "train.folds=2",
+                "train.lgbm={n_estimators: 20}", "train.symbols=[AAPL, JPM, XOM]"]  # fmt: skip
+    responses = list(daemon.stub.TriggerRetrain(api.TriggerRetrainRequest(model="lgbm", set=settings), timeout=600))
+    stages = [r.progress.stage for r in responses if r.WhichOneof("payload") == "progress"]
+    assert stages[0] == "data" and stages.count("fold") == 2 and "backtest" in stages and "gate" in stages
+    assert stages[-1] == "registered"
+    result = responses[-1].result
+    assert result.model == "lgbm" and result.version == "1" and [f.fold for f in result.folds] == sorted(f.fold for f in result.folds)
+    assert len(result.folds) == 2 and result.gate_passed == (not result.gate_reasons) and not result.promoted
+    listed = daemon.stub.ListModels(api.ListModelsRequest(name="lgbm"), timeout=30).versions
+    assert [v.version for v in listed] == ["1"] and listed[0].run_id == result.run_id
+    with pytest.raises(grpc.RpcError) as bad:
+        list(daemon.stub.TriggerRetrain(api.TriggerRetrainRequest(model="xgboost"), timeout=30))
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "model" in bad.value.details()

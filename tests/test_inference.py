@@ -246,3 +246,27 @@ def test_metadata_round_trips_through_the_onnx_file() -> None:
     assert md.reference_bins["ret_5"][0] == bins["ret_5"][0]
     assert md.feature_set_version == FeatureSpec(config.features).version
 
+
+
+def test_the_packaged_tft_matches_the_default_feature_set_and_serves_without_torch() -> None:
+    import subprocess
+    import sys
+
+    from utp.daemon.models import packaged_model, packaged_model_path
+
+    config = load_config([], environ={})
+    served = packaged_model(config)
+    assert served is not None and packaged_model_path().stat().st_size < 5_000_000
+    md = served.metadata
+    # A change of the default features without `utp train` again would leave the demo's model unserved.
+    assert md.feature_set_version == FeatureSpec(config.features).version
+    assert md.model_kind == "tft" and md.lookback > 1 and md.horizons == (1, 5, 20) and md.reference_bins
+    # Serving imports no torch: the demo runs on an install without the train extra.
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from utp.core.config import load_config; from utp.daemon.models import packaged_model\n"
+            "import numpy as np; m = packaged_model(load_config([], environ={}))\n"
+            "x = np.zeros((3, m.metadata.lookback, len(m.metadata.feature_names)))\n"
+            "print(m.model.predict(x).shape)")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "(3, 3, 3)"
