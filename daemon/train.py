@@ -382,19 +382,19 @@ def train_walk_forward(
         r.trades = len(inside)
         r.win_rate = float(np.mean([t.pnl > 0 for t in inside])) if inside else float("nan")
     gate = _gate(config, results, np.concatenate(all_returns), closed, ppy, registry, kind)
-    ensemble_platt, n_signals = ensemble_calibration(config, data, kind, schedule, bt_config)
-    tell("ensemble calibration", {"platt": list(ensemble_platt), "signals": n_signals})
     tell("gate", {"passed": gate.passed, "oos_sharpe": gate.oos_sharpe, "oos_win_rate": gate.oos_win_rate,
                   "min_fold_sharpe": gate.min_fold_sharpe, "deflated_sharpe": gate.deflated_sharpe,
                   "reasons": gate.reasons})  # fmt: skip
+    ensemble_platt, n_signals = ensemble_calibration(config, data, kind, schedule, bt_config)
+    tell("ensemble calibration", {"platt": list(ensemble_platt), "signals": n_signals})
     # The model to serve: the most recent window, calibrated on every out-of-sample prediction.
     last = times[-1]
     first = times[max(0, times.size - tr.train_bars)]
     fit, valid = _fit_rows(data, int(first), int(last), usable, labelled, times, tr.validation_share, purge)
-    model = trainer.fit(data, trainer.inputs(data, fit), data.labels(fit), trainer.inputs(data, valid), data.labels(valid))
+    x_fit = trainer.inputs(data, fit)
+    model = trainer.fit(data, x_fit, data.labels(fit), trainer.inputs(data, valid), data.labels(valid))
     raw_all, correct_all = np.concatenate(oos_raw), np.concatenate(oos_correct)
     platt = fit_platt(raw_all, correct_all)
-    x_fit = trainer.inputs(data, fit)
     notes = {"dataset": data.name, "train_start": _iso_day(int(first)), "train_end": _iso_day(int(last)),
              "gate_passed": str(gate.passed).lower(), "ensemble_platt": f"{ensemble_platt[0]:.6g},{ensemble_platt[1]:.6g}"}  # fmt: skip
     metadata = _metadata(config, kind, data, trainer.lookback, platt=platt,

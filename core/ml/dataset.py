@@ -14,6 +14,7 @@ prediction, so training and serving agree on which rows exist.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -58,10 +59,15 @@ class LabelledDataset:
     def symbols(self) -> tuple[str, ...]:
         return tuple(self.frame["symbol"].unique(maintain_order=True).to_list())
 
+    @functools.cached_property
+    def _matrix(self) -> np.ndarray:
+        matrix = np.array(self.frame.select(self.feature_names).to_numpy(), np.float64)
+        matrix.flags.writeable = False  # shared by every caller of features()
+        return matrix
+
     def features(self, rows: np.ndarray | None = None) -> np.ndarray:
-        """float64 [rows, features] (all rows when None)."""
-        frame = self.frame if rows is None else self.frame[rows]
-        return frame.select(self.feature_names).to_numpy().astype(np.float64, copy=False)
+        """float64 [rows, features] (all rows when None; read-only)."""
+        return self._matrix if rows is None else self._matrix[rows]
 
     def labels(self, rows: np.ndarray | None = None) -> np.ndarray:
         """float64 [rows, horizons]."""
@@ -91,14 +97,14 @@ class LabelledDataset:
         The rows must be usable with this lookback (see `usable`); rows of one symbol are contiguous in
         `frame`, so a window is a slice of it.
         """
-        x = self.features().astype(np.float32)
+        x = self.features()
         codes = self._symbol_codes()
         rows = np.asarray(rows, np.int64)
         first = rows - (lookback - 1)
         if rows.size and (np.any(first < 0) or np.any(codes[np.maximum(first, 0)] != codes[rows])):
             raise ValueError(f"some rows have fewer than {lookback} rows of history")
         offsets = np.arange(lookback, dtype=np.int64)
-        return x[first[:, None] + offsets[None, :]]
+        return x[first[:, None] + offsets[None, :]].astype(np.float32)
 
     def _symbol_codes(self) -> np.ndarray:
         return self.frame["symbol"].cast(pl.Categorical).to_physical().to_numpy().astype(np.int64)

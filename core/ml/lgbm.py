@@ -77,10 +77,11 @@ class LgbmParams:
     lambda_l2: float = 1.0
     early_stopping_rounds: int = 20
     seed: int = 7
-    num_threads: int = 0
-    """0 lets LightGBM pick (OpenMP's default: every core). On a machine whose cores other processes
-    keep busy, OpenMP's spinning threads can make a fit 100x slower (measured: a 6-booster fit took
-    0.8 s on 1 thread and 180 s on 2 threads on a loaded 2-core machine); pass 1 there."""
+    num_threads: int = 1
+    """1 by default: training often runs beside a live session (TriggerRetrain) and OpenMP's spinning
+    threads on cores other processes keep busy can make a fit 100x slower (measured: a 6-booster fit took
+    0.8 s on 1 thread and 180 s on 2 threads on a loaded 2-core machine); the baseline's data fit in
+    seconds on one core. 0 lets LightGBM take every core."""
 
     def booster_params(self, objective: str, alpha: float | None) -> dict[str, Any]:
         """LightGBM's parameter dict for one booster. `deterministic` with `force_row_wise` makes two
