@@ -202,9 +202,9 @@ class InferenceConfig(_Section):
     models: tuple[str, ...] = ("tft",)
     #: ONNX files to serve instead of the registry's champion, by model name (research and tests).
     model_files: dict[str, str] = msgspec.field(default_factory=dict)
-    #: In a backtest (the demo too) with no champion or file, serve the TFT that ships with utp
-    #: (daemon/models.py says how it is made). A live session serves only champions.
-    packaged_fallback: bool = True
+    #: In a backtest with no file for the TFT, serve the TFT that ships with utp (daemon/models.py says how
+    #: it is made); the demo does. A live session serves only champions, whatever this says.
+    packaged_fallback: bool = False
     #: Seconds between looks at the registry for a new champion in a live session (hot reload).
     registry_poll_s: float = 5.0
     #: Run on the CUDA provider when onnxruntime has it; the CPU provider otherwise.

@@ -5,7 +5,7 @@ Per name in `inference.models` (only names with an ensemble weight are served at
 1. `inference.model_files[name]`: that ONNX file, fixed for the run;
 2. the registry's champion (when a registry is given): fixed at the start of a backtest, followed with
    hot reload in a live session (`RegistryWatcher`);
-3. for "tft" with `inference.packaged_fallback`, in backtests (the demo among them): the TFT that ships
+3. for "tft" with `inference.packaged_fallback` (the demo sets it), in backtests: the TFT that ships
    with utp (`configs/models/tft.onnx`, made by `utp train --model tft --dataset goog --set train.start=
    --set train.train_bars=500 --no-registry --output configs/models/tft.onnx`). A live session never
    serves it: there only a champion, which passed the promotion gate, reaches execution.
