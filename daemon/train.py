@@ -508,9 +508,6 @@ def _log_and_register(config: Config, report: TrainingReport, registry: Any, *, 
         run.log_metrics({"oos_sharpe": g.oos_sharpe, "oos_win_rate": g.oos_win_rate, "min_fold_sharpe": g.min_fold_sharpe,
                          "deflated_sharpe": g.deflated_sharpe, "probabilistic_sharpe": g.probabilistic_sharpe,
                          "gate_passed": float(g.passed)})  # fmt: skip
-        rows = [{"run_id": run.run_id, "model_id": report.model_kind, "params": params, "promoted": False, **f.row()}
-                for f in report.folds]  # fmt: skip
-        run.log_table("walk_forward_results", rows)
         run.log_dict("explain", report.explain)
         run.log_dict("ensemble_calibration", {"platt": list(report.ensemble_platt), "signals": report.ensemble_signals,
                                               "setting": f"ensemble.platt=[{report.ensemble_platt[0]:.6g}, {report.ensemble_platt[1]:.6g}]"})
@@ -523,8 +520,13 @@ def _log_and_register(config: Config, report: TrainingReport, registry: Any, *, 
                         "deflated_sharpe": f"{g.deflated_sharpe:.6g}", "gate_reasons": "; ".join(g.reasons)}  # fmt: skip
         info = registry.register(report.model_name, run, report.onnx, version_tags)
         report.run_id, report.version = run.run_id, info.version
-    tell("registered", {"model": report.model_name, "version": report.version, "run_id": report.run_id})
-    if promote and g.passed:
-        registry.promote(report.model_name, report.version, actor=actor or "utp train", reason="passed the gate")
-        report.promoted = True
-        tell("promoted", {"model": report.model_name, "version": report.version})
+        tell("registered", {"model": report.model_name, "version": report.version, "run_id": report.run_id})
+        if promote and g.passed:
+            registry.promote(report.model_name, report.version, actor=actor or "utp train", reason="passed the gate")
+            report.promoted = True
+            tell("promoted", {"model": report.model_name, "version": report.version})
+        # The seeds' walk_forward_results rows, written last so that `promoted` is what happened.
+        model_id = f"{report.model_name}/{report.version}"
+        run.log_table("walk_forward_results", [
+            {"run_id": run.run_id, "model_id": model_id, "params": params, "promoted": report.promoted, **f.row()}
+            for f in report.folds])  # fmt: skip
