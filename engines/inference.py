@@ -11,7 +11,8 @@ changes a forecast.
 Which version serves a bar time is the model source's answer (`core.ml.sources`): a swap (hot reload
 on promotion) takes effect between two bar times and is announced with a MODEL_SWAPPED alert. A version
 whose features are not the session's (another feature-set hash, a missing feature) is refused with a
-FEATURE_MISMATCH alert. Each version has a drift monitor (`core.ml.drift`); its alarm pauses that model's
+FEATURE_MISMATCH alert; one whose call fails stops serving with a MODEL_FAILED alert while the session
+goes on. Each version has a drift monitor (`core.ml.drift`); its alarm pauses that model's
 predictions, with an alert, until another version takes over.
 """
 
@@ -70,6 +71,8 @@ class _Serving:
         self.model = model
         self.columns = columns
         self.monitor = monitor
+        #: Why the model stopped serving when a call failed (it is not tried again until another version).
+        self.failure = ""
 
 
 class InferenceEngine(Engine):
@@ -120,7 +123,7 @@ class InferenceEngine(Engine):
             t = int(times[a])
             for source in self.sources:
                 serving = self._serving_at(source, t, alerts)
-                if serving is None or serving.monitor.paused is not None:
+                if serving is None or serving.monitor.paused is not None or serving.failure:
                     continue
                 md = serving.model.metadata
                 ready = np.flatnonzero(self.run[sid[a:b]] >= md.lookback) + a
@@ -128,7 +131,18 @@ class InferenceEngine(Engine):
                     continue
                 windows = np.empty((ready.size, md.lookback, serving.columns.size))
                 _gather(sid[ready], serving.columns, self.history, self.head, windows)
-                quantiles = serving.model.model.predict(windows)
+                try:
+                    quantiles = serving.model.model.predict(windows)
+                    if quantiles.shape != (ready.size, len(md.horizons), 3):
+                        raise ValueError(f"it returned quantiles of shape {quantiles.shape}, "
+                                         f"not ({ready.size}, {len(md.horizons)}, 3)")  # fmt: skip
+                except Exception as exc:  # noqa: BLE001 - a broken model must not stop the session
+                    serving.failure = str(exc).splitlines()[0][:300]
+                    alerts.append(self._alert(t, serving.model, pb.MODEL_ALERT_KIND_MODEL_FAILED,
+                                              f"model {serving.model.name} {serving.model.version} failed and "
+                                              f"stopped serving: {serving.failure}", paused=True))  # fmt: skip
+                    ctx.log.error("model %s %s failed: %s", serving.model.name, serving.model.version, serving.failure)
+                    continue
                 signal = quantiles[:, md.signal_index, :]
                 raw = raw_confidence(signal[:, 0], signal[:, 1], signal[:, 2])
                 parts.append((serving.model, ready, quantiles, raw, platt_scale(raw, md.platt)))

@@ -270,3 +270,19 @@ def test_the_packaged_tft_matches_the_default_feature_set_and_serves_without_tor
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "(3, 3, 3)"
+
+
+def test_a_model_that_fails_at_run_time_stops_with_an_alert_and_the_session_goes_on() -> None:
+    import onnx
+    from onnx import numpy_helper
+
+    config = goog_config(**{"ensemble.weights": {"tft": 0.5, "ema_cross": 0.5}})
+    broken = onnx.load_from_string(model_bytes(config, 1.0))
+    for init in broken.graph.initializer:
+        if init.name == "shape":  # [N, 9] cannot be reshaped to [N, 3, 4]: onnxruntime fails on the first call
+            init.CopyFrom(numpy_helper.from_array(np.array([-1, 3, 4], np.int64), "shape"))
+    served = load_served("tft", "1", broken.SerializeToString())
+    out = asyncio.run(run_session(config, [FixedModel(served)]))
+    assert out["prediction"].height == 0 and out["scored_signal"].height > 0  # the alphas still vote
+    failed = out["model_alert"].filter(pl.col("kind") == pb.MODEL_ALERT_KIND_MODEL_FAILED)
+    assert failed.height == 1 and failed["inference_paused"][0] and "Reshape" in failed["message"][0]
