@@ -123,12 +123,13 @@ def test_a_model_schedule_swaps_versions_between_bar_times_without_gaps() -> Non
 def test_hot_reload_from_the_registry_mid_stream_drops_and_duplicates_nothing(tmp_path: Path) -> None:
     from utp.core.ml.registry import ModelRegistry
 
-    config = goog_config(**{"market_data.replay_rate": 400.0, "market_data.batch_bar_times": 1})
+    config = goog_config(**{"market_data.replay_rate": 150.0, "market_data.batch_bar_times": 1})
     registry = ModelRegistry(tmp_path / "mlflow")
     tags = {"gate_passed": "true", "feature_set_version": FeatureSpec(config.features).version, "model_kind": "lgbm",
             "oos_sharpe": "1", "oos_win_rate": "0.5", "min_fold_sharpe": "0.1", "deflated_sharpe": "0.9"}  # fmt: skip
-    with registry.start_run("test", "v1", {}, {}) as run:
+    with registry.start_run("test", "models", {}, {}) as run:
         v1 = registry.register("tft", run, model_bytes(config, 1.0), tags)
+        v2 = registry.register("tft", run, model_bytes(config, -1.0), tags)
     registry.promote("tft", v1.version)
 
     def champion():
@@ -140,8 +141,6 @@ def test_hot_reload_from_the_registry_mid_stream_drops_and_duplicates_nothing(tm
     promoted = threading.Event()
 
     def promote_second() -> None:
-        with registry.start_run("test", "v2", {}, {}) as run:
-            v2 = registry.register("tft", run, model_bytes(config, -1.0), tags)
         registry.promote("tft", v2.version, reason="test")
         promoted.set()
 
