@@ -92,8 +92,10 @@ class _Tft:
     kind = "tft"
 
     def __init__(self, params: dict[str, Any]) -> None:
-        from utp.core.ml.tft import TftParams
-
+        try:
+            from utp.core.ml.tft import TftParams
+        except ImportError as exc:  # serving needs no torch, so a plain install has none
+            raise ValueError(f"training the TFT needs torch ({exc}): pip install 'utp[train]'") from None
         self.params = TftParams(**params)
         self.lookback = self.params.lookback
 
@@ -123,11 +125,12 @@ class _Tft:
 
 
 def _trainer(kind: str, config: Config) -> _Lgbm | _Tft:
-    if kind == "lgbm":
-        return _Lgbm(dict(config.train.lgbm))
-    if kind == "tft":
-        return _Tft(dict(config.train.tft))
-    raise ValueError(f"unknown model kind {kind!r}; choose lgbm or tft")
+    if kind not in ("lgbm", "tft"):
+        raise ValueError(f"unknown model kind {kind!r}; choose lgbm or tft")
+    try:
+        return _Lgbm(dict(config.train.lgbm)) if kind == "lgbm" else _Tft(dict(config.train.tft))
+    except TypeError as exc:  # a parameter the model does not have
+        raise ValueError(f"train.{kind}: {exc}") from None
 
 
 # -- results ------------------------------------------------------------------------------------------

@@ -160,3 +160,17 @@ def test_the_walk_forward_purges_the_label_horizon_between_train_and_test() -> N
     md = report.metadata
     assert md.signal_horizon == 5 and md.horizons == (1, 5, 20) and md.reference_bins
     assert 0.5 <= md.reference_confidence <= 1.0
+
+
+def test_train_refuses_unknown_model_parameters_and_explains_a_missing_torch(capsys: pytest.CaptureFixture[str]) -> None:
+    import subprocess
+    import sys
+
+    assert main(["train", "--model", "lgbm", "--no-registry", "--set", "train.lgbm={n_trees: 5}"]) == 2
+    err = capsys.readouterr().err
+    assert "train.lgbm" in err and "n_trees" in err
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from utp.daemon.cli import main\n"
+            "sys.exit(main(['train', '--model', 'tft', '--no-registry']))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "pip install 'utp[train]'" in out.stderr
