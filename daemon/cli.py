@@ -270,6 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
     backtest.add_argument("--compare", metavar="KEY=V1,V2,..",
                           help="one run per value of a setting, side by side, e.g. portfolio.method=equal,hrp,risk_parity")
     backtest.add_argument("--portfolio", metavar="METHOD", help="portfolio construction method (portfolio.method)")
+    backtest.add_argument("--model", action="append", default=[], metavar="NAME=WHICH",
+                          help="serve a registered model: champion, challenger, a version number, or an ONNX file "
+                               "(repeatable), e.g. tft=champion")
+    backtest.add_argument("--data-dir", metavar="DIR", help="where the model registry lives (with --model)")
     backtest.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                           help="show a progress bar (default: when stderr is a terminal)")
     backtest.set_defaults(log_level="WARNING")
@@ -317,6 +321,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "initial_cash": "execution.initial_cash", "batch_bar_times": "market_data.batch_bar_times",
                      "portfolio": "portfolio.method"}  # fmt: skip
             overrides = _overrides(args, flags)
+            if args.data_dir:
+                overrides["data_dir"] = args.data_dir
+            if args.model:
+                from utp.daemon.ml_cli import resolve_model_files
+
+                overrides["inference.model_files"] = resolve_model_files(args.model, load_config(args.config, overrides=overrides))
             if args.weights:
                 weights = {}
                 for item in args.weights.split(","):

@@ -28,6 +28,31 @@ def open_registry(config: Config) -> Any:
     return ModelRegistry(registry_root(config), config.models.mlflow_uri or None)
 
 
+def resolve_model_files(choices: list[str], config: Config) -> dict[str, str]:
+    """`NAME=WHICH` choices (champion, challenger, a version, or an ONNX file) as inference.model_files:
+    a registered version is fetched into the registry's cache, so the backtest serves exactly its bytes."""
+    files: dict[str, str] = {}
+    registry = None
+    for choice in choices:
+        name, _, which = choice.partition("=")
+        if not name or not which:
+            raise ValueError(f"--model {choice!r}: expected NAME=champion|challenger|VERSION|FILE")
+        if Path(which).suffix == ".onnx":
+            files[name] = which
+            continue
+        registry = registry or open_registry(config)
+        try:
+            if which in ("champion", "challenger"):
+                found = registry.by_alias(name, which)
+                if found is None:
+                    raise ValueError(f"--model {choice}: {name} has no {which}")
+                which = found.version
+            files[name] = str(registry.model_file(name, which, registry_root(config) / "cache"))
+        except LookupError as exc:  # no such model or version
+            raise ValueError(f"--model {choice}: {exc}") from None
+    return files
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", action="append", default=[], metavar="FILE", help="YAML config (repeatable)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")

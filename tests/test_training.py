@@ -174,3 +174,30 @@ def test_train_refuses_unknown_model_parameters_and_explains_a_missing_torch(cap
             "sys.exit(main(['train', '--model', 'tft', '--no-registry']))")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "pip install 'utp[train]'" in out.stderr
+
+
+def test_backtest_serves_a_registered_version_exactly_as_its_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.ml_models import linear_model
+    from utp.core.features import FeatureSpec
+    from utp.core.ml.registry import ModelRegistry
+
+    spec = FeatureSpec(load_config([], environ={}).features)
+    model = linear_model(spec.names, spec.version, weights={"ret_5": 1.0})
+    (tmp_path / "model.onnx").write_bytes(model)
+    registry = ModelRegistry(tmp_path / "mlflow")
+    tags = {"gate_passed": "true", "feature_set_version": spec.version, "model_kind": "lgbm", "oos_sharpe": "1",
+            "oos_win_rate": "0.5", "min_fold_sharpe": "0", "deflated_sharpe": "0.9"}  # fmt: skip
+    with registry.start_run("test", "backtest", {}, {}) as run:
+        version = registry.register("tft", run, model, tags).version
+    registry.promote("tft", version)
+    common = ["backtest", "--dataset", "goog", "--end", "2007-12-31", "--json", "--data-dir", str(tmp_path),
+              "--set", "ensemble.weights={tft: 0.5, ema_cross: 0.5}", "--set", "ensemble.min_confidence=0.3"]  # fmt: skip
+    results = []
+    for which in ("tft=champion", f"tft={version}", f"tft={tmp_path / 'model.onnx'}"):
+        assert main([*common, "--model", which]) == 0
+        results.append(json.loads(capsys.readouterr().out))
+    assert results[0] == results[1] == results[2] and results[0]["trades"] > 0
+    assert main([*common]) == 0  # without the model the ensemble votes otherwise
+    assert json.loads(capsys.readouterr().out) != results[0]
+    assert main([*common, "--model", "tft=challenger"]) == 2
+    assert "has no challenger" in capsys.readouterr().err
