@@ -118,10 +118,13 @@ class _Tft:
         return export_tft_onnx(model, metadata.to_props())
 
     def explain(self, model: Any, x: np.ndarray, data: LabelledDataset, signal_index: int) -> dict[str, Any]:  # noqa: ARG002
-        from utp.core.ml.tft import variable_importance
+        from utp.core.ml.tft import attention_by_lag, variable_importance
 
-        weights = variable_importance(model, x[: min(len(x), 5000)])
-        return {"variable_selection_weight": dict(zip(data.feature_names, weights.tolist(), strict=True))}
+        sample = x[: min(len(x), 5000)]
+        weights = variable_importance(model, sample)
+        lags = attention_by_lag(model, sample)  # oldest bar first
+        return {"variable_selection_weight": dict(zip(data.feature_names, weights.tolist(), strict=True)),
+                "attention_by_bars_ago": {str(len(lags) - 1 - i): float(w) for i, w in enumerate(lags)}}
 
 
 def _trainer(kind: str, config: Config) -> _Lgbm | _Tft:

@@ -188,3 +188,24 @@ def test_quantile_loss_is_the_mean_pinball_loss() -> None:
     # horizon 2, errors -1 for all:   0.9*1   + 0.5*1   + 0.1*1   = 1.5
     loss = quantile_loss(pred, target, (0.1, 0.5, 0.9))
     assert loss.item() == pytest.approx((0.45 + 1.5) / 6)
+
+
+def test_attention_by_lag_is_the_forecasts_pattern_over_the_window() -> None:
+    from utp.core.ml.tft import attention_by_lag
+
+    model = random_model()
+    x = np.random.default_rng(8).normal(size=(50, LOOKBACK, FEATURES)).astype(np.float32)
+    lags = attention_by_lag(model, x, batch_size=16)
+    assert lags.shape == (LOOKBACK,) and (lags >= 0).all() and lags.sum() == pytest.approx(1.0)
+    per_sample = model.attention_by_lag(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(per_sample.sum(axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(per_sample.mean(axis=0), lags, atol=1e-6)
+    # With one value projection shared by the heads, the head-averaged pattern is the whole story of what
+    # the attention reads: its output is the output projection of pattern @ values.
+    attention = model.attention
+    with torch.no_grad():
+        temporal, _ = model._temporal(torch.from_numpy(x))
+        pattern = attention.pattern(temporal[:, -1:], temporal)
+        values = attention.value(temporal)
+        by_hand = attention.output(pattern @ values)
+        torch.testing.assert_close(attention(temporal[:, -1:], temporal), by_hand, rtol=0, atol=1e-6)

@@ -177,17 +177,24 @@ class InterpretableMultiHeadAttention(nn.Module):
     def forward(self, query: Tensor, key: Tensor) -> Tensor:
         """query: [batch, q, hidden], key: [batch, L, hidden] (also the values' input), q <= L.
         Returns [batch, q, hidden]."""
+        attention = self.dropout(self._attention(query, key))
+        values = self.value(key).unsqueeze(1)  # [batch, 1, L, head_size], broadcast over the heads
+        return self.output((attention @ values).mean(dim=1))
+
+    def pattern(self, query: Tensor, key: Tensor) -> Tensor:
+        """The attention weights averaged over the heads, [batch, q, L]: with one shared value projection
+        this is exactly how much each position contributed (the paper's interpretable pattern)."""
+        return self._attention(query, key).mean(dim=1)
+
+    def _attention(self, query: Tensor, key: Tensor) -> Tensor:
         batch, n_queries, _ = query.shape
         n_keys = key.shape[1]
         queries = self.queries(query).view(batch, n_queries, self.heads, self.head_size).transpose(1, 2)
         keys = self.keys(key).view(batch, n_keys, self.heads, self.head_size).transpose(1, 2)
-        values = self.value(key).unsqueeze(1)  # [batch, 1, L, head_size], broadcast over the heads
         scores = queries @ keys.transpose(-1, -2) / math.sqrt(self.head_size)  # [batch, heads, q, L]
         query_positions = torch.arange(n_keys - n_queries, n_keys).unsqueeze(-1)
         future = torch.arange(n_keys).unsqueeze(0) > query_positions  # [q, L]
-        scores = scores.masked_fill(future, float("-inf"))
-        attention = self.dropout(torch.softmax(scores, dim=-1))
-        return self.output((attention @ values).mean(dim=1))
+        return torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1)
 
 
 class TemporalFusionTransformer(nn.Module):
@@ -241,15 +248,26 @@ class TemporalFusionTransformer(nn.Module):
     def forward_with_selection(self, features: Tensor) -> tuple[Tensor, Tensor]:
         """The quantiles [batch, horizons, 3] and the variable selection weights [batch, features] that
         produced them."""
-        selected, selection_weights = self.variable_selection(features, self.standardize)
-        encoded, _ = self.encoder(selected)
-        temporal = self.encoder_skip(encoded, selected)  # [batch, lookback, hidden]
+        temporal, selection_weights = self._temporal(features)
         last = temporal[:, -1:]
         attended = self.attention_skip(self.attention(last, temporal), last)
         fused = self.output_skip(self.positionwise(attended), last)[:, 0]  # [batch, hidden]
         median, below, above = self.head(fused).view(fused.shape[0], self.n_horizons, 3).unbind(-1)
         quantiles = torch.stack([median - F.softplus(below), median, median + F.softplus(above)], dim=-1)
         return quantiles * self.target_std.unsqueeze(-1) + self.target_mean.unsqueeze(-1), selection_weights
+
+    def attention_by_lag(self, features: Tensor) -> Tensor:
+        """How much each bar of the window (oldest first) fed the forecast, [batch, lookback]: the latest
+        bar's attention over the window; each row sums to 1."""
+        temporal, _ = self._temporal(features)
+        return self.attention.pattern(temporal[:, -1:], temporal)[:, 0]
+
+    def _temporal(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        """The gated LSTM encoding of the selected inputs [batch, lookback, hidden], and the selection
+        weights [batch, features]."""
+        selected, selection_weights = self.variable_selection(features, self.standardize)
+        encoded, _ = self.encoder(selected)
+        return self.encoder_skip(encoded, selected), selection_weights
 
 
 def quantile_loss(pred: Tensor, target: Tensor, quantiles: tuple[float, ...]) -> Tensor:
@@ -369,6 +387,12 @@ def variable_importance(model: TemporalFusionTransformer, x: np.ndarray, batch_s
     weights = _in_batches(x, batch_size, model, lambda features: model.forward_with_selection(features)[1])
     importance = weights.mean(axis=0)
     return importance / importance.sum()
+
+
+def attention_by_lag(model: TemporalFusionTransformer, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+    """Mean attention of the forecast on each bar of the window [lookback] (oldest first; sums to 1):
+    which lags the model reads."""
+    return _in_batches(x, batch_size, model, model.attention_by_lag).mean(axis=0)
 
 
 def _in_batches(x: np.ndarray, batch_size: int, model: TemporalFusionTransformer,
