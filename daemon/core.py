@@ -9,11 +9,11 @@ restarted daemon resumes every engine from its last commit.
 from __future__ import annotations
 
 import asyncio
-import threading
-from typing import Any
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from google.protobuf.message import Message
 

@@ -91,7 +91,8 @@ class Session:
         model_sources: Sequence[ModelSource] | None = None,
     ) -> None:
         """`model_sources`: the models the inference engine serves (see `daemon.models.model_sources`);
-        None serves the models of `inference.model_files` and the packaged TFT. Only models with an
+        None serves the models of `inference.model_files` (and the packaged TFT with
+        `inference.packaged_fallback`). Only models with an
         ensemble weight are served; with none, the graph has no inference engine."""
         self.config = config
         self.bus = bus

@@ -43,7 +43,7 @@ from utp.core.ml.dataset import LabelledDataset, build_dataset
 from utp.core.ml.serving import ModelMetadata, fit_platt, load_served, raw_confidence, reference_bins
 from utp.core.ml.sources import ModelSchedule
 from utp.core.performance import sharpe_ratio
-from utp.core.validation import deflated_sharpe_ratio, walk_forward_bars
+from utp.core.validation import deflated_sharpe_ratio, probabilistic_sharpe_ratio, walk_forward_bars
 from utp.storage.datasets import dataset as find_dataset
 from utp.storage.datasets import load_sp500_index
 
@@ -480,8 +480,6 @@ def _gate(config: Config, folds: list[FoldResult], returns: np.ndarray, closed: 
     variance = float(np.var(per_bar, ddof=1)) if per_bar.size > 1 else 0.0
     if returns.size > 1 and np.std(returns) > 0:
         dsr = deflated_sharpe_ratio(returns, max(trials, 1), variance) if trials > 1 else None
-        from utp.core.validation import probabilistic_sharpe_ratio
-
         psr = probabilistic_sharpe_ratio(returns)
         deflated = dsr.dsr if dsr is not None else psr
     else:

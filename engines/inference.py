@@ -100,7 +100,6 @@ class InferenceEngine(Engine):
         self.run = np.zeros(len(universe), np.int64)
         self.serving: dict[str, _Serving | None] = {s.name: None for s in self.sources}
         self.refused: set[tuple[str, str]] = set()
-        self.predictions = 0
         self._restored_monitors: dict[str, tuple[str, dict]] = {}
 
     # -- the step -------------------------------------------------------------------------------------
@@ -218,7 +217,6 @@ class InferenceEngine(Engine):
             )
         schema = KINDS["prediction"].schema
         out = pl.concat(frames).sort("event_time_ns", maintain_order=True) if len(frames) > 1 else frames[0]
-        self.predictions += out.height
         return out.select(list(schema)).cast(schema)  # type: ignore[arg-type]
 
     def _alert(self, time_ns: int, model: ServedModel, kind: int, message: str, *, value: float = 0.0,
@@ -240,11 +238,11 @@ class InferenceEngine(Engine):
     def snapshot(self) -> Any:
         monitors = {name: (s.model.version, s.monitor.state()) for name, s in self.serving.items() if s is not None}
         return {"vector_names": self.vector_names, "history": self.history, "head": self.head, "run": self.run,
-                "monitors": monitors, "refused": self.refused, "predictions": self.predictions}  # fmt: skip
+                "monitors": monitors, "refused": self.refused}  # fmt: skip
 
     def restore(self, state: Any) -> None:
         self.vector_names, self.history, self.head, self.run = (
             state["vector_names"], state["history"], state["head"], state["run"])  # fmt: skip
-        self.refused, self.predictions = state["refused"], state["predictions"]
+        self.refused = state["refused"]
         # The versions come back from their sources; a monitor resumes only for the same version.
         self._restored_monitors = state["monitors"]

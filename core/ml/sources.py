@@ -82,7 +82,6 @@ class RegistryWatcher:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.failures = 0
         if look_now:
             self.refresh()
 
@@ -99,7 +98,6 @@ class RegistryWatcher:
                 return False
             model = load_served(self.name, found[0], found[1], **self._session)
         except Exception as exc:  # noqa: BLE001 - a bad registry read or model keeps the old one serving
-            self.failures += 1
             log.warning("could not load the champion of %s: %s; the model in service stays", self.name, exc)
             return False
         with self._lock:
