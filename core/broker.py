@@ -60,8 +60,8 @@ DAY_NS = 86_400 * 10**9
 SLIPPAGE_MODELS = {"fixed": 0, "spread": 1, "volatility": 2}
 
 # -- the order tables ----------------------------------------------------------------------------------
-# Float columns.
-F_QTY, F_NOTIONAL, F_FILLED, F_VALUE, F_LIMIT, F_STOP, N_F = range(7)
+# Float columns. F_TIMEOUT: the time an entry's order timeout runs out (0: none); F_REPRICES: times it was repriced.
+F_QTY, F_NOTIONAL, F_FILLED, F_VALUE, F_LIMIT, F_STOP, F_TIMEOUT, F_REPRICES, N_F = range(9)
 # Integer columns. I_AFTER: the order can fill on bars after this time. I_DAY: UTC day of a DAY order's
 # first bar (-1 before it). I_GROUP: OCO group (-1 none). I_LEG: a bracket leg (sized by its parent).
 I_STATE, I_SYM, I_SIDE, I_TYPE, I_TIF, I_AFTER, I_DAY, I_PARENT, I_GROUP, I_TRIGGERED, I_LEG, I_SERIAL, N_I = range(13)
@@ -75,13 +75,15 @@ P_SLIP, P_MODEL, P_SPREAD_ALPHA, P_VOL_FACTOR, P_VOLUME_LIMIT, P_PER_SHARE, P_MI
 # -- events the kernels report -------------------------------------------------------------------------
 # Columns: what happened, to which order row, when, and the order's state right after it.
 E_KIND, E_SLOT, E_TIME, E_QTY, E_PRICE, E_COMMISSION, E_SLIPPAGE, E_ORDER_QTY, E_FILLED, E_AVG, E_AUX, E_ROLE, N_E = range(13)
-EV_NEW, EV_HELD, EV_FILL, EV_ACTIVATED, EV_CANCELED, EV_EXPIRED, EV_REJECTED, EV_SKIPPED = range(8)
+EV_NEW, EV_HELD, EV_FILL, EV_ACTIVATED, EV_CANCELED, EV_EXPIRED, EV_REJECTED, EV_SKIPPED, EV_REPLACED = range(9)
 # E_AUX of a cancellation: why.
-CANCEL_REQUESTED, CANCEL_OCO, CANCEL_PARENT, CANCEL_TARGET = 0.0, 1.0, 2.0, 3.0
+CANCEL_REQUESTED, CANCEL_OCO, CANCEL_PARENT, CANCEL_TARGET, CANCEL_TIMEOUT, CANCEL_ACCEPTED = 0.0, 1.0, 2.0, 3.0, 4.0, 5.0
 #: OCO groups named through `submit` are numbered from here (execution's brackets use their entry's serial).
 GROUP_NAMED = 1 << 40
 CANCEL_TEXT = {CANCEL_REQUESTED: "cancelled", CANCEL_OCO: "one-cancels-other",
-               CANCEL_PARENT: "its parent ended unfilled", CANCEL_TARGET: "replaced by a new target"}  # fmt: skip
+               CANCEL_PARENT: "its parent ended unfilled", CANCEL_TARGET: "replaced by a new target",
+               CANCEL_TIMEOUT: "not filled within the order timeout",
+               CANCEL_ACCEPTED: "the order timeout ran out with enough of it filled: the rest is cancelled"}  # fmt: skip
 _CS_K = 3.0 - 2.0 * math.sqrt(2.0)
 _CLOSED = {pb.ORDER_STATUS_FILLED, pb.ORDER_STATUS_CANCELED, pb.ORDER_STATUS_REJECTED, pb.ORDER_STATUS_EXPIRED,
            pb.ORDER_STATUS_REPLACED}  # fmt: skip
@@ -96,7 +98,7 @@ def event_status(kind: int, filled: float, quantity: float) -> int:
 
 _EVENT_STATUS = {EV_NEW: pb.ORDER_STATUS_NEW, EV_HELD: pb.ORDER_STATUS_HELD, EV_ACTIVATED: pb.ORDER_STATUS_NEW,
                  EV_CANCELED: pb.ORDER_STATUS_CANCELED, EV_EXPIRED: pb.ORDER_STATUS_EXPIRED,
-                 EV_REJECTED: pb.ORDER_STATUS_REJECTED}  # fmt: skip
+                 EV_REJECTED: pb.ORDER_STATUS_REJECTED, EV_REPLACED: pb.ORDER_STATUS_REPLACED}  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -842,6 +844,7 @@ def event_messages(kind: np.ndarray, aux: np.ndarray, notional: np.ndarray) -> n
     for code, words in CANCEL_TEXT.items():
         text[cancelled & (aux == code)] = words
     text[kind == EV_EXPIRED] = "the trading day ended"
+    text[kind == EV_REPLACED] = "repriced: not filled within the order timeout"
     for e in np.flatnonzero(kind == EV_REJECTED):  # rare: a notional too small for one share
         text[e] = f"notional {notional[e]:.2f} buys no share at {aux[e]:.4f}"
     return text

@@ -34,6 +34,9 @@ class MarketDataConfig(_Section):
     batch_bar_times: int = 1
     #: Bar times per second when a session replays data; 0 = as fast as possible.
     replay_rate: float = 1.0
+    #: Quarantine outliers (`utp.core.quality.OutlierDetector`) in replayed bars too; the packaged data sets are
+    #: vetted, and their genuine shocks (a -50% day) are not bad ticks. Live bars are always checked (data.outliers).
+    outliers: bool = False
 
     def start_date(self) -> date | None:
         return _parse_date("market_data.start", self.start)
@@ -297,11 +300,101 @@ class PortfolioConfig(_Section):
     bottom_n: int = 3
 
 
+#: GICS sectors of the packaged universes (skfolio's 20 S&P 500 stocks and GOOG), for the sector rule.
+DEFAULT_SECTORS: dict[str, str] = {
+    "AAPL": "information_technology", "AMD": "information_technology", "MSFT": "information_technology",
+    "BAC": "financials", "JPM": "financials",
+    "BBY": "consumer_discretionary", "HD": "consumer_discretionary",
+    "CVX": "energy", "RRC": "energy", "XOM": "energy",
+    "GE": "industrials",
+    "JNJ": "health_care", "LLY": "health_care", "MRK": "health_care", "PFE": "health_care", "UNH": "health_care",
+    "KO": "consumer_staples", "PEP": "consumer_staples", "PG": "consumer_staples", "WMT": "consumer_staples",
+    "GOOG": "communication_services",
+}  # fmt: skip
+
+
+class SignalFilterConfig(_Section):
+    """Filters on entries (exits are never filtered), each a reason code of the risk engine; 0 / empty = off."""
+
+    #: Entries only from entry_start to entry_end (exchange time) of an exchange session, and not in its last 15
+    #: minutes (half days end 12:45); applies to intraday bars only.
+    market_hours: bool = True
+    calendar: str = "XNYS"
+    entry_start: str = "09:30"
+    entry_end: str = "15:45"
+    #: Average volume over volume_period bars at least this (a symbol whose volume is unknown, all 0, passes).
+    min_avg_volume: float = 500_000.0
+    volume_period: int = 20
+    #: Quoted spread below this share of the mid, when quotes exist.
+    max_spread: float = 0.001
+    #: No entries within this many exchange sessions of a symbol's earnings (earnings_file: CSV/Parquet with
+    #: symbol and date columns; empty = no earnings calendar).
+    earnings_blackout_days: int = 2
+    earnings_file: str = ""
+
+
+class UniverseConfig(_Section):
+    """The tradable universe, screened once per exchange session from the bars seen so far (seed 004)."""
+
+    enabled: bool = True
+    lookback: int = 20
+    min_price: float = 5.0
+    max_price: float = 500.0
+    #: Average close x volume over the lookback (skipped for a symbol whose volume is unknown, all 0).
+    min_dollar_volume: float = 5_000_000.0
+    #: Median quoted spread (when quotes exist; seed 004: 50 bps).
+    max_spread: float = 0.005
+    #: Without quotes, the Corwin-Schultz estimate from highs and lows runs well above quoted spreads (daily bars
+    #: of a liquid stock read 50-60 bps): its own limit, 0 = not screened on it.
+    max_estimated_spread: float = 0.0
+    #: Average dollar volume at which tiers 1, 2, 3 start.
+    tiers: tuple[float, ...] = (5e8, 5e7, 5e6)
+
+
 class RiskConfig(_Section):
+    """Risk limits, defaults from the seeds' risk tables; 0 turns a limit off. See `utp.core.risk_guard` for the
+    portfolio rules (applied by execution at placement) and `utp.engines.risk` for the checks of each target."""
+
     #: Target position per symbol as a share of equity: an UP signal asks for +this, DOWN for 0 (or -this
     #: with shorts). Execution sizes the order from the portfolio when it places it.
     max_position_pct: float = 0.10
     allow_short: bool = False
+    #: An entry's loss to its stop (exit.stop_loss_pct) at most this share of equity: larger entries are capped.
+    max_position_risk_pct: float = 0.02
+    #: The day's loss (from the day's opening equity) beyond which no new entries are placed that day.
+    max_daily_loss_pct: float = 0.05
+    #: The day's loss beyond which nothing at all is placed until the operator resumes (kill switch).
+    kill_switch_loss_pct: float = 0.10
+    #: Drawdown from the equity peak beyond which every position is liquidated.
+    max_drawdown_pct: float = 0.10
+    #: A position whose close falls back from its best close since it opened by more than this is closed.
+    trailing_stop_pct: float = 0.05
+    #: Gross exposure of one sector (risk.sectors) as a share of equity.
+    max_sector_exposure_pct: float = 0.30
+    sectors: dict[str, str] = msgspec.field(default_factory=lambda: dict(DEFAULT_SECTORS))
+    #: Gross exposure of the portfolio and of one symbol, in the account's currency.
+    max_total_exposure: float = 50_000.0
+    max_symbol_exposure: float = 10_000.0
+    #: Order throttles: orders placed in the last minute, and for one symbol in a day (exits always go).
+    max_orders_per_minute: int = 5
+    max_orders_per_symbol_day: int = 3
+    #: Losing round trips in a row after which entries pause until the next day.
+    max_consecutive_losses: int = 3
+    #: A fill slipping more than this multiple of the expected slippage blocks its symbol's entries for
+    #: slippage_block_minutes. Expected: expected_slippage_bps, or 0 = execution.slippage_bps.
+    max_slippage_multiple: float = 3.0
+    slippage_block_minutes: float = 30.0
+    expected_slippage_bps: float = 0.0
+    max_positions: int = 30
+    #: Short exposure as a share of gross exposure.
+    max_short_share: float = 0.5
+    #: Historical CVaR-95 of the portfolio over the last cvar_window bar times, as a share of equity (once at
+    #: least cvar_min_history bar times are known).
+    max_cvar_pct: float = 0.03
+    cvar_window: int = 250
+    cvar_min_history: int = 20
+    filters: SignalFilterConfig = SignalFilterConfig()
+    universe: UniverseConfig = UniverseConfig()
 
 
 class ExecutionConfig(_Section):
@@ -324,6 +417,22 @@ class ExecutionConfig(_Section):
     borrow_rate: float = 0.0
     #: Market orders of the decisions: DAY or GTC.
     time_in_force: str = "day"
+    #: Smart execution (seed 004), the same with the simulated venue and a real broker. Entries as `market`
+    #: orders, or as `limit` orders at the decision's close moved limit_offset_bps plus spread_weight x half the
+    #: estimated spread plus volatility_weight x the last bar's range (share of the close) towards paying more.
+    entry_order: str = "market"
+    limit_offset_bps: float = 5.0
+    spread_weight: float = 1.0
+    volatility_weight: float = 0.0
+    #: An entry not done within order_timeout_s (0 = never) is accepted when at least min_fill_ratio of it filled
+    #: (the rest cancelled), else a limit is repriced at the latest close, at most max_reprices times, then
+    #: cancelled. Checked at each bar time, on the bars' clock.
+    order_timeout_s: float = 60.0
+    min_fill_ratio: float = 0.8
+    max_reprices: int = 2
+    #: Entries of more than this notional go as slices of at most this much, one per bar time, each with its own
+    #: protective legs (0 = never sliced).
+    slice_notional: float = 0.0
 
 
 class ExitConfig(_Section):
@@ -332,6 +441,80 @@ class ExitConfig(_Section):
     #: 0 leaves that leg out.
     take_profit_pct: float = 0.03
     stop_loss_pct: float = 0.015
+    #: A position held this long (from the bar time it opened) is closed at the next bar time's close; 0 = never.
+    max_holding_hours: float = 0.0
+
+
+class BrokerConfig(_Section):
+    """Where orders go, and the gates in front of real money.
+
+    `simulated`: the simulated venue (backtests, the embedded paper session). `alpaca-paper`: Alpaca's paper
+    endpoint through alpaca-py. `alpaca-live`: real money; refused unless `live_enabled` is set as well (a
+    separate, explicit setting), the operator has approved execution, and `dry_run` is off.
+    Credentials come from the environment variables named here, never from a file.
+    """
+
+    name: str = "simulated"
+    #: The separate, explicit setting without which no order reaches a live (real-money) endpoint.
+    live_enabled: bool = False
+    #: Decide and log every order, send none.
+    dry_run: bool = False
+    paper_url: str = "https://paper-api.alpaca.markets"
+    live_url: str = "https://api.alpaca.markets"
+    #: The trade-updates WebSocket; empty = the one of the REST endpoint in use.
+    stream_url: str = ""
+    key_env: str = "APCA_API_KEY_ID"
+    secret_env: str = "APCA_API_SECRET_KEY"
+    #: Seconds one request may take before it counts as a (retryable) timeout.
+    timeout_s: float = 10.0
+    #: Retries of a retryable failure (HTTP 429, 5xx, timeouts, dropped connections), with exponential
+    #: backoff from backoff_s up to backoff_max_s; other errors are never retried.
+    retries: int = 3
+    backoff_s: float = 0.25
+    backoff_max_s: float = 8.0
+    #: The circuit opens after this many failures within breaker_window_s and stays open breaker_cooldown_s.
+    breaker_failures: int = 5
+    breaker_window_s: float = 60.0
+    breaker_cooldown_s: float = 30.0
+    #: Seconds between reconciliations of positions and open orders against the broker (0 = only at start).
+    reconcile_interval_s: float = 60.0
+
+
+class DataConfig(_Section):
+    """Live market data from vendors (`utp core --data alpaca|polygon`) and the local bar store.
+
+    With no primary source the session replays `market_data.dataset`. When the primary goes quiet for
+    `failover_after_s` during market hours, bars come from the secondary, and the switch is announced.
+    """
+
+    primary: str = ""
+    secondary: str = ""
+    #: Bar interval of the live stream and of backfills: 1Min, 5Min, 15Min, 1Hour, 1Day.
+    timeframe: str = "1Min"
+    failover_after_s: float = 90.0
+    #: Alpaca's data feed: iex (free) or sip.
+    alpaca_feed: str = "iex"
+    alpaca_data_url: str = "https://data.alpaca.markets"
+    #: The market-data WebSocket; empty = Alpaca's for the feed.
+    alpaca_stream_url: str = ""
+    polygon_url: str = "https://api.polygon.io"
+    #: host[:port] of Polygon's WebSocket, and whether it is TLS.
+    polygon_stream_host: str = "socket.polygon.io"
+    polygon_stream_secure: bool = True
+    polygon_key_env: str = "POLYGON_API_KEY"
+    #: Folder of the bar store (Parquet by symbol and date); empty = <data dir>/bars.
+    store_dir: str = ""
+    #: Quarantine outlier bars from the live feed: a close beyond outlier_sigma x the symbol's recent volatility
+    #: and beyond outlier_min_move (log return), or a volume beyond outlier_volume_multiple x its recent volume.
+    outliers: bool = True
+    outlier_sigma: float = 10.0
+    outlier_min_move: float = 0.2
+    outlier_volume_multiple: float = 50.0
+    #: Freshness: a symbol without a bar for this long during an exchange session is stale (an alert).
+    max_bar_age_s: float = 1800.0
+    #: Splits and dividends (CSV/Parquet: symbol, ex_date, split_ratio, cash_dividend) applied to bars read
+    #: from the bar store; empty = none.
+    corporate_actions: str = ""
 
 
 class BusConfig(_Section):
@@ -369,6 +552,8 @@ class Config(_Section):
     risk: RiskConfig = RiskConfig()
     execution: ExecutionConfig = ExecutionConfig()
     exit: ExitConfig = ExitConfig()
+    broker: BrokerConfig = BrokerConfig()
+    data: DataConfig = DataConfig()
     bus: BusConfig = BusConfig()
     state: StateConfig = StateConfig()
     server: ServerConfig = ServerConfig()

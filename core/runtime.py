@@ -153,7 +153,12 @@ class SourceEngine(Engine):
 
     @abstractmethod
     def produce(self, ctx: EngineContext) -> bool:
-        """Emit the next batch; return False when there is nothing more."""
+        """Emit the next batch; return False when there is nothing more. A call that emits nothing, writes no
+        record and leaves `through_ns` as it was is not checkpointed (a live source polls far more often than
+        bars come), so state changed by such a call alone may be lost in a crash."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Called when the runner stops (maybe more than once): release what `start` took (a live feed)."""
 
 
 @dataclass(slots=True)
@@ -487,6 +492,7 @@ class SourceRunner(_RunnerBase):
         """Produce until the source is exhausted (it sets `through_ns` to END) or `stop` is called."""
         engine = self.engine
         while not self._stopping and self.through != END:
+            before = self.through
             try:
                 more = engine.produce(self.ctx)
             except Exception as exc:
@@ -494,8 +500,10 @@ class SourceRunner(_RunnerBase):
             self.through = engine.through_ns if more else END
             if more:
                 self.clock.observe(self.through)
+            changed = bool(self._emitted or self._records) or self.through != before
             await self._publish_outputs()
-            self._checkpoint()
+            if changed:
+                self._checkpoint()
             if self.checkpointer is not None:
                 self.checkpointer.flush()
             await self._publish_status()
@@ -510,5 +518,7 @@ class SourceRunner(_RunnerBase):
 
     async def stop(self) -> None:
         self._stopping = True
+        # Off the event loop: closing a live feed joins its streams' threads.
+        await asyncio.to_thread(self.engine.close)
         if self.state == pb.ENGINE_STATE_RUNNING:
             await self._set_state(pb.ENGINE_STATE_STOPPED)

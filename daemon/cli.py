@@ -79,13 +79,14 @@ async def _run_core(config: Config) -> int:
     from utp.daemon.core import CoreDaemon
     from utp.daemon.server import serve, shutdown
 
+    from utp.core.broker import BrokerError
     from utp.daemon.core import SessionMismatch
 
     data_dir = Path(config.data_dir).expanduser() if config.data_dir else _default_data_dir()
     daemon = CoreDaemon(config, data_dir, version=version())
     try:
         await daemon.start()
-    except SessionMismatch as exc:
+    except (SessionMismatch, BrokerError) as exc:  # a live endpoint without every gate open, missing credentials
         print(f"utp: error: {exc}", file=sys.stderr)
         return 2
     server, health = await serve(daemon, config.server.listen)
@@ -94,9 +95,14 @@ async def _run_core(config: Config) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     controls = daemon.controls
+    data = (f"live {config.data.timeframe} bars from {config.data.primary}"
+            f"{' (then ' + config.data.secondary + ')' if config.data.secondary else ''} for "
+            f"{','.join(config.market_data.symbols)}" if config.data.primary
+            else f"{config.market_data.dataset} at {config.market_data.replay_rate:g} bar times/s")  # fmt: skip
+    broker = "simulated broker" if config.broker.name == "simulated" else (
+        f"{config.broker.name}{' DRY RUN' if config.broker.dry_run else ''}")  # fmt: skip
     print(
-        f"utp core {version()}: paper session on the {daemon.bus.name} bus, "
-        f"{config.market_data.dataset} at {config.market_data.replay_rate:g} bar times/s; "
+        f"utp core {version()}: session on the {daemon.bus.name} bus, {data}, {broker}; "
         f"gRPC on {config.server.listen}; state in {data_dir}; "
         f"execution {'APPROVED' if controls.execution_approved else 'REVOKED'}"
         f"{', HALTED' if controls.halted else ''}. Watch it with: utp console --target {config.server.listen}",
@@ -249,6 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
     core.add_argument("--listen", metavar="HOST:PORT", help="gRPC address (default 127.0.0.1:50051)")
     core.add_argument("--data-dir", metavar="DIR", help="hot state folder (default: the user's data folder)")
     core.add_argument("--replay-rate", type=float, metavar="N", help="bar times per second (0 = as fast as possible)")
+    core.add_argument("--broker", choices=("simulated", "alpaca-paper", "alpaca-live"),
+                      help="where orders go (default simulated); alpaca-live also needs broker.live_enabled")
+    core.add_argument("--data", metavar="SOURCE[,SECONDARY]",
+                      help="live bars from alpaca or polygon (a second source takes over when the first goes quiet); "
+                           "needs --symbols")  # fmt: skip
 
     console = sub.add_parser("console", help="watch and steer a daemon")
     console.add_argument("--target", default="127.0.0.1:50051", metavar="HOST:PORT")
@@ -286,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     from utp.daemon import ml_cli
 
     ml_cli.add_parsers(sub)
+    from utp.daemon import data_cli
+
+    data_cli.add_parsers(sub)
     return parser
 
 
@@ -297,8 +311,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             config = _config(
                 args,
                 {"nats": "bus.nats_url", "listen": "server.listen", "data_dir": "data_dir",
-                 "dataset": "market_data.dataset", "replay_rate": "market_data.replay_rate"},
+                 "dataset": "market_data.dataset", "replay_rate": "market_data.replay_rate", "broker": "broker.name"},
             )  # fmt: skip
+            live: dict[str, object] = {}
+            if args.data:
+                sources = [x.strip() for x in args.data.split(",") if x.strip()]
+                if not 1 <= len(sources) <= 2 or not set(sources) <= {"alpaca", "polygon"}:
+                    raise ConfigError(f"--data {args.data!r}: expected alpaca, polygon, alpaca,polygon or polygon,alpaca")
+                live["data.primary"] = sources[0]
+                live["data.secondary"] = sources[1] if len(sources) > 1 else ""
+            if live:
+                config = load_config(base=config, environ={}, overrides=live)
             return asyncio.run(_run_core(config))
         if args.command == "console":
             from utp.console.app import ConsoleApp
@@ -354,6 +377,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from utp.daemon import ml_cli
 
             return ml_cli.run_train(args) if args.command == "train" else ml_cli.run_models(args)
+        if args.command == "data":
+            from utp.daemon import data_cli
+
+            return data_cli.run(args)
     except (ConfigError, ValueError) as exc:
         print(f"utp: error: {exc}", file=sys.stderr)
         return 2

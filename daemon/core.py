@@ -32,7 +32,9 @@ from utp.v1 import events_pb2 as pb
 log = logging.getLogger(__name__)
 
 #: Kinds the daemon always follows, for GetStatus.
-_STATUS_KINDS = frozenset({"engine_status", "account_snapshot"})
+_STATUS_KINDS = frozenset({"engine_status", "account_snapshot", "risk_event"})
+#: Risk events after which the daemon halts trading (persisted, so a restart stays halted).
+_HALTING = frozenset({pb.RISK_ACTION_KILL_SWITCH, pb.RISK_ACTION_HALT})
 
 
 class SessionMismatch(RuntimeError):
@@ -129,6 +131,7 @@ class CoreDaemon:
             checkpointer=checkpointer,
             status_interval_s=self.config.status_interval_s,
             model_sources=await self._model_sources(),
+            approval=self.execution_allowed,
         )
         await self.session.start()
         # Engines restored older checkpoints may hold older flags: state the current ones once more.
@@ -193,6 +196,8 @@ class CoreDaemon:
         identity: dict[str, object] = {
             "bus": bus.name, "dataset": md.dataset, "symbols": list(md.symbols), "start": md.start, "end": md.end,
         }  # fmt: skip
+        if self.config.data.primary:  # live bars: the session is its symbols on that source, not a data set
+            identity.update(dataset="", start="", end="", live=self.config.data.primary)
         if isinstance(bus, JetStreamBus):
             identity.update(stream=bus.stream, subject_root=bus.subjects.root)
         return identity
@@ -223,10 +228,20 @@ class CoreDaemon:
                 self.engine_status[m.engine] = m  # type: ignore[attr-defined]
         elif kind == "account_snapshot":
             self.account = messages[-1]  # type: ignore[assignment]
+        elif kind == "risk_event":
+            for m in messages:
+                if m.action in _HALTING and not self.controls.halted:  # type: ignore[attr-defined]
+                    # Not awaited here: a command publishes on the bus, whose delivery may be what called us.
+                    log.error("risk: %s: halting trading", m.message)  # type: ignore[attr-defined]
+                    self._halting = asyncio.create_task(self.halt(m.message, "risk"))  # type: ignore[attr-defined]
         for watcher in list(self.watchers):
             for message in messages:
                 if watcher.wants(kind, message):
                     watcher.offer(pb.Event(**{kind: message}))
+
+    def execution_allowed(self) -> bool:
+        """The operator's approval state, as the hot state (LMDB) holds it: the last gate before a broker."""
+        return self.controls.execution_approved and not self.controls.halted
 
     # -- operator commands -------------------------------------------------------------------------
     async def set_execution_approval(self, approved: bool, reason: str, actor: str) -> ControlState:
@@ -272,8 +287,9 @@ class CoreDaemon:
         md = self.config.market_data
         session = self.session
         engines = [self.engine_status[name] for name in sorted(self.engine_status)]
+        broker = self.config.broker
         response = api.GetStatusResponse(
-            mode="paper",
+            mode="live" if broker.name == "alpaca-live" else ("paper" if broker.name == "simulated" else broker.name),
             bus=self.bus.name,
             nats_url=self.config.bus.nats_url,
             session_state=self.state,
@@ -281,7 +297,7 @@ class CoreDaemon:
             halt_reason=self.controls.halt_reason,
             execution_approved=self.controls.execution_approved,
             engines=engines,
-            dataset=md.dataset,
+            dataset=f"live:{self.config.data.primary}" if self.config.data.primary else md.dataset,
             symbols=list(session.market_data.universe.symbols) if session else list(md.symbols),
             version=self.version,
         )

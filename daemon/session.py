@@ -34,7 +34,10 @@ from utp.core.clock import Clock, SimulatedClock
 from utp.core.config import Config, ConfigError
 from utp.core.controls import ControlState
 from utp.core.features import Benchmark, FeatureSpec
+from utp.core.feeds import FailoverFeed, empty_bars
 from utp.core.ml.sources import ModelSource
+from utp.core.risk_guard import RiskGuard
+from utp.core.venue import ExternalVenue
 from utp.core.runtime import Checkpointer, Engine, EngineRunner, SourceRunner
 from utp.core.universe import Universe
 from utp.engines.alpha import AlphaEngine
@@ -44,10 +47,10 @@ from utp.engines.execution import ExecutionEngine
 from utp.engines.exit import ExitEngine
 from utp.engines.features import FeatureEngine
 from utp.engines.inference import InferenceEngine
-from utp.engines.market_data import MarketDataEngine
+from utp.engines.market_data import LiveMarketDataEngine, MarketDataEngine, outlier_detector
 from utp.engines.portfolio import PortfolioConstructionEngine
 from utp.engines.risk import RiskEngine
-from utp.storage.datasets import Dataset, dataset, load_sp500_index
+from utp.storage.datasets import STORE_DATASET, Dataset, dataset, load_sp500_index, store_dataset
 from utp.v1 import core_service_pb2 as api
 from utp.v1 import events_pb2 as pb
 
@@ -66,11 +69,78 @@ class MarketData:
 
     @classmethod
     def from_config(cls, config: Config) -> MarketData:
+        """The packaged data set market_data.dataset, or with `store` the local bar store (data.store_dir, else
+        <data dir>/bars), adjusted with data.corporate_actions when set."""
         md = config.market_data
-        ds = dataset(md.dataset)
+        if md.dataset == STORE_DATASET:
+            from utp.daemon.data_cli import store_root
+
+            ds = store_dataset(store_root(config), md.symbols, md.start_date(), md.end_date(),
+                               corporate_actions=config.data.corporate_actions or None)  # fmt: skip
+        else:
+            ds = dataset(md.dataset)
         symbols = md.symbols or ds.symbols
         bars = ds.bars(symbols, md.start_date(), md.end_date())
         return cls(ds, Universe(symbols), bars)
+
+
+#: Live vendors, as data.primary / data.secondary name them.
+LIVE_VENDORS = ("alpaca", "polygon")
+#: Regular trading hours of a US equity session, for annualising intraday bars.
+_SESSION_NS = 390 * 60 * 10**9
+
+
+def live_market_data(config: Config) -> MarketData:
+    """What a live session's bars are: the symbols of market_data.symbols at data.timeframe. There are no
+    recorded bars; `dataset` says how to annualise them (252 sessions of 6.5 hours)."""
+    from utp.core.vendors.history import Timeframe
+
+    data = config.data
+    symbols = tuple(config.market_data.symbols)
+    if not symbols:
+        raise ConfigError(f"live data needs market_data.symbols: data.primary is {data.primary!r}, "
+                          "and a live session streams the symbols it is told, never a whole data set")  # fmt: skip
+    try:
+        interval_ns = Timeframe.parse(data.timeframe).nanos
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    source = data.primary + (f" (failover {data.secondary})" if data.secondary else "")
+    live = Dataset(data.primary, f"live {data.timeframe} bars from {source}", symbols, interval_ns,
+                   periods_per_year=252 * max(1.0, _SESSION_NS / interval_ns), _load=empty_bars)  # fmt: skip
+    return MarketData(live, Universe(symbols), empty_bars())
+
+
+def live_feed(config: Config, environ: Mapping[str, str] | None = None) -> FailoverFeed:
+    """The FailoverFeed of data.primary (and data.secondary) over market_data.symbols, credentials from
+    `environ` (default: the process environment). ConfigError names the setting at fault."""
+    import os
+
+    from utp.core.vendors.streams import AlpacaBarStream, PolygonBarStream  # the vendors' clients load slowly
+
+    data, symbols = config.data, config.market_data.symbols
+    env = os.environ if environ is None else environ
+    if not symbols:
+        raise ConfigError("live data needs market_data.symbols")
+
+    def stream(setting: str, vendor: str) -> AlpacaBarStream | PolygonBarStream:
+        if vendor not in LIVE_VENDORS:
+            raise ConfigError(f"data.{setting} is {vendor!r}; live data comes from {' or '.join(LIVE_VENDORS)}")
+        try:
+            if vendor == "alpaca":
+                return AlpacaBarStream.from_environment(data, symbols, env, broker=config.broker)
+            return PolygonBarStream.from_environment(data, symbols, env)
+        except ValueError as exc:
+            raise ConfigError(f"data.{setting} {vendor}: {exc}") from exc
+
+    if data.secondary == data.primary:
+        raise ConfigError(f"data.secondary is {data.secondary!r} like data.primary; fail over to the other vendor "
+                          "or leave data.secondary empty")  # fmt: skip
+    primary = stream("primary", data.primary)
+    secondary = stream("secondary", data.secondary) if data.secondary else None
+    try:
+        return FailoverFeed(primary, secondary, failover_after_s=data.failover_after_s)
+    except ValueError as exc:
+        raise ConfigError(f"data.failover_after_s: {exc}") from exc
 
 
 class Session:
@@ -89,24 +159,47 @@ class Session:
         include_details: bool = True,
         status_interval_s: float | None = None,
         model_sources: Sequence[ModelSource] | None = None,
+        environ: Mapping[str, str] | None = None,
+        approval: Callable[[], bool] | None = None,
     ) -> None:
         """`model_sources`: the models the inference engine serves (see `daemon.models.model_sources`);
         None serves the models of `inference.model_files` (and the packaged TFT with
         `inference.packaged_fallback`). Only models with an
-        ensemble weight are served; with none, the graph has no inference engine."""
+        ensemble weight are served; with none, the graph has no inference engine.
+
+        With data.primary set and no `market_data` handed over, the bars are live, from the vendors' streams
+        (credentials from `environ`, default the process environment); `market_data` is always replayed.
+
+        With broker.name other than simulated, orders go to that broker (`utp.core.venue`); `approval` is the
+        operator's approval state it checks before every order (the daemon's, from its hot state), default the
+        session's own controls."""
         self.config = config
         self.bus = bus
         self.clock = clock
-        self.market_data = market_data or MarketData.from_config(config)
+        self.external_broker: Any = None
+        live = bool(config.data.primary) and market_data is None
+        if live and clock.simulated:
+            raise ConfigError(f"data.primary is {config.data.primary!r}: live data runs on the wall clock, "
+                              "not on a simulated one")  # fmt: skip
+        self.market_data = market_data or (live_market_data(config) if live else MarketData.from_config(config))
         controls = controls or ControlState()
         md, universe = config.market_data, self.market_data.universe
-        self.source = MarketDataEngine(
-            self.market_data.bars,
-            universe,
-            interval_ns=self.market_data.dataset.interval_ns,
-            batch_bar_times=md.batch_bar_times,
-            replay_rate=0.0 if clock.simulated else md.replay_rate,
-        )
+        self.source: MarketDataEngine | LiveMarketDataEngine
+        if live:
+            self.source = LiveMarketDataEngine(
+                live_feed(config, environ), universe, interval_ns=self.market_data.dataset.interval_ns,
+                outliers=outlier_detector(config.data, len(universe)) if config.data.outliers else None,
+                max_bar_age_s=config.data.max_bar_age_s, calendar=config.risk.filters.calendar,
+            )  # fmt: skip
+        else:
+            self.source = MarketDataEngine(
+                self.market_data.bars,
+                universe,
+                interval_ns=self.market_data.dataset.interval_ns,
+                batch_bar_times=md.batch_bar_times,
+                replay_rate=0.0 if clock.simulated else md.replay_rate,
+                outliers=outlier_detector(config.data, len(universe)) if md.outliers else None,
+            )
         ex = config.execution
         broker = SimulatedBroker(
             universe.symbols,
@@ -133,7 +226,9 @@ class Session:
             PortfolioConstructionEngine(config.portfolio, config.risk, universe,
                                         periods_per_year=self.market_data.dataset.periods_per_year),
             RiskEngine(config.risk, controls),
-            ExecutionEngine(config.execution, broker, controls, universe),
+            ExecutionEngine(config.execution, broker, controls, universe,
+                            RiskGuard(config.risk, config.exit, universe.symbols, expected_slippage_bps=ex.slippage_bps),
+                            venue=self._venue(config, universe, controls, approval, environ)),
             ExitEngine(config.exit),
         ]
         if served:
@@ -150,10 +245,31 @@ class Session:
             )
             engines.append(self.collector)
         self.engines = engines
+        self.execution = next(e for e in engines if isinstance(e, ExecutionEngine))
         self.runners = [
             EngineRunner(e, bus, clock, checkpointer, status_interval_s=status_interval_s) for e in engines
         ]
         self.source_runner = SourceRunner(self.source, bus, clock, checkpointer, status_interval_s=status_interval_s)
+
+    def _venue(self, config: Config, universe: Universe, controls: ControlState,
+               approval: Callable[[], bool] | None, environ: Mapping[str, str] | None) -> ExternalVenue | None:  # fmt: skip
+        """The real broker orders go to, or None for the simulated venue. Refuses a live endpoint unless every gate
+        is open (`utp.core.safety`)."""
+        name = config.broker.name
+        if name == "simulated":
+            return None
+        if not name.startswith("alpaca-"):
+            raise ConfigError(f"broker.name {name!r}: expected simulated, alpaca-paper or alpaca-live")
+        from utp.core.vendors.alpaca_broker import AlpacaBroker
+
+        if approval is None:
+            def approval() -> bool:  # the execution engine's own flags, which follow the operator's commands
+                state = self.execution.controls
+                return state.execution_approved and not state.halted
+
+        broker = AlpacaBroker(config.broker, universe.symbols, approval=approval, environ=environ)
+        self.external_broker = broker
+        return ExternalVenue(broker, universe.symbols, reconcile_interval_s=config.broker.reconcile_interval_s)
 
     @property
     def all_runners(self) -> list[EngineRunner | SourceRunner]:
@@ -161,6 +277,8 @@ class Session:
 
     async def start(self) -> None:
         """Subscribe every engine (restoring checkpoints); the data does not flow until `run`."""
+        if self.external_broker is not None:  # the trade-updates stream, before any order can be sent
+            await asyncio.to_thread(self.external_broker.start)
         for runner in self.runners:
             await runner.start()
         await self.source_runner.start()
@@ -184,6 +302,8 @@ class Session:
         await self.source_runner.stop()
         for runner in self.runners:
             await runner.stop()
+        if self.external_broker is not None:
+            await asyncio.to_thread(self.external_broker.close)
 
 
 async def run_backtest(

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -62,12 +63,22 @@ from utp.core.broker import (
     EV_HELD,
     EV_NEW,
     EV_REJECTED,
+    EV_REPLACED,
     EV_SKIPPED,
     F_FILLED,
     F_LIMIT,
     F_NOTIONAL,
     F_QTY,
     F_STOP,
+    F_TIMEOUT,
+    F_VALUE,
+    F_REPRICES,
+    CANCEL_ACCEPTED,
+    CANCEL_TARGET,
+    CANCEL_TIMEOUT,
+    S_PREV_HIGH,
+    S_PREV_LOW,
+    S_SPREAD,
     FREE,
     I_LEG,
     I_PARENT,
@@ -75,12 +86,19 @@ from utp.core.broker import (
     I_SIDE,
     I_STATE,
     I_SYM,
+    I_TIF as I_TIF_COL,
     I_TYPE,
     N_E,
     P_FRACTIONAL,
     TIF_DAY,
     TIF_GTC,
     WORKING,
+    BarBlock,
+    BrokerOrder,
+    BrokerReport,
+    FillReport,
+    META_FIELDS,
+    META_SCHEMA,
     SimulatedBroker,
     close_order,
     compact_open,
@@ -91,6 +109,7 @@ from utp.core.broker import (
     update_symbol_state,
 )
 from utp.core.config import ExecutionConfig
+from utp.core.venue import ExternalVenue, fill_frame, order_frame
 from utp.core.controls import ControlState
 from utp.core.ids import client_order_id
 from utp.core.kinds import HEADER_COLUMNS, KINDS, TIME
@@ -109,13 +128,55 @@ from utp.core.portfolio import (
     account_row,
     book_fill,
 )
+from utp.core.risk_guard import (  # noqa: I001
+    A_CAP,
+    A_EXIT,
+    A_KILL,
+    A_LIQUIDATE,
+    A_REJECT,
+    G_KILLED,
+    G_NO_ENTRIES,
+    G_PLACED_NEW,
+    G_PLACED_VALUE,
+    GP_DRAWDOWN,
+    GP_MAX_HOLD_NS,
+    GP_TRAIL,
+    GS_BEST,
+    GS_EXITING,
+    GS_OPENED,
+    GS_SIDE,
+    MARK_KILL,
+    MARK_LIQUIDATE,
+    MARK_OK,
+    OK,
+    R_DRAWDOWN,
+    R_HOLD,
+    R_KILL,
+    R_TRAIL,
+    RiskGuard,
+    guard_entry,
+    guard_event,
+    guard_fill,
+    guard_mark,
+    guard_order,
+    risk_message,
+)
 from utp.core.runtime import Engine, EngineContext, Input, InputMode
 from utp.core.universe import Universe
 from utp.storage.state import ORDERS, POSITIONS
 from utp.v1 import events_pb2 as pb
 
-# E_ROLE of an order created by execution: what it is for (E_AUX: the decision's or leg's index).
-ROLE_CLOSE, ROLE_ENTRY, ROLE_LEG = 1, 2, 3
+# E_ROLE of an order created by execution: what it is for (E_AUX: the decision's or leg's index; for a risk rule's
+# close, the rule's reason code).
+ROLE_CLOSE, ROLE_ENTRY, ROLE_LEG, ROLE_RISK, ROLE_REPRICE, ROLE_SLICE, ROLE_SLICE_LEG = 1, 2, 3, 4, 5, 6, 7
+# The event kind of a risk rule's event (after the broker's kinds): see `utp.core.risk_guard.guard_event`.
+EV_RISK = EV_REPLACED + 1
+# Smart execution's parameters: limit entries (0/1), the offset's parts, the order timeout, the fill ratio accepted at
+# the timeout, the reprices allowed, the slice size.
+XP_LIMIT, XP_OFFSET, XP_SPREAD_W, XP_VOL_W, XP_TIMEOUT_NS, XP_MIN_FILL, XP_MAX_REPRICES, XP_SLICE, N_XP = range(9)
+# Per symbol, an entry going in slices: notional left, side, slices placed, its legs' take-profit limit and
+# stop-loss stop (0: none), their time in force, the first slice's row (within its bar time).
+SL_LEFT, SL_SIDE, SL_COUNT, SL_TP, SL_SL, SL_TIF, SL_ROOT, SL_LEG_TIF, N_SL = range(9)
 # The kernel's cursor: where it got to (bars, decisions, legs), the order table's rows in use, the next
 # serial; after a return, what the next bar time needs (events, order rows).
 C_BAR, C_DEC, C_LEG, C_ROWS, C_SERIAL, C_NEED_EVENTS, C_NEED_ROWS, C_GROUP, N_C = range(9)
@@ -123,7 +184,8 @@ DONE, BUFFERS_FULL, TABLE_FULL = 0, 1, 2
 # Columns of a position snapshot row.
 SNAP_COLUMNS = (Q, AVG, LAST, REALIZED, COMMISSIONS, BORROW)
 _STATUS_OF_KIND = np.array([pb.ORDER_STATUS_NEW, pb.ORDER_STATUS_HELD, pb.ORDER_STATUS_FILLED, pb.ORDER_STATUS_NEW,
-                            pb.ORDER_STATUS_CANCELED, pb.ORDER_STATUS_EXPIRED, pb.ORDER_STATUS_REJECTED, 0], np.int32)  # fmt: skip
+                            pb.ORDER_STATUS_CANCELED, pb.ORDER_STATUS_EXPIRED, pb.ORDER_STATUS_REJECTED, 0,
+                            pb.ORDER_STATUS_REPLACED, 0], np.int32)  # fmt: skip
 _TOKENS = pl.Series([pb.OrderStatus.Name(v).removeprefix("ORDER_STATUS_").lower() if v in pb.OrderStatus.values() else ""
                      for v in range(max(pb.OrderStatus.values()) + 1)], dtype=pl.Utf8)  # fmt: skip
 
@@ -134,12 +196,12 @@ def _sign(x):  # noqa: ANN001
 
 
 @njit(cache=True, inline="always")
-def _place_target(d, t, s, target, band, tif, equity, cash, fo, io, olist, active, params, pos, d_row, d_seed, events, n, cursor):  # noqa: ANN001, PLR0913
+def _place_target(d, t, s, target, band, tif, equity, cash, fo, io, olist, active, params, pos, d_row, d_seed, events, n, cursor, acct, gv, gs, gring, grets, gp, xp, sl, state):  # noqa: ANN001, PLR0913
     """Place what decision d (target share of equity for symbol s, at time t) needs. Returns (events, cash)."""
     held = pos[s, Q]
     if band > 0.0 and held != 0.0 and _sign(target) == _sign(held):
         return _resize(d, t, s, target, band, tif, equity, cash, fo, io, olist, active, params, pos, d_row, d_seed,
-                       events, n, cursor)  # fmt: skip
+                       events, n, cursor, acct, gv, gs, gring, grets, gp)  # fmt: skip
     has_open = False
     entering = 0
     for j in range(1, olist[0] + 1):
@@ -151,6 +213,7 @@ def _place_target(d, t, s, target, band, tif, equity, cash, fo, io, olist, activ
     side_now = _sign(held) if held != 0.0 else entering
     if _sign(target) == side_now or (target == 0.0 and held == 0.0 and not has_open):
         return n, cash  # already there (or on the way): no rebalancing
+    sl[s, SL_LEFT] = 0.0  # a new target ends the slices of an earlier one
     if has_open:
         for j in range(1, olist[0] + 1):
             k = olist[j]
@@ -164,20 +227,39 @@ def _place_target(d, t, s, target, band, tif, equity, cash, fo, io, olist, activ
                      cursor[C_SERIAL])  # fmt: skip
         cursor[C_SERIAL] += 1
         n = order_event(events, n, EV_NEW, k, t, fo, 0.0, 0.0, 0.0, 0.0, d, ROLE_CLOSE)
+        guard_order(t, s, gv, gs, gring)
         cash += held * pos[s, LAST]
     if target != 0.0:
         notional = abs(target) * equity
         if target > 0.0:
             notional = notional if notional < cash else cash
+        if notional > 0.0:
+            reason, value, threshold, allowed = guard_entry(t, s, _sign(target), notional, equity, pos, acct, gv, gs,
+                                                            gring, grets, gp)  # fmt: skip
+            if reason != OK:
+                n = guard_event(events, n, t, s, reason, A_CAP if allowed > 0.0 else A_REJECT, value, threshold, d,
+                                EV_RISK)  # fmt: skip
+                if allowed <= 0.0:
+                    return n, cash
+                notional = allowed
+        if target > 0.0:
             cash -= notional if notional > 0.0 else 0.0
         if notional > 0.0:
+            if xp[XP_SLICE] > 0.0 and notional > xp[XP_SLICE]:  # the rest goes in later slices, one per bar time
+                sl[s, SL_LEFT], sl[s, SL_SIDE], sl[s, SL_COUNT] = notional - xp[XP_SLICE], _sign(target), 0.0
+                sl[s, SL_TP], sl[s, SL_SL], sl[s, SL_TIF] = 0.0, 0.0, tif
+                if target > 0.0:
+                    cash += notional - xp[XP_SLICE]
+                notional = xp[XP_SLICE]
             k = cursor[C_ROWS]
             cursor[C_ROWS] += 1
-            create_order(fo, io, olist, active, k, s, _sign(target), 1, tif, 0.0, notional, 0.0, 0.0, t, -1, -1, 0,
-                         cursor[C_SERIAL])  # fmt: skip
-            cursor[C_SERIAL] += 1
+            sl[s, SL_ROOT] = k
+            _entry_order(k, t, s, _sign(target), tif, notional, fo, io, olist, active, pos, state, xp, cursor)
             d_row[d] = k
             n = order_event(events, n, EV_NEW, k, t, fo, 0.0, 0.0, 0.0, 0.0, d, ROLE_ENTRY)
+            guard_order(t, s, gv, gs, gring)
+            gv[G_PLACED_VALUE] += notional
+            gv[G_PLACED_NEW] += 1.0 if held == 0.0 or _sign(held) != _sign(target) else 0.0
         else:  # no cash left for it
             e = events[n]
             e[:] = 0.0
@@ -187,7 +269,7 @@ def _place_target(d, t, s, target, band, tif, equity, cash, fo, io, olist, activ
 
 
 @njit(cache=True, inline="always")
-def _resize(d, t, s, target, band, tif, equity, cash, fo, io, olist, active, params, pos, d_row, d_seed, events, n, cursor):  # noqa: ANN001, PLR0913
+def _resize(d, t, s, target, band, tif, equity, cash, fo, io, olist, active, params, pos, d_row, d_seed, events, n, cursor, acct, gv, gs, gring, grets, gp):  # noqa: ANN001, PLR0913
     """Bring a held position to its target when it is off by more than `band` of equity: the symbol's working
     orders go (an earlier resize, the protective legs) and one market order trades the difference; the
     decision's legs then guard the whole position (seeded with what is held, see `_execute`)."""
@@ -201,6 +283,14 @@ def _resize(d, t, s, target, band, tif, equity, cash, fo, io, olist, active, par
         notional = abs(diff) if abs(diff) < cash else cash
         if notional <= 0.0:
             return n, cash
+        reason, value, threshold, allowed = guard_entry(t, s, side, notional, equity, pos, acct, gv, gs, gring, grets,
+                                                        gp)  # fmt: skip
+        if reason != OK:
+            n = guard_event(events, n, t, s, reason, A_CAP if allowed > 0.0 else A_REJECT, value, threshold, d, EV_RISK)
+            if allowed <= 0.0:
+                return n, cash
+            notional = allowed
+        gv[G_PLACED_VALUE] += notional
         cash -= notional
     else:  # reduce: shares known now, never more than held (a gap can not turn it into a reversal)
         qty = abs(diff) / last
@@ -222,7 +312,138 @@ def _resize(d, t, s, target, band, tif, equity, cash, fo, io, olist, active, par
     d_row[d] = k
     d_seed[d] = abs(held)
     n = order_event(events, n, EV_NEW, k, t, fo, 0.0, 0.0, 0.0, 0.0, d, ROLE_ENTRY)
+    guard_order(t, s, gv, gs, gring)
     return n, cash
+
+
+@njit(cache=True, inline="always")
+def _limit_price(s, side, pos, state, xp):  # noqa: ANN001
+    """A limit entry's price: the last close moved towards paying more by the fixed offset, half the estimated spread
+    and a share of the last bar's range (seed 004's adaptive offset)."""
+    close = pos[s, LAST]
+    offset = xp[XP_OFFSET] + xp[XP_SPREAD_W] * 0.5 * state[s, S_SPREAD]
+    if close > 0.0 and state[s, S_PREV_HIGH] > 0.0:
+        offset += xp[XP_VOL_W] * (state[s, S_PREV_HIGH] - state[s, S_PREV_LOW]) / close
+    return close * (1.0 + side * offset)
+
+
+@njit(cache=True, inline="always")
+def _entry_order(k, t, s, side, tif, notional, fo, io, olist, active, pos, state, xp, cursor):  # noqa: ANN001
+    """Create row k: an entry of `notional` (sized at its fill), a market order or a limit with its timeout."""
+    if xp[XP_LIMIT] != 0.0 and pos[s, LAST] > 0.0:
+        create_order(fo, io, olist, active, k, s, side, 2, tif, 0.0, notional, _limit_price(s, side, pos, state, xp),
+                     0.0, t, -1, -1, 0, cursor[C_SERIAL])  # fmt: skip
+        if xp[XP_TIMEOUT_NS] > 0.0:
+            fo[k, F_TIMEOUT] = t + xp[XP_TIMEOUT_NS]
+    else:
+        create_order(fo, io, olist, active, k, s, side, 1, tif, 0.0, notional, 0.0, 0.0, t, -1, -1, 0, cursor[C_SERIAL])
+    cursor[C_SERIAL] += 1
+
+
+@njit(cache=True, inline="always")
+def _timeouts(t, allowed, fo, io, olist, active, pos, state, xp, events, n, cursor):  # noqa: ANN001
+    """Entries whose order timeout ran out at t: accepted when enough filled, else repriced (if trading is allowed
+    and reprices are left: a new limit at the latest close takes over the rest and the legs), else cancelled."""
+    for j in range(1, olist[0] + 1):
+        k = olist[j]
+        if io[k, I_STATE] != WORKING or fo[k, F_TIMEOUT] <= 0.0 or t < fo[k, F_TIMEOUT]:
+            continue
+        qty, filled = fo[k, F_QTY], fo[k, F_FILLED]
+        s, side = io[k, I_SYM], io[k, I_SIDE]
+        if filled > 0.0 and filled >= xp[XP_MIN_FILL] * qty - 1e-9:
+            n = close_order(k, t, EV_CANCELED, CANCEL_ACCEPTED, fo, io, olist, active, events, n)
+        elif allowed and fo[k, F_REPRICES] < xp[XP_MAX_REPRICES] and pos[s, LAST] > 0.0:
+            r = cursor[C_ROWS]
+            cursor[C_ROWS] += 1
+            left = qty - filled if qty > 0.0 else 0.0
+            notional = fo[k, F_NOTIONAL] - fo[k, F_VALUE] if qty == 0.0 else 0.0
+            create_order(fo, io, olist, active, r, s, side, io[k, I_TYPE], io[k, I_TIF_COL], left, notional,
+                         _limit_price(s, side, pos, state, xp), 0.0, t, -1, -1, 0, cursor[C_SERIAL])  # fmt: skip
+            cursor[C_SERIAL] += 1
+            fo[r, F_REPRICES] = fo[k, F_REPRICES] + 1.0
+            fo[r, F_TIMEOUT] = t + xp[XP_TIMEOUT_NS]
+            for jc in range(1, olist[0] + 1):  # its legs follow the new order (their OCO group stays)
+                c = olist[jc]
+                if io[c, I_PARENT] == k and io[c, I_STATE] != FREE:
+                    io[c, I_PARENT] = r
+            io[k, I_STATE] = FREE
+            active[s] -= 1
+            n = order_event(events, n, EV_REPLACED, k, t, fo, 0.0, 0.0, 0.0, 0.0, r, 0.0)
+            n = order_event(events, n, EV_NEW, r, t, fo, 0.0, 0.0, 0.0, 0.0, k, ROLE_REPRICE)
+        else:
+            n = close_order(k, t, EV_CANCELED, CANCEL_TIMEOUT, fo, io, olist, active, events, n)
+    compact_open(olist, io)
+    return n
+
+
+@njit(cache=True, inline="always")
+def _next_slices(t, equity, cash, fo, io, olist, active, pos, state, xp, sl, events, n, cursor, acct, gv, gs, gring, grets, gp):  # noqa: ANN001, PLR0913
+    """The next slice of each sliced entry whose previous slice is done, with its own copy of the legs."""
+    for s in range(sl.shape[0]):
+        if sl[s, SL_LEFT] <= 0.0:
+            continue
+        busy = False
+        for j in range(1, olist[0] + 1):
+            k = olist[j]
+            if io[k, I_STATE] != FREE and io[k, I_SYM] == s and io[k, I_LEG] == 0:
+                busy = True
+        if busy:
+            continue
+        side = int(sl[s, SL_SIDE])
+        notional = sl[s, SL_LEFT] if sl[s, SL_LEFT] < xp[XP_SLICE] else xp[XP_SLICE]
+        if side > 0 and notional > cash:
+            notional = cash
+        if notional <= 0.0:
+            sl[s, SL_LEFT] = 0.0
+            continue
+        reason, value, threshold, allowed = guard_entry(t, s, side, notional, equity, pos, acct, gv, gs, gring, grets,
+                                                        gp)  # fmt: skip
+        if reason != OK:
+            n = guard_event(events, n, t, s, reason, A_CAP if allowed > 0.0 else A_REJECT, value, threshold, -1,
+                            EV_RISK)  # fmt: skip
+            if allowed <= 0.0:
+                sl[s, SL_LEFT] = 0.0
+                continue
+            notional = allowed
+        sl[s, SL_LEFT] -= notional
+        sl[s, SL_COUNT] += 1.0
+        if side > 0:
+            cash -= notional
+        k = cursor[C_ROWS]
+        cursor[C_ROWS] += 1
+        _entry_order(k, t, s, side, int(sl[s, SL_TIF]), notional, fo, io, olist, active, pos, state, xp, cursor)
+        n = order_event(events, n, EV_NEW, k, t, fo, 0.0, 0.0, 0.0, 0.0, sl[s, SL_COUNT], ROLE_SLICE)
+        guard_order(t, s, gv, gs, gring)
+        gv[G_PLACED_VALUE] += notional
+        for leg in range(2):
+            price = sl[s, SL_TP] if leg == 0 else sl[s, SL_SL]
+            if price <= 0.0:
+                continue
+            row = cursor[C_ROWS]
+            cursor[C_ROWS] += 1
+            create_order(fo, io, olist, active, row, s, -side, 2 if leg == 0 else 3, int(sl[s, SL_LEG_TIF]), 0.0, 0.0,
+                         price if leg == 0 else 0.0, price if leg == 1 else 0.0, t, k, io[k, I_SERIAL], 1,
+                         cursor[C_SERIAL])  # fmt: skip
+            cursor[C_SERIAL] += 1
+            n = order_event(events, n, EV_HELD, row, t, fo, 0.0, 0.0, 0.0, 0.0, sl[s, SL_COUNT], ROLE_SLICE_LEG)
+    return n, cash
+
+
+@njit(cache=True, inline="always")
+def _risk_close(t, s, reason, tif, fo, io, olist, active, pos, events, n, cursor):  # noqa: ANN001
+    """A risk rule closes symbol s's position: its working orders go and one market order closes what is held."""
+    for j in range(1, olist[0] + 1):
+        k = olist[j]
+        if io[k, I_STATE] != FREE and io[k, I_SYM] == s:
+            n = close_order(k, t, EV_CANCELED, 3.0, fo, io, olist, active, events, n)
+    compact_open(olist, io)
+    held = pos[s, Q]
+    k = cursor[C_ROWS]
+    cursor[C_ROWS] += 1
+    create_order(fo, io, olist, active, k, s, -_sign(held), 1, tif, abs(held), 0.0, 0.0, 0.0, t, -1, -1, 0,
+                 cursor[C_SERIAL])  # fmt: skip
+    cursor[C_SERIAL] += 1
+    return order_event(events, n, EV_NEW, k, t, fo, 0.0, 0.0, 0.0, 0.0, reason, ROLE_RISK)
 
 
 @njit(cache=True)
@@ -232,6 +453,7 @@ def _execute(  # noqa: PLR0912, PLR0913, PLR0915
     l_time, l_parent, l_side, l_type, l_tif, l_limit, l_stop,  # noqa: ANN001
     fo, io, olist, active, state, params, pos, acct, borrow_rate, allowed,  # noqa: ANN001
     d_row, d_seed, events, fills, rows, snaps, mark, cursor,  # noqa: ANN001
+    gv, gs, gring, grets, gp, exits, external, xp, sl,  # noqa: ANN001
 ):
     """Bars, decisions and legs of a step (each sorted by time) through the venue and the books, from
     `cursor` on. Writes order events, one account row per bar time and position snapshot rows (time, symbol,
@@ -261,8 +483,19 @@ def _execute(  # noqa: PLR0912, PLR0913, PLR0915
             ll += 1
         n_open = olist[0]
         most_open = n_open + 2 * (dd - d) + (ll - lg)
-        need_events = (j - i) * (3 * n_open + 3) + (dd - d) * (most_open + 3) + (ll - lg)
+        need_events = (j - i) * (3 * n_open + 3) + (dd - d) * (most_open + 4) + (ll - lg)
         need_rows = 2 * (dd - d) + (ll - lg)
+        if j > i and (gp[GP_DRAWDOWN] > 0.0 or gp[GP_TRAIL] > 0.0 or gp[GP_MAX_HOLD_NS] > 0.0):  # closing them all
+            n_held = 0
+            for s in range(pos.shape[0]):
+                if pos[s, Q] != 0.0:
+                    n_held += 1
+            need_rows += n_held
+            need_events += n_open + 2 * n_held + 1
+        need_events += 2 * (j - i)  # a risk event per fill
+        if j > i and (xp[XP_TIMEOUT_NS] > 0.0 or xp[XP_SLICE] > 0.0):  # reprices; slices with their two legs
+            need_rows += n_open + 3 * sl.shape[0]
+            need_events += 2 * n_open + 4 * sl.shape[0]
         if cursor[C_ROWS] + need_rows > table_size:
             cursor[C_NEED_ROWS] = need_rows
             cursor[C_BAR], cursor[C_DEC], cursor[C_LEG] = i, d, lg
@@ -271,25 +504,36 @@ def _execute(  # noqa: PLR0912, PLR0913, PLR0915
             cursor[C_NEED_EVENTS] = need_events
             cursor[C_BAR], cursor[C_DEC], cursor[C_LEG] = i, d, lg
             return BUFFERS_FULL, n, r, ns
-        if j > i:
+        marked = j > i  # bars at this time (after the block below, i has moved on to j)
+        if marked:
             cursor[C_GROUP] += 1
             group = cursor[C_GROUP]
             accrue_borrow(pos, acct, t, borrow_rate)
             for b in range(i, j):
                 s = b_sym[b]
                 fills[0] = 0
-                n = match_bar(t, s, b_open[b], b_high[b], b_low[b], b_volume[b], fo, io, olist, active, state,
-                              params, events, n, fills)  # fmt: skip
-                for f in range(1, fills[0] + 1):
+                if not external:  # an external venue reports its fills itself (`utp.core.venue`)
+                    n = match_bar(t, s, b_open[b], b_high[b], b_low[b], b_volume[b], fo, io, olist, active, state,
+                                  params, events, n, fills)  # fmt: skip
+                n_fills = fills[0]
+                for f in range(1, n_fills + 1):
                     e = fills[f]
                     k = int(events[e, E_SLOT])
+                    realized = pos[s, REALIZED]
                     book_fill(pos, acct, s, events[e, E_QTY] * io[k, I_SIDE], events[e, E_PRICE],
                               events[e, E_COMMISSION])  # fmt: skip
                     mark[s] = group
+                    reason, action, value, threshold = guard_fill(t, s, pos[s, REALIZED] - realized,
+                                                                  events[e, E_QTY] * events[e, E_PRICE],
+                                                                  events[e, E_SLIPPAGE], gv, gs, gp)  # fmt: skip
+                    if reason != OK:
+                        n = guard_event(events, n, t, s, reason, action, value, threshold, -1, EV_RISK)
                 update_symbol_state(s, b_high[b], b_low[b], b_close[b], state, params)
                 pos[s, LAST] = b_close[b]
             equity = account_row(pos, acct, t, rows[r])
             r += 1
+            verdict, value, threshold = guard_mark(t, equity, pos, acct, gv, gs, grets, gp, b_sym, b_close, i, j,
+                                                   exits)  # fmt: skip
             for b in range(i, j):
                 s = b_sym[b]
                 if mark[s] == group:
@@ -304,8 +548,43 @@ def _execute(  # noqa: PLR0912, PLR0913, PLR0915
             equity = acct[A_CASH]
             for s in range(pos.shape[0]):
                 equity += pos[s, Q] * pos[s, LAST]
-        if allowed:
+            verdict, value, threshold = MARK_KILL if gv[G_KILLED] != 0.0 else MARK_OK, 0.0, 0.0
+            exits[0] = 0
+        gv[G_PLACED_VALUE], gv[G_PLACED_NEW], gv[G_NO_ENTRIES] = 0.0, 0.0, 0.0
+        if xp[XP_TIMEOUT_NS] > 0.0 and marked:
+            n = _timeouts(t, allowed and verdict == MARK_OK, fo, io, olist, active, pos, state, xp, events, n, cursor)
+        if allowed and verdict == MARK_KILL:
+            if value > 0.0:  # it has just tripped: say so once
+                n = guard_event(events, n, t, -1, R_KILL, A_KILL, value, threshold, -1, EV_RISK)
+        elif allowed:
+            if verdict == MARK_LIQUIDATE:
+                gv[G_NO_ENTRIES] = 1.0
+                for s in range(pos.shape[0]):
+                    if pos[s, Q] != 0.0:
+                        if gv[G_NO_ENTRIES] == 1.0:  # something to liquidate (a drawdown realised already is not)
+                            n = guard_event(events, n, t, -1, R_DRAWDOWN, A_LIQUIDATE, value, threshold, -1, EV_RISK)
+                            gv[G_NO_ENTRIES] = 2.0
+                        n = _risk_close(t, s, R_DRAWDOWN, TIF_GTC, fo, io, olist, active, pos, events, n, cursor)
+                        sl[s, SL_LEFT] = 0.0
+                        gs[s, GS_EXITING] = 1.0 if pos[s, Q] > 0.0 else -1.0
+            else:
+                for x in range(1, exits[0] + 1):
+                    s = exits[x]
+                    if s >= 0:
+                        n = guard_event(events, n, t, s, R_TRAIL, A_EXIT, (gs[s, GS_BEST] - pos[s, LAST])
+                                        / gs[s, GS_BEST] * gs[s, GS_SIDE], gp[GP_TRAIL], -1, EV_RISK)  # fmt: skip
+                        n = _risk_close(t, s, R_TRAIL, TIF_GTC, fo, io, olist, active, pos, events, n, cursor)
+                    else:  # held too long (the exit monitor)
+                        s = -s - 1
+                        n = guard_event(events, n, t, s, R_HOLD, A_EXIT, (t - gs[s, GS_OPENED]) / 3.6e12,
+                                        gp[GP_MAX_HOLD_NS] / 3.6e12, -1, EV_RISK)  # fmt: skip
+                        n = _risk_close(t, s, R_HOLD, TIF_GTC, fo, io, olist, active, pos, events, n, cursor)
+                    gs[s, GS_EXITING] = gs[s, GS_SIDE]
+                    sl[s, SL_LEFT] = 0.0
             cash = acct[A_CASH]
+            if xp[XP_SLICE] > 0.0 and marked:
+                n, cash = _next_slices(t, equity, cash, fo, io, olist, active, pos, state, xp, sl, events, n, cursor,
+                                       acct, gv, gs, gring, grets, gp)  # fmt: skip
             # Resizes that add to a position go last: the cash that closes and reductions free comes first.
             for late in range(2):
                 for k in range(d, dd):
@@ -314,7 +593,8 @@ def _execute(  # noqa: PLR0912, PLR0913, PLR0915
                         abs(d_target[k]) * equity > abs(pos[s, Q]) * pos[s, LAST]
                     if adds == (late == 1):
                         n, cash = _place_target(k, d_time[k], s, d_target[k], d_band[k], d_tif[k], equity, cash, fo,
-                                                io, olist, active, params, pos, d_row, d_seed, events, n, cursor)  # fmt: skip
+                                                io, olist, active, params, pos, d_row, d_seed, events, n, cursor,
+                                                acct, gv, gs, gring, grets, gp, xp, sl, state)  # fmt: skip
             for k in range(lg, ll):
                 p = l_parent[k]
                 parent = d_row[p] if p >= 0 else -1
@@ -334,6 +614,13 @@ def _execute(  # noqa: PLR0912, PLR0913, PLR0915
                         active[io[row, I_SYM]] += 1
                 n = order_event(events, n, EV_NEW if working else EV_HELD, row, l_time[k], fo, 0.0, 0.0, 0.0, 0.0,
                                 k, ROLE_LEG)  # fmt: skip
+                s = io[parent, I_SYM]
+                if sl[s, SL_LEFT] > 0.0 and sl[s, SL_ROOT] == parent:  # later slices get the same legs
+                    if l_type[k] == 2:
+                        sl[s, SL_TP] = l_limit[k]
+                    else:
+                        sl[s, SL_SL] = l_stop[k]
+                    sl[s, SL_LEG_TIF] = l_tif[k]
         d, lg = dd, ll
     cursor[C_BAR], cursor[C_DEC], cursor[C_LEG] = i, d, lg
     return DONE, n, r, ns
@@ -347,13 +634,34 @@ class ExecutionEngine(Engine):
         Input("order_intent"),
         Input("control_command", InputMode.COMMAND),
     )
-    outputs = ("order", "fill", "position_snapshot", "account_snapshot")
+    outputs = ("order", "fill", "position_snapshot", "account_snapshot", "risk_event")
 
-    def __init__(self, config: ExecutionConfig, broker: SimulatedBroker, controls: ControlState, universe: Universe) -> None:
+    def __init__(
+        self, config: ExecutionConfig, broker: SimulatedBroker, controls: ControlState, universe: Universe,
+        guard: RiskGuard | None = None, venue: ExternalVenue | None = None,
+    ) -> None:  # fmt: skip
+        """`guard`: the portfolio risk rules (`utp.core.risk_guard`); None applies none. `venue`: a real broker
+        that takes the orders and reports their fills (`utp.core.venue`); None: `broker` simulates the venue."""
+        self.venue = venue
         self.config = config
         self.broker = broker
         self.controls = controls
         self.universe = universe
+        self.guard = guard or RiskGuard.disabled(universe.symbols)
+        self._exits = np.zeros(len(universe.symbols) + 1, np.int64)
+        empty_f, empty_i = np.empty(0), np.empty(0, np.int64)
+        self._no_bars = (empty_i, empty_i, empty_f, empty_f, empty_f, empty_f, empty_f)
+        if config.entry_order not in ("market", "limit"):
+            raise ValueError(f"execution.entry_order {config.entry_order!r}: expected market or limit")
+        self._xp = np.zeros(N_XP)
+        self._xp[XP_LIMIT] = 1.0 if config.entry_order == "limit" else 0.0
+        self._xp[XP_OFFSET], self._xp[XP_SPREAD_W] = config.limit_offset_bps / 1e4, config.spread_weight
+        self._xp[XP_VOL_W] = config.volatility_weight
+        self._xp[XP_TIMEOUT_NS] = config.order_timeout_s * 1e9 if config.entry_order == "limit" else 0.0
+        self._xp[XP_MIN_FILL], self._xp[XP_MAX_REPRICES] = config.min_fill_ratio, config.max_reprices
+        self._xp[XP_SLICE] = config.slice_notional
+        self._slices = np.zeros((len(universe.symbols), N_SL))
+        self._slice_meta: dict[int, dict[str, Any]] = {}  # symbol -> the sliced entry's text fields
         self.portfolio = Portfolio(universe.symbols, config.initial_cash, borrow_rate=config.borrow_rate)
         self.placed: set[str] = set()  # client order ids of every order placed
         self._tif = TIF_DAY if config.time_in_force == "day" else TIF_GTC
@@ -366,7 +674,11 @@ class ExecutionEngine(Engine):
     # -- commands ------------------------------------------------------------------------------------
     def on_command(self, ctx: EngineContext, kind: str, frame: pl.DataFrame) -> None:
         for command in KINDS[kind].to_messages(frame):
+            before = self.controls
             self.controls = self.controls.apply(command)  # type: ignore[arg-type]
+            if self.controls is not before and command.action == pb.CONTROL_ACTION_RESUME and self.guard.killed:  # type: ignore[attr-defined]
+                ctx.log.warning("the operator resumed trading: the kill switch lets go")
+                self.guard.reset_kill_switch()
 
     # -- a step ----------------------------------------------------------------------------------------
     def on_step(self, ctx: EngineContext, through_ns: int, frames: Mapping[str, pl.DataFrame]) -> None:
@@ -378,7 +690,9 @@ class ExecutionEngine(Engine):
             ctx.log.warning("not placing %d orders: %s", decisions.height + legs.height,
                             "trading is halted" if self.controls.halted else "execution is not approved")  # fmt: skip
         out = _StepOutput()
-        broker, pf = self.broker, self.portfolio
+        broker, pf, guard = self.broker, self.portfolio, self.guard
+        if self.venue is not None:
+            allowed = self._from_venue(ctx, out, bars, through_ns) and allowed
         # Room for every order the step can create (a close and an entry per decision, one per leg) and for
         # their first events, so that the kernel rarely has to stop early and come back.
         broker.reserve(2 * decisions.height + legs.height)
@@ -399,7 +713,8 @@ class ExecutionEngine(Engine):
             status, n_events, n_rows, n_snaps = _execute(
                 *b, *dc, *lc, broker.fo, broker.io, broker.olist, broker.active, broker.state, broker.params,
                 pf.pos, pf.acct, pf.borrow_rate, allowed, d_row, d_seed, self._events, self._fills, rows,
-                self._snaps, self._mark, cursor,
+                self._snaps, self._mark, cursor, guard.scalars, guard.per_symbol, guard.ring, guard.returns,
+                guard.params, self._exits, self.venue is not None, self._xp, self._slices,
             )  # fmt: skip
             broker.n_rows, broker.serial = int(cursor[C_ROWS]), int(cursor[C_SERIAL])
             if n_rows:
@@ -421,6 +736,8 @@ class ExecutionEngine(Engine):
                     self._events, self._fills = np.zeros((size, N_E)), np.zeros(size + 1, np.int64)
                 if n_snaps > self._snaps.shape[0] // 2:
                     self._snaps = np.zeros((2 * self._snaps.shape[0], self._snaps.shape[1]))
+        if self.venue is not None:
+            self._to_venue(ctx, out, through_ns)
         if bars[0].size:  # every held position at the end of the step
             held = np.flatnonzero(pf.pos[:, Q])
             if held.size:
@@ -519,12 +836,24 @@ class ExecutionEngine(Engine):
             idx = aux[skipped]
             ctx.log.info("%d entries not placed for lack of cash (first: %s)", idx.size,
                          decisions["intent_id"][int(idx[0])])  # fmt: skip
+        risk = kind == EV_RISK
+        if risk.any():
+            out.risk.append(self._risk_events(ctx, ev[risk], decisions))
         created = ((kind == EV_NEW) | (kind == EV_HELD)) & (role > 0)
         if created.any():
-            meta = self._created_meta(ev[created, E_SLOT].astype(np.int64), role[created], aux[created], decisions, legs)
+            meta = self._created_meta(ev[created, E_SLOT].astype(np.int64), role[created], aux[created], decisions, legs,
+                                      ev[created, E_TIME].astype(np.int64))  # fmt: skip
             self.broker.add_meta(meta)
             self.placed.update(meta["client_order_id"].to_list())
-        keep = ~skipped
+        keep = ~(skipped | risk)
+        if self.venue is not None:
+            # The broker's own reports are the order events; the kernel's say what to send and cancel.
+            out.created.append(ev[created, E_SLOT].astype(np.int64))
+            ended = (kind == EV_CANCELED) & np.isin(ev[:, E_AUX], (CANCEL_TARGET, CANCEL_TIMEOUT, CANCEL_ACCEPTED))
+            out.cancelled.append(ev[ended, E_SLOT].astype(np.int64))
+            return
+        if not keep.any():
+            return
         ev, kind = ev[keep], kind[keep]
         slot = ev[:, E_SLOT].astype(np.int64)
         if self.broker.meta.n_chunks() > 4:  # one chunk per batch of new orders: gathers across many are slow
@@ -570,11 +899,16 @@ class ExecutionEngine(Engine):
             out.fills.append(fills)
 
     def _created_meta(
-        self, slot: np.ndarray, role: np.ndarray, index: np.ndarray, decisions: pl.DataFrame, legs: pl.DataFrame
-    ) -> pl.DataFrame:
+        self, slot: np.ndarray, role: np.ndarray, index: np.ndarray, decisions: pl.DataFrame, legs: pl.DataFrame,
+        time: np.ndarray,
+    ) -> pl.DataFrame:  # fmt: skip
         """Text fields of the orders the kernel created (`slot`: their rows, in creation order, which is row order)."""
         parts = []
-        by_decision = role != ROLE_LEG
+        by_rule = role == ROLE_RISK
+        if by_rule.any():
+            parts.append(self._risk_close_meta(slot[by_rule], index[by_rule], time[by_rule]))
+        rare = (role == ROLE_REPRICE) | (role == ROLE_SLICE) | (role == ROLE_SLICE_LEG)
+        by_decision = (role != ROLE_LEG) & ~by_rule & ~rare
         if by_decision.any():
             slots, closes = slot[by_decision], role[by_decision] == ROLE_CLOSE
             rows = decisions[index[by_decision]]
@@ -592,17 +926,108 @@ class ExecutionEngine(Engine):
                 pl.col("tif").cast(pl.Int32).alias("time_in_force"),
                 pl.Series("notional", self.broker.fo[slots, F_NOTIONAL]), pl.lit("").alias("replaces_client_order_id"),
             ))  # fmt: skip
-        if not by_decision.all():
-            rows = legs[index[~by_decision]]
+        by_leg = role == ROLE_LEG
+        if by_leg.any():
+            rows = legs[index[by_leg]]
             parent_cid = decisions["cid"].gather(rows["parent"])
             parts.append(rows.select(
-                pl.Series("slot", slot[~by_decision]), pl.col("cid").alias("client_order_id"), "symbol",
+                pl.Series("slot", slot[by_leg]), pl.col("cid").alias("client_order_id"), "symbol",
                 pl.col("event_id").alias("intent_id"), "correlation_id", "strategy", pl.col("reason").cast(pl.Int32),
                 parent_cid.alias("parent_client_order_id"), parent_cid.alias("oco_group"),
                 pl.col("event_time_ns").alias("submitted_time_ns"), pl.col("time_in_force").cast(pl.Int32),
                 pl.lit(0.0).alias("notional"), pl.lit("").alias("replaces_client_order_id"),
             ))  # fmt: skip
+        if self._xp[XP_SLICE] > 0.0 or rare.any():
+            parts = [p for p in parts if p.height]
+            known = pl.concat(parts) if parts else None
+            parts = [known.sort("slot")] if known is not None else []
+            extra = self._rare_meta(slot, role, index, time, known)
+            if extra is not None:
+                parts.append(extra)
         return parts[0] if len(parts) == 1 else pl.concat(parts).sort("slot")
+
+    def _rare_meta(self, slot: np.ndarray, role: np.ndarray, index: np.ndarray, time: np.ndarray,
+                   known: pl.DataFrame | None) -> pl.DataFrame | None:  # fmt: skip
+        """Text fields of repriced orders and of slices (with their legs), in creation order: each takes its
+        intent from the order it replaces, or from the entry that began the slices."""
+        batch = {} if known is None else {m["slot"]: m for m in known.iter_rows(named=True)}
+        rows: list[dict[str, Any]] = []
+
+        def meta_of(k: int) -> dict[str, Any]:
+            return batch[k] if k in batch else self.broker.meta.row(k, named=True)
+
+        for k, r, i, t in zip(slot.tolist(), role.tolist(), index.tolist(), time.tolist(), strict=True):
+            s = int(self.broker.io[k, I_SYM])
+            if r == ROLE_ENTRY:
+                self._slice_meta[s] = meta_of(k)
+            elif r == ROLE_REPRICE:
+                old = meta_of(int(i))
+                n = int(self.broker.fo[k, F_REPRICES])
+                m = {**old, "slot": k, "client_order_id": client_order_id(f"{old['intent_id']}/reprice{n}"),
+                     "submitted_time_ns": t, "notional": float(self.broker.fo[k, F_NOTIONAL]),
+                     "replaces_client_order_id": old["client_order_id"]}  # fmt: skip
+                batch[k] = m
+                rows.append(m)
+            elif r in (ROLE_SLICE, ROLE_SLICE_LEG):
+                root = self._slice_meta[s]
+                child = f"{root['intent_id']}/slice{int(i)}"
+                leg = r == ROLE_SLICE_LEG
+                tag = ("tp" if self.broker.io[k, I_TYPE] == 2 else "sl") if leg else ""
+                m = {**root, "slot": k, "client_order_id": client_order_id(f"{child}/{tag}" if leg else child),
+                     "submitted_time_ns": t, "notional": float(self.broker.fo[k, F_NOTIONAL]),
+                     "parent_client_order_id": client_order_id(child) if leg else "",
+                     "oco_group": client_order_id(child) if leg else "", "replaces_client_order_id": "",
+                     "reason": (pb.INTENT_REASON_TAKE_PROFIT if tag == "tp" else pb.INTENT_REASON_STOP_LOSS) if leg
+                     else root["reason"],
+                     "time_in_force": pb.TIME_IN_FORCE_GTC if leg else root["time_in_force"]}  # fmt: skip
+                batch[k] = m
+                rows.append(m)
+        if not rows:
+            return None
+        frame = pl.DataFrame(rows)
+        return frame.select("slot", *META_FIELDS).cast({"slot": pl.Int64, **META_SCHEMA})  # type: ignore[arg-type]
+
+    def _risk_close_meta(self, slot: np.ndarray, reason: np.ndarray, time: np.ndarray) -> pl.DataFrame:
+        """Text fields of the closes a risk rule placed: their own intent ids (rule, symbol, time), no decision."""
+        symbol = self._symbol_names.gather(self.broker.io[slot, I_SYM])
+        rule = pl.Series([pb.RiskReason.Name(int(r)).removeprefix("RISK_REASON_").lower() for r in reason], dtype=pl.Utf8)
+        stamp = pl.Series(time).cast(pl.Utf8)
+        intent_id = "order_intent/risk/" + rule + "/" + symbol + "@" + stamp
+        intent_reason = np.select([reason == R_DRAWDOWN, reason == R_HOLD],
+                                  [pb.INTENT_REASON_RISK_LIQUIDATION, pb.INTENT_REASON_MAX_HOLDING_TIME],
+                                  pb.INTENT_REASON_TRAILING_STOP)  # fmt: skip
+        return pl.DataFrame({
+            "slot": slot, "client_order_id": [client_order_id(i) for i in intent_id.to_list()], "symbol": symbol,
+            "intent_id": intent_id, "correlation_id": symbol + "@" + stamp, "strategy": pl.Series(["risk"] * slot.size, dtype=pl.Utf8),
+            "reason": pl.Series(intent_reason, dtype=pl.Int32), "parent_client_order_id": [""] * slot.size,
+            "oco_group": [""] * slot.size, "submitted_time_ns": time, "time_in_force": pl.Series(
+                [pb.TIME_IN_FORCE_GTC] * slot.size, dtype=pl.Int32), "notional": np.zeros(slot.size),
+            "replaces_client_order_id": [""] * slot.size,
+        })  # fmt: skip
+
+    def _risk_events(self, ctx: EngineContext, ev: np.ndarray, decisions: pl.DataFrame) -> pl.DataFrame:
+        """RiskEvent rows of the kernel's risk events (layout: `utp.core.risk_guard.guard_event`)."""
+        time = ev[:, E_TIME].astype(np.int64)
+        sym = ev[:, E_SLOT].astype(np.int64)
+        reason = ev[:, E_ORDER_QTY].astype(np.int32)
+        action = ev[:, E_ROLE].astype(np.int32)
+        value, threshold = ev[:, E_PRICE], ev[:, E_QTY]
+        decision = ev[:, E_AUX].astype(np.int64)
+        names = self.universe.symbols
+        symbols = [names[s] if s >= 0 else "" for s in sym.tolist()]
+        intent = [decisions["intent_id"][int(k)] if k >= 0 else "" for k in decision.tolist()]
+        messages = [risk_message(int(r), int(a), sy, float(v), float(th))
+                    for r, a, sy, v, th in zip(reason, action, symbols, value, threshold, strict=True)]  # fmt: skip
+        for m in messages:
+            ctx.log.warning("risk: %s", m)
+        correlation = [f"{sy}@{t}" for sy, t in zip(symbols, time.tolist(), strict=True)]
+        frame = pl.DataFrame({
+            "event_id": [f"risk_event/{pb.RiskReason.Name(int(r)).removeprefix('RISK_REASON_').lower()}/{c}/{i}"
+                         for r, c, i in zip(reason, correlation, intent, strict=True)],
+            "correlation_id": correlation, "event_time_ns": time, "symbol": symbols, "reason": reason, "action": action,
+            "value": value, "threshold": threshold, "message": messages, "intent_id": intent,
+        })  # fmt: skip
+        return frame.cast(KINDS["risk_event"].schema)  # type: ignore[arg-type]
 
     def _publish(self, ctx: EngineContext, out: _StepOutput) -> None:
         if out.orders:
@@ -618,6 +1043,8 @@ class ExecutionEngine(Engine):
             ctx.emit("position_snapshot", self._position_frame(ctx, np.concatenate(out.snaps)))
         if out.rows:
             ctx.emit("account_snapshot", _account_frame(out.rows))
+        if out.risk:
+            ctx.emit("risk_event", pl.concat(out.risk))
 
     def _position_frame(self, ctx: EngineContext, snaps: np.ndarray) -> pl.DataFrame:
         time, sym = snaps[:, 0].astype(np.int64), snaps[:, 1].astype(np.int64)
@@ -659,12 +1086,97 @@ class ExecutionEngine(Engine):
         remaining = np.maximum(fo[rows, F_QTY] - fo[rows, F_FILLED], 0.0) * io[rows, I_SIDE]
         return np.bincount(io[rows, I_SYM], weights=remaining, minlength=len(self.universe.symbols))
 
+    # -- an external venue ----------------------------------------------------------------------------------
+    def _from_venue(self, ctx: EngineContext, out: _StepOutput, bars: tuple[np.ndarray, ...], through_ns: int) -> bool:
+        """Apply what the broker reported since the last step, and reconcile when it is due. Returns whether
+        trading may go on (False once reconciliation failed: trading halts)."""
+        venue = self.venue
+        assert venue is not None
+        report = venue.poll(BarBlock(*bars))
+        need = 4 * (len(report.fills) + len(report.updates)) + 16
+        if self._events.shape[0] < need:
+            self._events, self._fills = np.zeros((need, N_E)), np.zeros(need + 1, np.int64)
+        step = venue.receive(report, self.broker, self.portfolio, self.guard, self._events, 0, EV_RISK)
+        self._drain(ctx, out, _EMPTY_DECISIONS, _EMPTY_LEGS, step.events, 0)
+        out.created.clear()
+        out.cancelled.clear()
+        stamp = max(through_ns, 0)
+        self._venue_outputs(out, step.orders, step.fills, step.touched, stamp)
+        now = ctx.clock.now_ns()
+        if venue.reconcile_due(now) and not self.controls.halted:
+            mismatch = self._reconcile(ctx, out, now, stamp)
+            if mismatch:
+                reason = "reconciliation with " + venue.broker.name + " failed: " + "; ".join(mismatch)
+                ctx.log.error("%s: trading halted", reason)
+                self.controls = replace(self.controls, halted=True, halt_reason=reason)
+                out.risk.append(_reconciliation_event(stamp, reason, len(mismatch)))
+        return not self.controls.halted
+
+    def _reconcile(self, ctx: EngineContext, out: _StepOutput, now: int, stamp: int) -> list[str]:
+        """Mismatches with the broker, looked at twice: a fill on its way between the two reads is not one."""
+        venue = self.venue
+        assert venue is not None
+        for attempt in range(2):
+            positions = {self.universe.symbols[s]: float(self.portfolio.pos[s, Q])
+                         for s in np.flatnonzero(self.portfolio.pos[:, Q]).tolist()}  # fmt: skip
+            rows = self.broker.open_rows()
+            sent = [c for c in self.broker.meta["client_order_id"].gather(rows).to_list() if c in venue.sent] \
+                if rows.size else []  # fmt: skip
+            mismatch = venue.reconcile(now, positions, sent)
+            if not mismatch or attempt:
+                return mismatch
+            report = venue.resync()
+            need = 4 * (len(report.fills) + len(report.updates)) + 16
+            if self._events.shape[0] < need:
+                self._events, self._fills = np.zeros((need, N_E)), np.zeros(need + 1, np.int64)
+            step = venue.receive(report, self.broker, self.portfolio, self.guard, self._events, 0, EV_RISK)
+            self._drain(ctx, out, _EMPTY_DECISIONS, _EMPTY_LEGS, step.events, 0)
+            self._venue_outputs(out, step.orders, step.fills, step.touched, stamp)
+        return []
+
+    def _to_venue(self, ctx: EngineContext, out: _StepOutput, through_ns: int) -> None:
+        """Send what the kernel decided in this step, and book what the broker answered at once."""
+        venue = self.venue
+        assert venue is not None
+        created = np.concatenate(out.created) if out.created else np.empty(0, np.int64)
+        cancelled = np.concatenate(out.cancelled) if out.cancelled else np.empty(0, np.int64)
+        if not created.size and not cancelled.size:
+            return
+        answers = venue.send(self.broker, created, cancelled, through_ns)
+        step = venue.receive(BrokerReport(updates=answers), self.broker, self.portfolio, self.guard, self._events, 0,
+                             EV_RISK)  # fmt: skip
+        self._venue_outputs(out, step.orders, step.fills, step.touched, max(through_ns, 0))
+
+    def _venue_outputs(self, out: _StepOutput, orders: list[BrokerOrder], fills: list[FillReport], touched: set[int],
+                       stamp: int) -> None:  # fmt: skip
+        """The broker's reports as order, fill and position events, stamped with the step's bar time (the broker's
+        own times stay in the orders' fields)."""
+        if orders:
+            for order in orders:
+                order.updated_time_ns = stamp
+            out.orders.append(order_frame(orders))
+        if fills:
+            meta = {m["client_order_id"]: (m["correlation_id"], m["reason"], m["strategy"])
+                    for m in self.broker.meta.select("client_order_id", "correlation_id", "reason", "strategy")
+                    .iter_rows(named=True)}  # fmt: skip
+            frame = fill_frame([replace(f, time_ns=stamp) for f in fills], self.venue.sent, meta)  # type: ignore[union-attr]
+            out.fills.append(frame)
+        if touched:
+            rows = np.array(sorted(touched), np.int64)
+            snap = np.zeros((rows.size, self._snaps.shape[1]))
+            snap[:, 0], snap[:, 1] = stamp, rows
+            snap[:, 2:] = self.portfolio.pos[rows][:, list(SNAP_COLUMNS)]
+            out.snaps.append(snap)
+
     def snapshot(self) -> Any:
-        return {"broker": self.broker, "controls": self.controls, "portfolio": self.portfolio, "placed": self.placed}
+        return {"broker": self.broker, "controls": self.controls, "portfolio": self.portfolio, "placed": self.placed,
+                "guard": self.guard, "sent": self.venue.sent if self.venue is not None else {}}  # fmt: skip
 
     def restore(self, state: Any) -> None:
         self.broker, self.controls, self.portfolio = state["broker"], state["controls"], state["portfolio"]
-        self.placed = state["placed"]
+        self.placed, self.guard = state["placed"], state["guard"]
+        if self.venue is not None:  # fills of orders sent before a restart are still booked
+            self.venue.sent.update(state.get("sent", {}))
 
 
 class _StepOutput:
@@ -675,6 +1187,9 @@ class _StepOutput:
         self.fills: list[pl.DataFrame] = []
         self.rows: list[np.ndarray] = []
         self.snaps: list[np.ndarray] = []
+        self.risk: list[pl.DataFrame] = []
+        self.created: list[np.ndarray] = []  # rows of orders the kernel created (an external venue sends them)
+        self.cancelled: list[np.ndarray] = []  # rows of orders the kernel cancelled
 
 
 _EMPTY_DECISIONS = pl.DataFrame(schema={
@@ -685,6 +1200,15 @@ _EMPTY_DECISIONS = pl.DataFrame(schema={
 _EMPTY_LEGS = KINDS["order_intent"].empty_frame().with_columns(
     pl.lit(-1, pl.Int64).alias("parent"), pl.lit("").alias("cid")
 )
+
+
+def _reconciliation_event(time_ns: int, message: str, mismatches: int) -> pl.DataFrame:
+    return pl.DataFrame({
+        "event_id": [f"risk_event/reconciliation/@{time_ns}"], "correlation_id": [f"@{time_ns}"],
+        "event_time_ns": [time_ns], "symbol": [""], "reason": [pb.RISK_REASON_RECONCILIATION],
+        "action": [pb.RISK_ACTION_HALT], "value": [float(mismatches)], "threshold": [0.0], "message": [message],
+        "intent_id": [""],
+    }).cast(KINDS["risk_event"].schema)  # type: ignore[arg-type]
 
 
 def _tif_codes(tif: np.ndarray, default: int) -> np.ndarray:

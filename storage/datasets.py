@@ -7,6 +7,9 @@
 
 Timestamps are the sources' own (dates at 00:00, hours), read as UTC.
 
+`store` (`store_dataset`): the local bar store (`storage.bars.BarStore`, filled by `utp data backfill`) as a
+data set, split- and dividend-adjusted with a corporate-actions table when one is given.
+
 `synthetic_bars(n)` makes any number of deterministic, realistic minute bars (a geometric random walk in
 390-bar sessions on weekdays) for tests and benchmarks that need more bars than the real sets have.
 """
@@ -16,11 +19,17 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date
+from functools import partial
+from pathlib import Path
 
 import polars as pl
 
 DAY_NS = 86_400 * 10**9
 HOUR_NS = 3_600 * 10**9
+#: Regular trading hours of a US equity session: intraday bars annualise as 252 such sessions.
+SESSION_NS = 390 * 60 * 10**9
+#: The name that selects the local bar store as market_data.dataset.
+STORE_DATASET = "store"
 BAR_COLUMNS = ("event_time_ns", "symbol", "open", "high", "low", "close", "volume")
 
 
@@ -155,7 +164,115 @@ DATASETS: dict[str, Dataset] = {
 
 
 def dataset(name: str) -> Dataset:
+    """A packaged data set; the bar store (`store`) needs its folder: `store_dataset`."""
+    if name == STORE_DATASET:
+        raise ValueError("the 'store' data set is the local bar store: open it with store_dataset(folder)")
     try:
         return DATASETS[name]
     except KeyError:
-        raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}") from None
+        raise ValueError(
+            f"unknown data set {name!r}; choose one of {', '.join(DATASETS)} or {STORE_DATASET} (the bar store)"
+        ) from None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The local bar store as a data set
+# --------------------------------------------------------------------------------------------------------------
+
+
+def store_dataset(
+    root: str | Path,
+    symbols: Sequence[str] = (),
+    start: date | None = None,
+    end: date | None = None,
+    *,
+    corporate_actions: str | Path | None = None,
+) -> Dataset:
+    """The bars of `symbols` (all the store holds when empty) from `start` to `end` (inclusive, UTC days) in
+    the bar store at `root`, as a data set.
+
+    The bars are read once, here. With `corporate_actions` (CSV/Parquet: symbol, ex_date, split_ratio,
+    cash_dividend) they are back-adjusted (`utp.core.quality.adjust_bars`) for the actions up to `end`, so a
+    split or dividend inside the period leaves no jump and the last bars keep their traded prices. The
+    interval is the most common gap between consecutive bars of a symbol; it sets `periods_per_year` (daily:
+    252; intraday: 252 sessions of 6.5 hours). ValueError naming the store and what it holds when it has
+    nothing for the request.
+    """
+    from utp.storage.bars import BarStore  # storage.bars imports this module
+
+    root = Path(root)
+    store = BarStore(root)
+    held = store.symbols()
+    if not held:
+        raise ValueError(f"the bar store {root} holds no bars; fill it with `utp data backfill` "
+                         "(or point data.store_dir / --data-dir at the folder that has them)")  # fmt: skip
+    chosen = tuple(dict.fromkeys(symbols)) or tuple(held)
+    unknown = [s for s in chosen if s not in held]
+    if unknown:
+        raise ValueError(f"the bar store {root} has no bars of {', '.join(unknown)}; it holds {_holdings(store)}")
+    bars = store.read(chosen, _date_ns(start) if start else None, _date_ns(end) + DAY_NS if end else None)
+    missing = [s for s in chosen if s not in set(bars["symbol"].unique().to_list())]
+    if missing:
+        raise ValueError(f"the bar store {root} has no bars of {', '.join(missing)} between {start or 'the start'} "
+                         f"and {end or 'the end'}; it holds {_holdings(store, missing)}")  # fmt: skip
+    adjusted = ""
+    if corporate_actions:
+        from utp.core.quality import CorporateActions, adjust_bars
+
+        actions = CorporateActions.load(corporate_actions)
+        bars = adjust_bars(bars, actions, as_of=end)
+        adjusted = f", adjusted with {corporate_actions}"
+    interval_ns = infer_interval_ns(bars)
+    if interval_ns <= DAY_NS:  # 252 sessions, each as many bars as fit in 6.5 hours (at least one)
+        periods = 252.0 * max(1.0, SESSION_NS / interval_ns)
+    else:  # weekly or longer bars: calendar time, 365.25 days a year
+        periods = 365.25 * DAY_NS / interval_ns
+    description = f"bar store {root}: {len(chosen)} symbol(s), {_interval_text(interval_ns)} bars{adjusted}"
+    # A partial, not a lambda: the data set pickles (with its bars) to a process pool's workers.
+    return Dataset(STORE_DATASET, description, chosen, interval_ns, periods, partial(_given, bars.select(BAR_COLUMNS)))
+
+
+def _given(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame
+
+
+def infer_interval_ns(bars: pl.DataFrame) -> int:
+    """The most common gap between consecutive bar times of a symbol (the smallest among equally common ones):
+    weekends, holidays and missing bars are rarer than the interval itself. ValueError with fewer than two bars
+    of any symbol."""
+    gaps = (
+        bars.select("symbol", "event_time_ns")
+        .sort("symbol", "event_time_ns")
+        .select(pl.col("event_time_ns").diff().over("symbol").alias("gap"))
+        .filter(pl.col("gap") > 0)
+    )
+    if gaps.is_empty():
+        raise ValueError("cannot tell the bar interval: no symbol has two bars at different times")
+    counts = gaps.group_by("gap").len().sort(["len", "gap"], descending=[True, False])
+    return int(counts["gap"][0])
+
+
+def _interval_text(interval_ns: int) -> str:
+    for unit, size in (("day", DAY_NS), ("hour", HOUR_NS), ("minute", 60 * 10**9), ("second", 10**9)):
+        if interval_ns % size == 0:
+            return f"{interval_ns // size}-{unit}"
+    return f"{interval_ns} ns"
+
+
+def _holdings(store: object, symbols: Sequence[str] | None = None) -> str:
+    """What the store holds (of `symbols`, else all), for error messages: symbol first..last day, 20 at most."""
+    coverage = store.coverage()  # type: ignore[attr-defined]
+    if symbols is not None:
+        coverage = coverage.filter(pl.col("symbol").is_in(list(symbols)))
+    if coverage.is_empty():
+        return "nothing of them"
+    days = [
+        f"{row['symbol']} {_ns_day(row['first_ns'])}..{_ns_day(row['last_ns'])}"
+        for row in coverage.head(20).iter_rows(named=True)
+    ]
+    more = f" and {coverage.height - 20} more symbols" if coverage.height > 20 else ""
+    return ", ".join(days) + more
+
+
+def _ns_day(time_ns: int) -> str:
+    return date.fromordinal(date(1970, 1, 1).toordinal() + time_ns // DAY_NS).isoformat()

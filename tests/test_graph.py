@@ -16,7 +16,8 @@ from utp.daemon.session import MarketData, Session
 from utp.storage.datasets import dataset
 from utp.v1 import events_pb2 as pb
 
-GOOG = {"market_data.dataset": "goog", "risk.max_position_pct": 0.95}
+# GOOG's unadjusted price passed the universe's $500 in 2007.
+GOOG = {"market_data.dataset": "goog", "risk.max_position_pct": 0.95, "risk.universe.enabled": False}
 SP500 = {"market_data.dataset": "sp500", "market_data.symbols": ["AAPL", "JPM", "XOM", "KO"],
          "market_data.start": "2004-01-01", "market_data.end": "2007-12-31", "risk.max_position_pct": 0.25}  # fmt: skip
 
@@ -194,6 +195,8 @@ def test_rejected_bars_carry_their_reason(goog_reference: Session) -> None:
 def test_eurusd_hourly_bars_run_through_the_graph() -> None:
     config = load_config(environ={}, overrides={
         "market_data.dataset": "eurusd", "market_data.batch_bar_times": 1000, "risk.max_position_pct": 1.0,
+        # A currency pair around 1.1 with tick volumes, round the clock: no stock universe, hours or volume filter.
+        "risk.universe.enabled": False, "risk.filters.market_hours": False, "risk.filters.min_avg_volume": 0.0,
         "execution.commission_per_share": 0.0, "execution.commission_min": 0.0, "execution.commission_bps": 0.2,
         "execution.fractional_shares": True})  # fmt: skip
     result = run(config).collector.result

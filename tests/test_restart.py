@@ -16,7 +16,7 @@ from utp.v1 import events_pb2 as pb
 from tests.test_graph import run
 
 SETTINGS = {"market_data.end": "2008-06-30", "risk.max_position_pct": 0.95, "state.fsync": False,
-            "approve_execution_on_start": True}  # fmt: skip
+            "approve_execution_on_start": True, "risk.universe.enabled": False}  # fmt: skip
 
 
 def daemon_args(nats_url: str, stream: str, root: str) -> list[str]:

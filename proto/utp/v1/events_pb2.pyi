@@ -26,6 +26,8 @@ class EventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_KIND_REJECTED_BAR: _ClassVar[EventKind]
     EVENT_KIND_PORTFOLIO_TARGET: _ClassVar[EventKind]
     EVENT_KIND_MODEL_ALERT: _ClassVar[EventKind]
+    EVENT_KIND_RISK_EVENT: _ClassVar[EventKind]
+    EVENT_KIND_DATA_ALERT: _ClassVar[EventKind]
 
 class BarRejectReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -38,6 +40,16 @@ class BarRejectReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     BAR_REJECT_REASON_OUT_OF_ORDER: _ClassVar[BarRejectReason]
     BAR_REJECT_REASON_DUPLICATE: _ClassVar[BarRejectReason]
     BAR_REJECT_REASON_UNKNOWN_SYMBOL: _ClassVar[BarRejectReason]
+    BAR_REJECT_REASON_OUTLIER_PRICE: _ClassVar[BarRejectReason]
+    BAR_REJECT_REASON_OUTLIER_VOLUME: _ClassVar[BarRejectReason]
+
+class DataAlertKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DATA_ALERT_KIND_UNSPECIFIED: _ClassVar[DataAlertKind]
+    DATA_ALERT_KIND_STALE: _ClassVar[DataAlertKind]
+    DATA_ALERT_KIND_FRESH: _ClassVar[DataAlertKind]
+    DATA_ALERT_KIND_FAILOVER: _ClassVar[DataAlertKind]
+    DATA_ALERT_KIND_SOURCE_ERROR: _ClassVar[DataAlertKind]
 
 class Direction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -89,6 +101,9 @@ class IntentReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INTENT_REASON_SIGNAL_EXIT: _ClassVar[IntentReason]
     INTENT_REASON_TAKE_PROFIT: _ClassVar[IntentReason]
     INTENT_REASON_STOP_LOSS: _ClassVar[IntentReason]
+    INTENT_REASON_TRAILING_STOP: _ClassVar[IntentReason]
+    INTENT_REASON_RISK_LIQUIDATION: _ClassVar[IntentReason]
+    INTENT_REASON_MAX_HOLDING_TIME: _ClassVar[IntentReason]
 
 class RiskReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -100,6 +115,40 @@ class RiskReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RISK_REASON_INSUFFICIENT_CASH: _ClassVar[RiskReason]
     RISK_REASON_INVALID_INTENT: _ClassVar[RiskReason]
     RISK_REASON_SHORT_NOT_ALLOWED: _ClassVar[RiskReason]
+    RISK_REASON_DAILY_LOSS: _ClassVar[RiskReason]
+    RISK_REASON_KILL_SWITCH: _ClassVar[RiskReason]
+    RISK_REASON_DRAWDOWN: _ClassVar[RiskReason]
+    RISK_REASON_TRAILING_STOP: _ClassVar[RiskReason]
+    RISK_REASON_SECTOR_EXPOSURE: _ClassVar[RiskReason]
+    RISK_REASON_TOTAL_EXPOSURE: _ClassVar[RiskReason]
+    RISK_REASON_SYMBOL_EXPOSURE: _ClassVar[RiskReason]
+    RISK_REASON_ORDER_RATE: _ClassVar[RiskReason]
+    RISK_REASON_SYMBOL_ORDER_LIMIT: _ClassVar[RiskReason]
+    RISK_REASON_CONSECUTIVE_LOSSES: _ClassVar[RiskReason]
+    RISK_REASON_ABNORMAL_SLIPPAGE: _ClassVar[RiskReason]
+    RISK_REASON_MAX_POSITIONS: _ClassVar[RiskReason]
+    RISK_REASON_SHORT_EXPOSURE: _ClassVar[RiskReason]
+    RISK_REASON_CVAR: _ClassVar[RiskReason]
+    RISK_REASON_POSITION_RISK: _ClassVar[RiskReason]
+    RISK_REASON_MARKET_CLOSED: _ClassVar[RiskReason]
+    RISK_REASON_LOW_VOLUME: _ClassVar[RiskReason]
+    RISK_REASON_WIDE_SPREAD: _ClassVar[RiskReason]
+    RISK_REASON_EARNINGS_BLACKOUT: _ClassVar[RiskReason]
+    RISK_REASON_RECONCILIATION: _ClassVar[RiskReason]
+    RISK_REASON_NOT_IN_UNIVERSE: _ClassVar[RiskReason]
+    RISK_REASON_MAX_HOLDING_TIME: _ClassVar[RiskReason]
+
+class RiskAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RISK_ACTION_UNSPECIFIED: _ClassVar[RiskAction]
+    RISK_ACTION_REJECT_ENTRY: _ClassVar[RiskAction]
+    RISK_ACTION_CAP_ENTRY: _ClassVar[RiskAction]
+    RISK_ACTION_EXIT_POSITION: _ClassVar[RiskAction]
+    RISK_ACTION_LIQUIDATE: _ClassVar[RiskAction]
+    RISK_ACTION_KILL_SWITCH: _ClassVar[RiskAction]
+    RISK_ACTION_BLOCK_SYMBOL: _ClassVar[RiskAction]
+    RISK_ACTION_PAUSE_ENTRIES: _ClassVar[RiskAction]
+    RISK_ACTION_HALT: _ClassVar[RiskAction]
 
 class OrderStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -146,6 +195,8 @@ EVENT_KIND_CONTROL_COMMAND: EventKind
 EVENT_KIND_REJECTED_BAR: EventKind
 EVENT_KIND_PORTFOLIO_TARGET: EventKind
 EVENT_KIND_MODEL_ALERT: EventKind
+EVENT_KIND_RISK_EVENT: EventKind
+EVENT_KIND_DATA_ALERT: EventKind
 BAR_REJECT_REASON_UNSPECIFIED: BarRejectReason
 BAR_REJECT_REASON_NON_FINITE: BarRejectReason
 BAR_REJECT_REASON_NON_POSITIVE_PRICE: BarRejectReason
@@ -155,6 +206,13 @@ BAR_REJECT_REASON_NEGATIVE_VOLUME: BarRejectReason
 BAR_REJECT_REASON_OUT_OF_ORDER: BarRejectReason
 BAR_REJECT_REASON_DUPLICATE: BarRejectReason
 BAR_REJECT_REASON_UNKNOWN_SYMBOL: BarRejectReason
+BAR_REJECT_REASON_OUTLIER_PRICE: BarRejectReason
+BAR_REJECT_REASON_OUTLIER_VOLUME: BarRejectReason
+DATA_ALERT_KIND_UNSPECIFIED: DataAlertKind
+DATA_ALERT_KIND_STALE: DataAlertKind
+DATA_ALERT_KIND_FRESH: DataAlertKind
+DATA_ALERT_KIND_FAILOVER: DataAlertKind
+DATA_ALERT_KIND_SOURCE_ERROR: DataAlertKind
 DIRECTION_UNSPECIFIED: Direction
 DIRECTION_UP: Direction
 DIRECTION_DOWN: Direction
@@ -185,6 +243,9 @@ INTENT_REASON_ENTRY: IntentReason
 INTENT_REASON_SIGNAL_EXIT: IntentReason
 INTENT_REASON_TAKE_PROFIT: IntentReason
 INTENT_REASON_STOP_LOSS: IntentReason
+INTENT_REASON_TRAILING_STOP: IntentReason
+INTENT_REASON_RISK_LIQUIDATION: IntentReason
+INTENT_REASON_MAX_HOLDING_TIME: IntentReason
 RISK_REASON_UNSPECIFIED: RiskReason
 RISK_REASON_APPROVED: RiskReason
 RISK_REASON_HALTED: RiskReason
@@ -193,6 +254,37 @@ RISK_REASON_MAX_POSITION: RiskReason
 RISK_REASON_INSUFFICIENT_CASH: RiskReason
 RISK_REASON_INVALID_INTENT: RiskReason
 RISK_REASON_SHORT_NOT_ALLOWED: RiskReason
+RISK_REASON_DAILY_LOSS: RiskReason
+RISK_REASON_KILL_SWITCH: RiskReason
+RISK_REASON_DRAWDOWN: RiskReason
+RISK_REASON_TRAILING_STOP: RiskReason
+RISK_REASON_SECTOR_EXPOSURE: RiskReason
+RISK_REASON_TOTAL_EXPOSURE: RiskReason
+RISK_REASON_SYMBOL_EXPOSURE: RiskReason
+RISK_REASON_ORDER_RATE: RiskReason
+RISK_REASON_SYMBOL_ORDER_LIMIT: RiskReason
+RISK_REASON_CONSECUTIVE_LOSSES: RiskReason
+RISK_REASON_ABNORMAL_SLIPPAGE: RiskReason
+RISK_REASON_MAX_POSITIONS: RiskReason
+RISK_REASON_SHORT_EXPOSURE: RiskReason
+RISK_REASON_CVAR: RiskReason
+RISK_REASON_POSITION_RISK: RiskReason
+RISK_REASON_MARKET_CLOSED: RiskReason
+RISK_REASON_LOW_VOLUME: RiskReason
+RISK_REASON_WIDE_SPREAD: RiskReason
+RISK_REASON_EARNINGS_BLACKOUT: RiskReason
+RISK_REASON_RECONCILIATION: RiskReason
+RISK_REASON_NOT_IN_UNIVERSE: RiskReason
+RISK_REASON_MAX_HOLDING_TIME: RiskReason
+RISK_ACTION_UNSPECIFIED: RiskAction
+RISK_ACTION_REJECT_ENTRY: RiskAction
+RISK_ACTION_CAP_ENTRY: RiskAction
+RISK_ACTION_EXIT_POSITION: RiskAction
+RISK_ACTION_LIQUIDATE: RiskAction
+RISK_ACTION_KILL_SWITCH: RiskAction
+RISK_ACTION_BLOCK_SYMBOL: RiskAction
+RISK_ACTION_PAUSE_ENTRIES: RiskAction
+RISK_ACTION_HALT: RiskAction
 ORDER_STATUS_UNSPECIFIED: OrderStatus
 ORDER_STATUS_NEW: OrderStatus
 ORDER_STATUS_PARTIALLY_FILLED: OrderStatus
@@ -243,6 +335,20 @@ class Bar(_message.Message):
     volume: float
     interval_ns: int
     def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., open: _Optional[float] = ..., high: _Optional[float] = ..., low: _Optional[float] = ..., close: _Optional[float] = ..., volume: _Optional[float] = ..., interval_ns: _Optional[int] = ...) -> None: ...
+
+class DataAlert(_message.Message):
+    __slots__ = ("header", "kind", "message", "source", "age_s")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    AGE_S_FIELD_NUMBER: _ClassVar[int]
+    header: EventHeader
+    kind: DataAlertKind
+    message: str
+    source: str
+    age_s: float
+    def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., kind: _Optional[_Union[DataAlertKind, str]] = ..., message: _Optional[str] = ..., source: _Optional[str] = ..., age_s: _Optional[float] = ...) -> None: ...
 
 class RejectedBar(_message.Message):
     __slots__ = ("header", "bar", "reason", "message")
@@ -430,6 +536,24 @@ class OrderIntent(_message.Message):
     rebalance_band: float
     def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., side: _Optional[_Union[OrderSide, str]] = ..., quantity: _Optional[float] = ..., order_type: _Optional[_Union[OrderType, str]] = ..., reason: _Optional[_Union[IntentReason, str]] = ..., reference_price: _Optional[float] = ..., reduce_only: _Optional[bool] = ..., source: _Optional[str] = ..., target_percent: _Optional[float] = ..., limit_price: _Optional[float] = ..., stop_price: _Optional[float] = ..., time_in_force: _Optional[_Union[TimeInForce, str]] = ..., parent_intent_id: _Optional[str] = ..., oco_group: _Optional[str] = ..., strategy: _Optional[str] = ..., rebalance_band: _Optional[float] = ...) -> None: ...
 
+class RiskEvent(_message.Message):
+    __slots__ = ("header", "reason", "action", "value", "threshold", "message", "intent_id")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    INTENT_ID_FIELD_NUMBER: _ClassVar[int]
+    header: EventHeader
+    reason: RiskReason
+    action: RiskAction
+    value: float
+    threshold: float
+    message: str
+    intent_id: str
+    def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., reason: _Optional[_Union[RiskReason, str]] = ..., action: _Optional[_Union[RiskAction, str]] = ..., value: _Optional[float] = ..., threshold: _Optional[float] = ..., message: _Optional[str] = ..., intent_id: _Optional[str] = ...) -> None: ...
+
 class RiskDecision(_message.Message):
     __slots__ = ("header", "intent", "approved", "reason", "message")
     HEADER_FIELD_NUMBER: _ClassVar[int]
@@ -603,7 +727,7 @@ class ControlCommand(_message.Message):
     def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., action: _Optional[_Union[ControlAction, str]] = ..., reason: _Optional[str] = ..., actor: _Optional[str] = ..., sequence: _Optional[int] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("bar", "feature_vector", "alpha_signal", "prediction", "scored_signal", "order_intent", "risk_decision", "order", "fill", "position_snapshot", "account_snapshot", "engine_status", "control_command", "rejected_bar", "portfolio_target", "model_alert")
+    __slots__ = ("bar", "feature_vector", "alpha_signal", "prediction", "scored_signal", "order_intent", "risk_decision", "order", "fill", "position_snapshot", "account_snapshot", "engine_status", "control_command", "rejected_bar", "portfolio_target", "model_alert", "risk_event", "data_alert")
     BAR_FIELD_NUMBER: _ClassVar[int]
     FEATURE_VECTOR_FIELD_NUMBER: _ClassVar[int]
     ALPHA_SIGNAL_FIELD_NUMBER: _ClassVar[int]
@@ -620,6 +744,8 @@ class Event(_message.Message):
     REJECTED_BAR_FIELD_NUMBER: _ClassVar[int]
     PORTFOLIO_TARGET_FIELD_NUMBER: _ClassVar[int]
     MODEL_ALERT_FIELD_NUMBER: _ClassVar[int]
+    RISK_EVENT_FIELD_NUMBER: _ClassVar[int]
+    DATA_ALERT_FIELD_NUMBER: _ClassVar[int]
     bar: Bar
     feature_vector: FeatureVector
     alpha_signal: AlphaSignal
@@ -636,7 +762,9 @@ class Event(_message.Message):
     rejected_bar: RejectedBar
     portfolio_target: PortfolioTarget
     model_alert: ModelAlert
-    def __init__(self, bar: _Optional[_Union[Bar, _Mapping]] = ..., feature_vector: _Optional[_Union[FeatureVector, _Mapping]] = ..., alpha_signal: _Optional[_Union[AlphaSignal, _Mapping]] = ..., prediction: _Optional[_Union[Prediction, _Mapping]] = ..., scored_signal: _Optional[_Union[ScoredSignal, _Mapping]] = ..., order_intent: _Optional[_Union[OrderIntent, _Mapping]] = ..., risk_decision: _Optional[_Union[RiskDecision, _Mapping]] = ..., order: _Optional[_Union[Order, _Mapping]] = ..., fill: _Optional[_Union[Fill, _Mapping]] = ..., position_snapshot: _Optional[_Union[PositionSnapshot, _Mapping]] = ..., account_snapshot: _Optional[_Union[AccountSnapshot, _Mapping]] = ..., engine_status: _Optional[_Union[EngineStatus, _Mapping]] = ..., control_command: _Optional[_Union[ControlCommand, _Mapping]] = ..., rejected_bar: _Optional[_Union[RejectedBar, _Mapping]] = ..., portfolio_target: _Optional[_Union[PortfolioTarget, _Mapping]] = ..., model_alert: _Optional[_Union[ModelAlert, _Mapping]] = ...) -> None: ...
+    risk_event: RiskEvent
+    data_alert: DataAlert
+    def __init__(self, bar: _Optional[_Union[Bar, _Mapping]] = ..., feature_vector: _Optional[_Union[FeatureVector, _Mapping]] = ..., alpha_signal: _Optional[_Union[AlphaSignal, _Mapping]] = ..., prediction: _Optional[_Union[Prediction, _Mapping]] = ..., scored_signal: _Optional[_Union[ScoredSignal, _Mapping]] = ..., order_intent: _Optional[_Union[OrderIntent, _Mapping]] = ..., risk_decision: _Optional[_Union[RiskDecision, _Mapping]] = ..., order: _Optional[_Union[Order, _Mapping]] = ..., fill: _Optional[_Union[Fill, _Mapping]] = ..., position_snapshot: _Optional[_Union[PositionSnapshot, _Mapping]] = ..., account_snapshot: _Optional[_Union[AccountSnapshot, _Mapping]] = ..., engine_status: _Optional[_Union[EngineStatus, _Mapping]] = ..., control_command: _Optional[_Union[ControlCommand, _Mapping]] = ..., rejected_bar: _Optional[_Union[RejectedBar, _Mapping]] = ..., portfolio_target: _Optional[_Union[PortfolioTarget, _Mapping]] = ..., model_alert: _Optional[_Union[ModelAlert, _Mapping]] = ..., risk_event: _Optional[_Union[RiskEvent, _Mapping]] = ..., data_alert: _Optional[_Union[DataAlert, _Mapping]] = ...) -> None: ...
 
 class Watermark(_message.Message):
     __slots__ = ("kind", "producer", "through_time_ns", "event_count", "end_of_stream")
