@@ -30,7 +30,9 @@ from utp.core.broker import (
     EV_FILL,
     EV_REJECTED,
     F_FILLED,
+    F_LIMIT,
     F_QTY,
+    F_STOP,
     F_VALUE,
     FREE,
     HELD,
@@ -229,7 +231,7 @@ class ExternalVenue:
         order = BrokerOrder(
             client_order_id=m["client_order_id"], symbol=m["symbol"], side=side, quantity=float(book.fo[k, F_QTY]),
             order_type=int(book.io[k, I_TYPE]), time_in_force=m["time_in_force"] or pb.TIME_IN_FORCE_DAY,
-            limit_price=float(book.fo[k, 4]), stop_price=float(book.fo[k, 5]), notional=m["notional"],
+            limit_price=float(book.fo[k, F_LIMIT]), stop_price=float(book.fo[k, F_STOP]), notional=m["notional"],
             parent_client_order_id=m["parent_client_order_id"], oco_group=m["oco_group"],
             submitted_time_ns=m["submitted_time_ns"], intent_id=m["intent_id"], correlation_id=m["correlation_id"],
             reason=m["reason"], strategy=m["strategy"], replaces_client_order_id=m["replaces_client_order_id"],

@@ -80,6 +80,7 @@ class CoreDaemon:
         self.account: pb.AccountSnapshot | None = None
         self.state = api.SESSION_STATE_STARTING
         self._run_task: asyncio.Task | None = None
+        self._halting: asyncio.Task | None = None  # a halt a risk event asked for
         self._lock = asyncio.Lock()
         self.clock = WallClock()
         self._registry: Any = None
@@ -233,7 +234,7 @@ class CoreDaemon:
                 if m.action in _HALTING and not self.controls.halted:  # type: ignore[attr-defined]
                     # Not awaited here: a command publishes on the bus, whose delivery may be what called us.
                     log.error("risk: %s: halting trading", m.message)  # type: ignore[attr-defined]
-                    self._halting = asyncio.create_task(self.halt(m.message, "risk"))  # type: ignore[attr-defined]
+                    self._halting = asyncio.create_task(self.halt(m.message, "risk"))
         for watcher in list(self.watchers):
             for message in messages:
                 if watcher.wants(kind, message):

@@ -4,13 +4,14 @@ A backtest and a live or paper session are the same engines; they differ only in
 
     backtest: InProcessBus, SimulatedClock, SimulatedBroker, no persistence, execution approved
     paper:    InProcessBus or JetStreamBus, WallClock, SimulatedBroker, LMDB hot state, operator flags
+    live:     the same, bars from a vendor stream (data.primary) and orders at a real broker (broker.name)
 
     market_data -> bar -> features -> feature_vector --\
                        -> alpha -> alpha_signal ---------+-> ensemble -> scored_signal -> portfolio
-                       portfolio -> portfolio_target -> risk -> risk_decision
+                       portfolio -> portfolio_target, bar -> risk -> risk_decision
                        risk_decision -> exit -> order_intent (protective legs)
                        bar, risk_decision, order_intent -> execution -> order, fill, position_snapshot,
-                                                                        account_snapshot -> backtest
+                                                                        account_snapshot, risk_event -> backtest
 
 The graph has no cycle: risk asks for target positions and execution sizes the orders from its own
 books, so every engine takes a whole batch of bar times in one step.

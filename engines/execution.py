@@ -30,8 +30,18 @@ crash) maps to the order that already exists and is never placed again. Nothing 
 halted or execution is not approved. Per bar time the work is the same whether a step holds one bar time
 (live) or a million (a backtest): batch size never changes a decision.
 
-The kernel drives the simulated venue (backtests and paper sessions). A real broker (Alpaca, issue 6) is
-not in this kernel: it will take the same orders through the `Broker` interface of `utp.core.broker`.
+Around those decisions, in the same pass:
+* the portfolio risk rules (`utp.core.risk_guard`): after each bar time is marked, the kill switch, the drawdown
+  liquidation, trailing stops and the maximum holding time; before each entry, the loss, throttle, exposure,
+  position-count, short-share, sector and CVaR limits (capped or refused). Each publishes a `risk_event`;
+* smart execution (`execution.entry_order` etc.): limit entries at an adaptive offset from the close, the order
+  timeout that accepts a mostly filled entry or reprices (replaces) or cancels it, and entries sliced over bar
+  times, each slice a bracket of its own.
+
+The kernel fills orders at the simulated venue (backtests and paper sessions), or, with an external venue (a
+real broker, `utp.core.venue`), leaves the filling to the broker: what the kernel created or cancelled is sent,
+and what the broker reports is applied to the same book and portfolio before the next bar time. The
+decisions come from this one kernel either way; the broker's reports are the order and fill events then.
 """
 
 from __future__ import annotations

@@ -23,6 +23,8 @@ def test_demo_prints_a_summary_and_writes_the_equity_curve(tmp_path: Path) -> No
     for label in ("bars", "signals", "orders", "trades", "total return", "sharpe", "max drawdown", "equity curve"):
         assert label in result.stdout
     assert "bars           2148" in result.stdout
+    counts = {line.split()[0]: line.split()[1] for line in result.stdout.splitlines() if line.strip()[:6] in ("orders", "trades")}
+    assert int(counts["orders"]) > 0 and int(counts["trades"]) > 0  # the demo trades, under the seeds' risk table
     curve = pl.read_csv(tmp_path / "utp-demo-equity.csv")
     assert curve.columns == ["time", "equity"] and curve.height == 2148
     assert str(tmp_path / "utp-demo-equity.csv") in result.stdout

@@ -353,6 +353,7 @@ def goog_config(*, brackets: bool = False, **risk: object) -> Config:
     legs = {} if brackets else {"exit.take_profit_pct": 0.0, "exit.stop_loss_pct": 0.0}
     return load_config(["configs/demo.yaml"], environ={}, overrides={
         "inference.packaged_fallback": False, "ensemble.weights": {"rsi": 1.0, "ema_cross": 1.0, "macd": 1.0},
+        "risk.max_position_pct": 0.95,
         "market_data.end": "2009-12-31", **limits, **legs})  # fmt: skip
 
 
@@ -421,6 +422,7 @@ def test_rules_give_the_same_decisions_whatever_the_batch_size() -> None:
 def test_the_exit_monitor_closes_positions_held_too_long_on_real_bars() -> None:
     config = load_config(["configs/demo.yaml"], environ={}, overrides={
         "inference.packaged_fallback": False, "ensemble.weights": {"rsi": 1.0, "ema_cross": 1.0, "macd": 1.0},
+        "risk.max_position_pct": 0.95,
         **{f"risk.{k}": v for k, v in OFF.items()}, "exit.take_profit_pct": 0.0, "exit.stop_loss_pct": 0.0,
         "exit.max_holding_hours": 24.0 * 7})  # fmt: skip
     out = run_graph(config)

@@ -19,6 +19,7 @@ def config(**execution: object) -> Config:
     """The demo's strategy on GOOG 2004-2008 (no model, no portfolio rules) with the given execution settings."""
     return load_config(["configs/demo.yaml"], environ={}, overrides={
         "inference.packaged_fallback": False, "ensemble.weights": {"rsi": 1.0, "ema_cross": 1.0, "macd": 1.0},
+        "risk.max_position_pct": 0.95,
         "market_data.end": "2008-12-31", "risk.universe.enabled": False,
         **{f"risk.{k}": v for k, v in OFF.items()}, **{f"execution.{k}": v for k, v in execution.items()}})  # fmt: skip
 
