@@ -27,6 +27,7 @@ import polars as pl
 import pytest
 
 from tests.loopback.market_data_stream import MarketDataStreamServer
+from tests.test_live_market_data import HandClock
 from utp.core.bus import InProcessBus
 from utp.core.clock import WallClock
 from utp.core.config import ConfigError, DataConfig, load_config
@@ -52,24 +53,6 @@ pytestmark = pytest.mark.timeout(60)
 # --------------------------------------------------------------------------------------------------------------
 # Harness
 # --------------------------------------------------------------------------------------------------------------
-
-
-class HandClock:
-    """A wall-like clock (not simulated: sleeps really pause) whose time moves only when the test says."""
-
-    simulated = False
-
-    def __init__(self, now_ns: int) -> None:
-        self.now = now_ns
-
-    def now_ns(self) -> int:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
-
-    def observe(self, data_time_ns: int) -> None:
-        pass
 
 
 class Recorder:
