@@ -17,8 +17,7 @@ import json
 import math
 import pickle
 import re
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import polars as pl
 import pytest
 
 from tests.loopback.market_data_stream import MarketDataStreamServer
-from tests.test_live_market_data import HandClock
+from tests.test_live_market_data import HandClock, until
 from utp.core.bus import InProcessBus
 from utp.core.clock import WallClock
 from utp.core.config import ConfigError, DataConfig, load_config
@@ -92,14 +91,6 @@ async def replay(bars: pl.DataFrame, universe: Universe, **engine_args: object) 
     async with Recorder(engine, WallClock()) as run:
         await asyncio.wait_for(run._task, 30)  # type: ignore[arg-type]
     return run
-
-
-async def until(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture
