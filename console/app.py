@@ -1,225 +1,347 @@
-"""The operator console: watch positions, orders and fills; approve or revoke execution; halt and resume.
+"""The operator console: watch and steer a running `utp core` daemon from a terminal.
 
-It talks to the daemon only through gRPC (CoreService), so it works the same locally, over an SSH tunnel
-(`ssh -L 50051:127.0.0.1:50051 host`, then `utp console`), and against a daemon on JetStream. Every call
-runs in a worker so the screen never blocks; when the daemon goes away the console says so and keeps
-retrying until it is back.
+It talks to the daemon only through gRPC (CoreService, with a bearer token), so it works the same locally, over
+an SSH tunnel (`ssh -L 50051:127.0.0.1:50051 host`, then `utp console`) and against a daemon on JetStream;
+several consoles may watch one daemon at once. Every call runs in a worker so the screen never blocks. It
+polls GetDashboard (GetStatus on a daemon without it) every second and follows WatchEvents for rejected intents
+and alerts; when the daemon goes away the status bar says so and both keep retrying until it is back.
 
-Keys: a approve execution, r revoke it, h halt, u resume (un-halt), q quit.
+Nine screens, keys 1-9 or a click on the tab bar: dashboard, positions, orders, signals, approvals, models,
+backtests, audit and admin. `?` lists every key, ctrl+p finds every action by name, h halts and u resumes from
+anywhere. Every call that changes the daemon asks first and carries a reason and the actor "console:<user>".
 """
 
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+import getpass
+import os
+from collections.abc import Callable, Iterable
+from functools import partial
+from typing import Any, ClassVar
 
 import grpc
 from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.command import DiscoveryHit, Hit, Hits, Provider
+from textual.widgets import ContentSwitcher, Footer, Header, Input
+from textual.worker import Worker
 
+from utp.console.screens.admin import AdminView
+from utp.console.screens.approvals import ApprovalsView
+from utp.console.screens.audit import AuditView
+from utp.console.screens.backtests import BacktestsView
+from utp.console.screens.base import View
+from utp.console.screens.dashboard import DashboardView
+from utp.console.screens.help import HelpScreen
+from utp.console.screens.models import ModelsView
+from utp.console.screens.orders import OrdersView
+from utp.console.screens.positions import PositionsView
+from utp.console.screens.signals import SignalsView
+from utp.console.source import DataSource, GrpcSource, SourceError
+from utp.console.state import ConsoleState
+from utp.console.widgets import StatusBar, Tab, TabBar, status_line
 from utp.v1 import core_service_pb2 as api
-from utp.v1 import core_service_pb2_grpc as api_grpc
 from utp.v1 import events_pb2 as pb
+
+__all__ = ["ConsoleApp", "StatusBar", "status_line", "default_actor"]
 
 POLL_SECONDS = 1.0
 RETRY_SECONDS = 1.0
-LOG_ROWS = 500
-_SIDE = {pb.ORDER_SIDE_BUY: "BUY", pb.ORDER_SIDE_SELL: "SELL"}
-_ORDER_STATUS = {
-    pb.ORDER_STATUS_NEW: "NEW",
-    pb.ORDER_STATUS_PARTIALLY_FILLED: "PARTIAL",
-    pb.ORDER_STATUS_FILLED: "FILLED",
-    pb.ORDER_STATUS_CANCELED: "CANCELED",
-    pb.ORDER_STATUS_REJECTED: "REJECTED",
-}
-_SESSION = {
-    api.SESSION_STATE_STARTING: "starting",
-    api.SESSION_STATE_RUNNING: "running",
-    api.SESSION_STATE_COMPLETED: "completed",
-    api.SESSION_STATE_STOPPING: "stopping",
-    api.SESSION_STATE_FAILED: "FAILED",
-}
+#: Equity points the dashboard asks for, and orders the Orders screen lists.
+EQUITY_POINTS = 500
+ORDERS_SHOWN = 500
+VIEWS: tuple[type[View], ...] = (
+    DashboardView,
+    PositionsView,
+    OrdersView,
+    SignalsView,
+    ApprovalsView,
+    ModelsView,
+    BacktestsView,
+    AuditView,
+    AdminView,
+)
+_WATCH_KINDS = [
+    pb.EVENT_KIND_RISK_DECISION,
+    pb.EVENT_KIND_RISK_EVENT,
+    pb.EVENT_KIND_ORDER_APPROVAL,
+    pb.EVENT_KIND_OPERATOR_ALERT,
+]
+#: What an older daemon (one without approval and operator-alert events) can stream.
+_WATCH_KINDS_BASIC = [pb.EVENT_KIND_RISK_DECISION, pb.EVENT_KIND_RISK_EVENT]
 
 
-def _time(ns: int) -> str:
-    if ns <= 0:
-        return "-"
-    return datetime.fromtimestamp(ns / 1e9, UTC).strftime("%Y-%m-%d %H:%M")
+def default_actor() -> str:
+    """Who the daemon's audit trail names for this console's calls."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry, no $USER: a container's anonymous uid
+        user = f"uid{os.getuid()}"
+    return f"console:{user}"
 
 
-def status_line(status: api.GetStatusResponse | None, connected: bool) -> str:
-    """The status bar's text: trading state, equity, day P&L, approval, session."""
-    if not connected or status is None:
-        return "DISCONNECTED - retrying"
-    trading = f"HALTED ({status.halt_reason})" if status.halted else "RUNNING"
-    approval = "APPROVED" if status.execution_approved else "REVOKED"
-    account = status.account
-    return (
-        f"{trading} | equity {account.equity:,.2f} | day P&L {account.day_pnl:+,.2f} | "
-        f"execution {approval} | session {_SESSION.get(status.session_state, '?')} ({status.bus}) | "
-        f"data {_time(account.header.event_time_ns)}"
-    )
+class ConsoleCommands(Provider):
+    """Every screen and every action of every screen, by name (ctrl+p)."""
 
+    def _commands(self) -> list[tuple[str, str, Callable[[], Any]]]:
+        return self.app.palette_commands()  # type: ignore[attr-defined]
 
-class StatusBar(Static):
-    """One line of session state; `text` holds what it shows."""
+    async def discover(self) -> Hits:
+        for name, help_text, command in self._commands():
+            yield DiscoveryHit(name, command, help=help_text)
 
-    text = ""
-
-    def show(self, text: str, *, alarm: bool) -> None:
-        self.text = text
-        self.set_class(alarm, "alarm")
-        self.update(text)
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        for name, help_text, command in self._commands():
+            score = matcher.match(name)
+            if score > 0:
+                yield Hit(score, matcher.highlight(name), command, text=name, help=help_text)
 
 
 class ConsoleApp(App[None]):
     CSS_PATH = "app.tcss"
     TITLE = "utp console"
-    BINDINGS = [
-        Binding("a", "approve", "Approve execution"),
-        Binding("r", "revoke", "Revoke execution"),
-        Binding("h", "halt", "Halt"),
-        Binding("u", "resume", "Resume"),
+    COMMANDS = App.COMMANDS | {ConsoleCommands}
+    HORIZONTAL_BREAKPOINTS: ClassVar[list[tuple[int, str]]] = [(0, "-narrow"), (110, "-wide")]
+    VERTICAL_BREAKPOINTS: ClassVar[list[tuple[int, str]]] = [(0, "-short"), (32, "-tall")]
+    BINDINGS: ClassVar[list[Binding]] = [
+        *(Binding(str(i), f"show_view('{view.NAME}')", view.TITLE, show=False) for i, view in enumerate(VIEWS, 1)),
+        Binding("question_mark", "help", "Help", key_display="?"),
+        Binding("h", "halt", "Halt trading", show=False),
+        Binding("u", "resume", "Resume trading", show=False),
+        Binding("f5", "refresh", "Refresh", show=False),
+        Binding("escape", "leave_input", "Leave the input", show=False),
         Binding("q", "quit", "Quit"),
     ]
 
-    def __init__(self, target: str) -> None:
+    def __init__(
+        self,
+        target: str = "127.0.0.1:50051",
+        token: str = "",
+        *,
+        tls: bool = False,
+        tls_ca: str = "",
+        tls_cert: str = "",
+        tls_key: str = "",
+        server_name: str = "",
+        source: DataSource | None = None,
+        actor: str | None = None,
+        poll_seconds: float = POLL_SECONDS,
+    ) -> None:
+        """`target` and `token` (see utp.daemon.auth.resolve_token) reach the daemon, over TLS when `tls` or a
+        certificate is given; `source` replaces the daemon with canned data (snapshots and screenshots only)."""
         super().__init__()
         self.target = target
-        self.sub_title = target
-        self.channel: grpc.aio.Channel | None = None
-        self.stub: api_grpc.CoreServiceStub | None = None
-        self.status: api.GetStatusResponse | None = None
-        self.connected = False
+        self.source: DataSource = source or GrpcSource(
+            target, token, tls=tls, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, server_name=server_name
+        )
+        self.sub_title = self.source.label
+        self.actor = actor or default_actor()
+        self.poll_seconds = poll_seconds
+        self.state = ConsoleState()
+        self.views: dict[str, View] = {}
+        self._poll_lock = asyncio.Lock()
 
     def compose(self) -> ComposeResult:
+        # Kept as attributes: app.query_one searches the screen on top, which is a dialog at times.
+        views = [view_type() for view_type in VIEWS]
+        self.views = {view.NAME: view for view in views}
+        self.status_bar = StatusBar("connecting...", id="status")
+        self.tab_bar = TabBar([Tab(v.NAME, v.TITLE, v.SHORT) for v in views], numbered=True, id="tabs")
+        self.switcher = ContentSwitcher(initial=views[0].id, id="views")
         yield Header()
-        yield StatusBar("connecting...", id="status")
-        with Vertical(id="main"):
-            yield Static("Positions", classes="title")
-            yield DataTable(id="positions", cursor_type="row", zebra_stripes=True)
-            yield Static("Orders, fills and rejected intents (newest at the bottom)", classes="title")
-            yield DataTable(id="log", cursor_type="row", zebra_stripes=True)
+        yield self.status_bar
+        yield self.tab_bar
+        with self.switcher:
+            yield from views
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#positions", DataTable).add_columns(
-            "symbol", "quantity", "avg price", "last", "market value", "unrealized", "realized"
-        )
-        self.query_one("#log", DataTable).add_columns("time", "event", "symbol", "side", "quantity", "price", "detail")
-        self.channel = grpc.aio.insecure_channel(self.target)
-        self.stub = api_grpc.CoreServiceStub(self.channel)
-        self.poll_status()
-        self.watch_events()
+        self.show_view(VIEWS[0].NAME)
+        self._poll_forever()
+        self._watch_forever()
 
     async def on_unmount(self) -> None:
-        if self.channel is not None:
-            await self.channel.close(grace=None)
+        await self.source.close()
 
-    # -- background workers ------------------------------------------------------------------------
+    @property
+    def active_view(self) -> View:
+        current = self.switcher.current or ""
+        return self.views.get(current.removesuffix("-view"), self.views[VIEWS[0].NAME])
+
+    # -- polling and the event stream --------------------------------------------------------------------
     @work(exclusive=True, group="poll")
-    async def poll_status(self) -> None:
-        assert self.stub is not None
+    async def _poll_forever(self) -> None:
         while True:
-            try:
-                status = await self.stub.GetStatus(api.GetStatusRequest(), timeout=5)
-                positions = await self.stub.ListPositions(api.ListPositionsRequest(), timeout=5)
-                self.connected = True
-                self.status = status
-                self._show_positions(positions.positions)
-            except grpc.aio.AioRpcError:
-                self.connected = False
-            self._show_status()
-            await asyncio.sleep(POLL_SECONDS if self.connected else RETRY_SECONDS)
+            await self.poll_once()
+            view = self.active_view
+            if view.LIVE and self.state.connected and not self.state.problem:
+                await view.load()
+            await asyncio.sleep(self.poll_seconds if self.state.connected else RETRY_SECONDS)
+
+    async def poll_once(self) -> None:
+        """Fetch status (the dashboard), positions and orders once; redraw the status bar and the screen."""
+        async with self._poll_lock:
+            await self._poll()
+        self._show_status()
+        self.active_view.show_state(self.state)
+
+    async def _poll(self) -> None:
+        state = self.state
+        try:
+            dashboard = None
+            if state.dashboard_supported:
+                try:
+                    dashboard = await self.source.call("GetDashboard", api.GetDashboardRequest(points=EQUITY_POINTS), 5)
+                except SourceError as exc:
+                    if not exc.unimplemented:
+                        raise
+                    state.dashboard_supported = False
+            if dashboard is None:
+                dashboard = api.GetDashboardResponse(
+                    status=await self.source.call("GetStatus", api.GetStatusRequest(), 5)
+                )
+            positions = await self.source.call("ListPositions", api.ListPositionsRequest(), 5)
+            orders = await self.source.call("ListOrders", api.ListOrdersRequest(limit=ORDERS_SHOWN), 5)
+        except SourceError as exc:
+            if exc.unreachable:
+                if state.connected:
+                    state.dashboard_supported = True  # the daemon that comes back may be a newer one
+                state.connected, state.problem = False, ""
+            else:
+                state.connected, state.problem = True, exc.explain()
+            return
+        state.connected, state.problem = True, ""
+        state.dashboard = dashboard
+        state.positions = list(positions.positions)
+        state.orders = list(orders.orders)
 
     @work(exclusive=True, group="watch")
-    async def watch_events(self) -> None:
-        assert self.stub is not None
-        kinds = [pb.EVENT_KIND_ORDER, pb.EVENT_KIND_FILL, pb.EVENT_KIND_RISK_DECISION]
+    async def _watch_forever(self) -> None:
+        kinds = _WATCH_KINDS
         while True:
             try:
-                async for response in self.stub.WatchEvents(api.WatchEventsRequest(kinds=kinds)):
-                    self._log_event(response.event)
-            except grpc.aio.AioRpcError:
-                pass
+                async for response in self.source.stream("WatchEvents", api.WatchEventsRequest(kinds=kinds)):
+                    self._on_event(response.event)
+            except SourceError as exc:
+                if exc.code == grpc.StatusCode.INVALID_ARGUMENT and kinds is _WATCH_KINDS:
+                    kinds = _WATCH_KINDS_BASIC  # an older daemon: follow what it knows
+                    continue
             await asyncio.sleep(RETRY_SECONDS)  # the daemon went away or restarted: watch again
 
-    # -- actions -----------------------------------------------------------------------------------
-    def action_approve(self) -> None:
-        self._command("approve")
+    def _on_event(self, event: pb.Event) -> None:
+        kind = event.WhichOneof("payload")
+        if kind == "risk_event" or (kind == "risk_decision" and not event.risk_decision.approved):
+            self.state.rejected.appendleft(event)
+        elif kind == "order_approval" and self.active_view.NAME == ApprovalsView.NAME:
+            self.reload_view(self.active_view)
+        elif kind == "operator_alert":
+            alert = event.operator_alert
+            if alert.severity == pb.ALERT_SEVERITY_CRITICAL and not alert.resolved:
+                self.notify(f"{alert.source}: {alert.message}", title="critical alert", severity="error", timeout=15)
 
-    def action_revoke(self) -> None:
-        self._command("revoke")
+    def _show_status(self) -> None:
+        state, bar = self.state, self.status_bar
+        if state.problem:
+            bar.show(f"ERROR {state.problem}", alarm=True)
+            return
+        status = state.status
+        text = status_line(status, state.connected, state.dashboard.pending_approvals)
+        if not state.connected:
+            text += f" ({self.source.label})"
+        alarm = status is None or status.halted or status.session_state == api.SESSION_STATE_FAILED
+        bar.show(text, alarm=alarm)
+        bar.set_class(status is not None and not status.halted and status.entries_paused, "warn")
+
+    # -- screens -----------------------------------------------------------------------------------------
+    def show_view(self, name: str) -> Worker:
+        """Switch to a screen and focus it (so that its keys work); returns the worker loading its data."""
+        view = self.views[name]
+        self.switcher.current = view.id
+        self.tab_bar.active = name
+        view.show_state(self.state)
+        target = view.default_focus()
+        if target is not None:
+            target.focus()
+        return self.reload_view(view)
+
+    def reload_view(self, view: View) -> Worker:
+        return self.run_worker(view.load(), group=f"load-{view.NAME}", exclusive=True)
+
+    def on_tab_bar_selected(self, event: TabBar.Selected) -> None:
+        if event.bar.id == "tabs":
+            self.show_view(event.tab_id)
+
+    def action_show_view(self, name: str) -> None:
+        self.show_view(name)
+
+    async def run_view_action(self, name: str, action: str) -> None:
+        self.show_view(name)
+        await self.views[name].run_action(action)
+
+    @property
+    def admin(self) -> AdminView:
+        return self.views[AdminView.NAME]  # type: ignore[return-value]
 
     def action_halt(self) -> None:
-        self._command("halt")
+        self.admin.action_halt()
 
     def action_resume(self) -> None:
-        self._command("resume")
+        self.admin.action_resume()
 
-    @work(group="commands")
-    async def _command(self, name: str) -> None:
-        assert self.stub is not None
-        actor, reason = "console", f"{name} from the console"
-        try:
-            if name in ("approve", "revoke"):
-                await self.stub.SetExecutionApproval(
-                    api.SetExecutionApprovalRequest(approved=name == "approve", reason=reason, actor=actor), timeout=5
+    async def action_refresh(self) -> None:
+        await self.poll_once()
+        self.reload_view(self.active_view)
+
+    def action_leave_input(self) -> None:
+        """Escape from a text field back to the screen's table, so that its keys work again."""
+        if isinstance(self.focused, Input):
+            target = self.active_view.default_focus()
+            if target is not None and target is not self.focused:
+                target.focus()
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen(self.binding_sections()))
+
+    def binding_sections(self) -> list[tuple[str, list[tuple[str, str]]]]:
+        """Every key: those that work everywhere, then each screen's."""
+        everywhere = [
+            ("1-9", "switch screen (or click the tab bar)"),
+            ("ctrl+p", "command palette: every action by name"),
+        ]
+        everywhere += _keys(b for b in self.BINDINGS if not b.key.isdigit() and b.key != "escape")
+        everywhere.append(("escape", "leave a text field / close a dialog"))
+        sections = [("Everywhere", everywhere)]
+        for i, view in enumerate(self.views.values(), 1):
+            sections.append((f"{i} {view.TITLE}", _keys(view.BINDINGS)))
+        return sections
+
+    def palette_commands(self) -> list[tuple[str, str, Callable[[], Any]]]:
+        commands: list[tuple[str, str, Callable[[], Any]]] = []
+        for i, view in enumerate(self.views.values(), 1):
+            commands.append((f"Go to {view.TITLE}", f"key {i}", partial(self.show_view, view.NAME)))
+        for view in self.views.values():
+            for binding in _bindings(view.BINDINGS):
+                commands.append(
+                    (
+                        f"{view.TITLE}: {binding.description}",
+                        f"key {binding.key_display or binding.key}",
+                        partial(self.run_view_action, view.NAME, binding.action),
+                    )
                 )
-            elif name == "halt":
-                await self.stub.Halt(api.HaltRequest(reason=reason, actor=actor), timeout=5)
-            else:
-                await self.stub.Resume(api.ResumeRequest(reason=reason, actor=actor), timeout=5)
-            self.status = await self.stub.GetStatus(api.GetStatusRequest(), timeout=5)
-            self.connected = True
-            self.notify(f"{name}: done")
-        except grpc.aio.AioRpcError as exc:
-            self.notify(f"{name} failed: {exc.details() or exc.code().name}", severity="error")
-        self._show_status()
+        commands += [
+            ("Refresh now", "key f5", self.action_refresh),
+            ("Help: every key", "key ?", self.action_help),
+            ("Quit the console", "key q", self.exit),
+        ]
+        return commands
 
-    # -- rendering ---------------------------------------------------------------------------------
-    def _show_status(self) -> None:
-        alarm = not self.connected or self.status is None or self.status.halted
-        self.query_one(StatusBar).show(status_line(self.status, self.connected), alarm=alarm)
 
-    def _show_positions(self, positions: list[pb.PositionSnapshot]) -> None:
-        table = self.query_one("#positions", DataTable)
-        table.clear()
-        for p in sorted(positions, key=lambda p: p.header.symbol):
-            table.add_row(
-                p.header.symbol,
-                f"{p.quantity:g}",
-                f"{p.average_price:,.2f}",
-                f"{p.last_price:,.2f}",
-                f"{p.market_value:,.2f}",
-                f"{p.unrealized_pnl:+,.2f}",
-                f"{p.realized_pnl:+,.2f}",
-            )
+def _bindings(bindings: Iterable[Binding | tuple[str, ...]]) -> list[Binding]:
+    return [b for b in bindings if isinstance(b, Binding) and b.description]
 
-    def _log_event(self, event: pb.Event) -> None:
-        kind = event.WhichOneof("payload")
-        if kind == "order":
-            o = event.order
-            row = ("order " + _ORDER_STATUS.get(o.status, "?"), o.header.symbol, _SIDE.get(o.side, "?"),
-                   f"{o.quantity:g}", f"{o.average_fill_price:,.2f}" if o.average_fill_price else "", o.client_order_id)  # fmt: skip
-            time_ns = o.header.event_time_ns
-        elif kind == "fill":
-            f = event.fill
-            row = ("fill", f.header.symbol, _SIDE.get(f.side, "?"), f"{f.quantity:g}", f"{f.price:,.2f}",
-                   f"commission {f.commission:.2f}")  # fmt: skip
-            time_ns = f.header.event_time_ns
-        elif kind == "risk_decision" and not event.risk_decision.approved:
-            d = event.risk_decision
-            row = ("REJECTED", d.header.symbol, _SIDE.get(d.intent.side, "?"), f"{d.intent.quantity:g}",
-                   f"{d.intent.reference_price:,.2f}", f"{pb.RiskReason.Name(d.reason)}: {d.message}")  # fmt: skip
-            time_ns = d.header.event_time_ns
-        else:
-            return
-        table = self.query_one("#log", DataTable)
-        table.add_row(_time(time_ns), *row)
-        if table.row_count > LOG_ROWS:
-            table.remove_row(next(iter(table.rows)))
-        table.move_cursor(row=table.row_count - 1)
+
+def _keys(bindings: Iterable[Binding | tuple[str, ...]]) -> list[tuple[str, str]]:
+    return [(b.key_display or b.key, b.description) for b in _bindings(bindings)]

@@ -77,13 +77,15 @@ P_SLIP, P_MODEL, P_SPREAD_ALPHA, P_VOL_FACTOR, P_VOLUME_LIMIT, P_PER_SHARE, P_MI
 E_KIND, E_SLOT, E_TIME, E_QTY, E_PRICE, E_COMMISSION, E_SLIPPAGE, E_ORDER_QTY, E_FILLED, E_AVG, E_AUX, E_ROLE, N_E = range(13)
 EV_NEW, EV_HELD, EV_FILL, EV_ACTIVATED, EV_CANCELED, EV_EXPIRED, EV_REJECTED, EV_SKIPPED, EV_REPLACED = range(9)
 # E_AUX of a cancellation: why.
-CANCEL_REQUESTED, CANCEL_OCO, CANCEL_PARENT, CANCEL_TARGET, CANCEL_TIMEOUT, CANCEL_ACCEPTED = 0.0, 1.0, 2.0, 3.0, 4.0, 5.0
+CANCEL_REQUESTED, CANCEL_OCO, CANCEL_PARENT, CANCEL_TARGET, CANCEL_TIMEOUT, CANCEL_ACCEPTED, CANCEL_OPERATOR = (
+    0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0)  # fmt: skip
 #: OCO groups named through `submit` are numbered from here (execution's brackets use their entry's serial).
 GROUP_NAMED = 1 << 40
 CANCEL_TEXT = {CANCEL_REQUESTED: "cancelled", CANCEL_OCO: "one-cancels-other",
                CANCEL_PARENT: "its parent ended unfilled", CANCEL_TARGET: "replaced by a new target",
                CANCEL_TIMEOUT: "not filled within the order timeout",
-               CANCEL_ACCEPTED: "the order timeout ran out with enough of it filled: the rest is cancelled"}  # fmt: skip
+               CANCEL_ACCEPTED: "the order timeout ran out with enough of it filled: the rest is cancelled",
+               CANCEL_OPERATOR: "cancelled by the operator"}  # fmt: skip
 _CS_K = 3.0 - 2.0 * math.sqrt(2.0)
 _CLOSED = {pb.ORDER_STATUS_FILLED, pb.ORDER_STATUS_CANCELED, pb.ORDER_STATUS_REJECTED, pb.ORDER_STATUS_EXPIRED,
            pb.ORDER_STATUS_REPLACED}  # fmt: skip
@@ -746,7 +748,8 @@ class SimulatedBroker(Broker):
         k = self.row_of(client_order_id)
         if k is None:
             raise BrokerError(f"order {client_order_id} is not open")
-        n = _close_rows(np.array([k], np.int64), time_ns, self.fo, self.io, self.olist, self.active, self._buffer(self.olist[0]))
+        n = cancel_rows(np.array([k], np.int64), time_ns, self.fo, self.io, self.olist, self.active,
+                        self._buffer(self.olist[0]), CANCEL_REQUESTED)  # fmt: skip
         return self.report(n)
 
     def replace(self, client_order_id: str, new: BrokerOrder) -> BrokerReport:
@@ -859,10 +862,11 @@ def _copy(order: BrokerOrder) -> BrokerOrder:
 
 
 @njit(cache=True)
-def _close_rows(rows, t, fo, io, olist, active, events):  # noqa: ANN001
+def cancel_rows(rows, t, fo, io, olist, active, events, why):  # noqa: ANN001
+    """Each open row ends CANCELED for `why` (a CANCEL_ code; an unfilled entry takes its legs along)."""
     n = 0
     for k in rows:
         if io[k, I_STATE] != FREE:
-            n = close_order(k, t, EV_CANCELED, CANCEL_REQUESTED, fo, io, olist, active, events, n)
+            n = close_order(k, t, EV_CANCELED, why, fo, io, olist, active, events, n)
     compact_open(olist, io)
     return n

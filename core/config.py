@@ -433,6 +433,12 @@ class ExecutionConfig(_Section):
     #: Entries of more than this notional go as slices of at most this much, one per bar time, each with its own
     #: protective legs (0 = never sliced).
     slice_notional: float = 0.0
+    #: blanket: every order risk approves goes while execution is approved. per_order: each waits in the
+    #: approval queue for the operator (console, DecideApprovals, `utp ctl approve`); the operator can switch.
+    approval_mode: str = "blanket"
+    #: A pending order not decided within this much bar time expires (and a newer target for its symbol
+    #: replaces it at once).
+    approval_timeout_s: float = 300.0
 
 
 class ExitConfig(_Section):
@@ -532,9 +538,45 @@ class StateConfig(_Section):
 
 
 class ServerConfig(_Section):
+    #: The gRPC address. Loopback by default: reach a remote daemon through an SSH tunnel (README), or listen
+    #: on another address only with TLS.
     listen: str = "127.0.0.1:50051"
     #: RunBacktest calls running at once, each in a process of its own; more wait their turn.
     max_backtests: int = 4
+    #: Bearer tokens (<data dir>/auth/admin.token and read.token): every CoreService call needs one. Off only
+    #: for a throwaway daemon on a machine nobody else uses.
+    auth: bool = True
+    #: TLS: the server's certificate chain and key (PEM). With tls_client_ca, mutual TLS: clients must
+    #: present a certificate that CA signed.
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    #: Prometheus metrics (HTTP) address; empty = no metrics endpoint.
+    metrics_listen: str = "127.0.0.1:9101"
+    #: One JSON object per log line (for journald, Loki, ...), instead of text.
+    json_logs: bool = False
+
+
+class OperationsConfig(_Section):
+    """The daemon's own operations: the scheduler's jobs and the watchdogs (seed 004)."""
+
+    #: Run the jobs on the NYSE calendar: pre_market 08:30 New York, end_of_day 16:30 (30 min after an early
+    #: close), nightly 02:00 before each session. The operator can run any of them at any time.
+    scheduler: bool = True
+    #: end_of_day closes every position (for intraday strategies; the packaged alphas hold overnight).
+    end_of_day_flatten: bool = False
+    #: nightly retrains these models when the last retrain is this many days old (0 = never retrain).
+    retrain_every_days: int = 0
+    retrain_models: list[str] = msgspec.field(default_factory=lambda: ["lgbm"])
+    #: pre_market alerts when a served champion is older than this (0 = never).
+    model_max_age_days: float = 30.0
+    #: Watchdogs, probed every watchdog_interval_s: data feed staleness (data.max_bar_age_s, live sessions),
+    #: engine lag and silence, the broker's connection (a real broker), memory and disk.
+    watchdogs: bool = True
+    watchdog_interval_s: float = 15.0
+    engine_max_lag_s: float = 300.0
+    max_rss_mb: float = 8192.0
+    min_free_disk_mb: float = 1024.0
 
 
 class Config(_Section):
@@ -557,6 +599,7 @@ class Config(_Section):
     bus: BusConfig = BusConfig()
     state: StateConfig = StateConfig()
     server: ServerConfig = ServerConfig()
+    operations: OperationsConfig = OperationsConfig()
     inference: InferenceConfig = InferenceConfig()
     train: TrainConfig = TrainConfig()
     models: ModelsConfig = ModelsConfig()

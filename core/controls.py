@@ -7,6 +7,10 @@ from dataclasses import dataclass, replace
 from utp.v1 import events_pb2 as pb
 
 
+_ORDER_ACTIONS = frozenset({pb.CONTROL_ACTION_FLATTEN, pb.CONTROL_ACTION_CANCEL_ORDER, pb.CONTROL_ACTION_APPROVE_ORDER,
+                            pb.CONTROL_ACTION_REJECT_ORDER})  # fmt: skip
+
+
 @dataclass(frozen=True, slots=True)
 class ControlState:
     """Paper only, execution revoked and trading allowed, until the operator says otherwise."""
@@ -14,6 +18,10 @@ class ControlState:
     halted: bool = False
     halt_reason: str = ""
     execution_approved: bool = False
+    #: The operator paused new entries (exits still go).
+    entries_paused: bool = False
+    #: ApprovalMode; 0 = as configured (execution.approval_mode).
+    approval_mode: int = 0
     # Number of operator commands applied; commands carry their sequence so replays apply once.
     sequence: int = 0
 
@@ -31,4 +39,20 @@ class ControlState:
             return replace(self, execution_approved=True, sequence=sequence)
         if action == pb.CONTROL_ACTION_REVOKE_EXECUTION:
             return replace(self, execution_approved=False, sequence=sequence)
+        if action == pb.CONTROL_ACTION_PAUSE_ENTRIES:
+            return replace(self, entries_paused=True, sequence=sequence)
+        if action == pb.CONTROL_ACTION_RESUME_ENTRIES:
+            return replace(self, entries_paused=False, sequence=sequence)
+        if action == pb.CONTROL_ACTION_SET_APPROVAL_MODE:
+            if command.approval_mode not in (pb.APPROVAL_MODE_BLANKET, pb.APPROVAL_MODE_PER_ORDER):
+                raise ValueError(f"unknown approval mode {command.approval_mode}")
+            return replace(self, approval_mode=command.approval_mode, sequence=sequence)
+        if action in _ORDER_ACTIONS:  # acts on orders, not on the flags (execution does the work)
+            return replace(self, sequence=sequence)
         raise ValueError(f"unknown control action {action}")
+
+    def per_order(self, configured: str) -> bool:
+        """Whether orders wait for the operator one by one: the operator's choice, else the configuration's."""
+        if self.approval_mode:
+            return self.approval_mode == pb.APPROVAL_MODE_PER_ORDER
+        return configured == "per_order"

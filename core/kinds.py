@@ -202,7 +202,7 @@ def _build_kinds() -> dict[str, Kind]:
     event_fields = pb.Event.DESCRIPTOR.oneofs_by_name["payload"].fields
     by_name = {f.name: f for f in event_fields}
     # Not joined by time (applied or recorded on arrival), so they carry no watermarks.
-    command_like = {"engine_status", "control_command", "rejected_bar", "model_alert", "data_alert"}
+    command_like = {"engine_status", "control_command", "rejected_bar", "model_alert", "data_alert", "operator_alert"}
     kinds: dict[str, Kind] = {}
     for value in pb.EventKind.DESCRIPTOR.values:
         if value.number == 0:

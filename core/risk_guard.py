@@ -48,8 +48,9 @@ MINUTE_NS = 60 * 10**9
 # Scalars: the equity peak, the kill switch's latch, the day entries are paused on (-1 none), the losing streak,
 # the return history's next row and rows filled, the order ring's next slot; and, within one bar time, the value
 # and the number of new positions of the entries placed so far and whether entries are closed (a liquidation).
+# Last, the operator's pause of new entries (a control command, set by execution before each step).
 (G_PEAK, G_KILLED, G_PAUSE_DAY, G_STREAK, G_RET_NEXT, G_RET_ROWS, G_RING_NEXT, G_PLACED_VALUE, G_PLACED_NEW,
- G_NO_ENTRIES, N_G) = range(11)  # fmt: skip
+ G_NO_ENTRIES, G_OPERATOR_PAUSE, N_G) = range(12)  # fmt: skip
 # Per symbol: the best close since the position opened and the side it was for, the time until which entries are
 # blocked, the day of the order count and the count, the previous close (returns), the sector, whether an exit
 # is on its way (the position's side when it was sent).
@@ -67,6 +68,7 @@ R_SECTOR, R_TOTAL, R_SYMBOL = (pb.RISK_REASON_SECTOR_EXPOSURE, pb.RISK_REASON_TO
                                pb.RISK_REASON_SYMBOL_EXPOSURE)  # fmt: skip
 R_RATE, R_SYMBOL_DAY, R_LOSSES = (pb.RISK_REASON_ORDER_RATE, pb.RISK_REASON_SYMBOL_ORDER_LIMIT,
                                   pb.RISK_REASON_CONSECUTIVE_LOSSES)  # fmt: skip
+R_PAUSED = pb.RISK_REASON_ENTRIES_PAUSED
 R_SLIPPAGE, R_MAX_POSITIONS, R_SHORT, R_CVAR, R_POSITION_RISK, R_HOLD = (
     pb.RISK_REASON_ABNORMAL_SLIPPAGE, pb.RISK_REASON_MAX_POSITIONS, pb.RISK_REASON_SHORT_EXPOSURE,
     pb.RISK_REASON_CVAR, pb.RISK_REASON_POSITION_RISK, pb.RISK_REASON_MAX_HOLDING_TIME)  # fmt: skip
@@ -97,6 +99,17 @@ class RiskGuard:
         """A guard with every rule off."""
         off = RiskConfig(**{f: 0 for f in _LIMITS}, sectors={})
         return cls(off, ExitConfig(take_profit_pct=0.0, stop_loss_pct=0.0), symbols, expected_slippage_bps=0.0)
+
+    def __setstate__(self, state: dict) -> None:
+        # A checkpoint from before a scalar was added: the new ones start at their defaults (0).
+        scalars = state["scalars"]
+        if scalars.shape[0] < N_G:
+            state["scalars"] = np.concatenate([scalars, np.zeros(N_G - scalars.shape[0])])
+        self.__dict__.update(state)
+
+    def pause_entries(self, paused: bool) -> None:
+        """The operator's pause: entries are refused with ENTRIES_PAUSED until it is lifted (exits go)."""
+        self.scalars[G_OPERATOR_PAUSE] = 1.0 if paused else 0.0
 
     @property
     def killed(self) -> bool:
@@ -144,6 +157,8 @@ def risk_message(reason: int, action: int, symbol: str, value: float, threshold:
         return f"{symbol}: entries blocked for abnormal slippage, {value:.1f} of {threshold:.0f} minutes left"
     if reason == R_LOSSES and action == A_REJECT:
         return f"entries paused today after {threshold:.0f} losing trades in a row (max_consecutive_losses)"
+    if reason == R_PAUSED:
+        return f"{symbol}: entry refused: the operator paused new entries (exits still go)"
     if reason == R_DRAWDOWN and action == A_REJECT:
         return f"{symbol}: no entries at the bar time of a liquidation"
     text = _RULE_TEXT.get(reason, "risk rule {reason}").format(symbol=symbol or "portfolio", value=value,
@@ -301,6 +316,8 @@ def guard_entry(t, s, side, notional, equity, pos, acct, gv, gs, gring, grets, g
     (The entries already placed at t count through G_PLACED_VALUE / G_PLACED_NEW.)
     Returns (reason, value, threshold, notional allowed): reason OK with the whole notional; another reason with
     a smaller notional when it was capped, with 0 when it is refused."""
+    if gv[G_OPERATOR_PAUSE] != 0.0:
+        return R_PAUSED, 0.0, 0.0, 0.0
     if gv[G_NO_ENTRIES] != 0.0:
         return R_DRAWDOWN, 0.0, gp[GP_DRAWDOWN], 0.0
     placed_value, placed_new = gv[G_PLACED_VALUE], gv[G_PLACED_NEW]

@@ -82,6 +82,8 @@ async def _run_core(config: Config) -> int:
     from utp.core.broker import BrokerError
     from utp.daemon.core import SessionMismatch
 
+    from utp.daemon.operations import Operations
+
     data_dir = Path(config.data_dir).expanduser() if config.data_dir else _default_data_dir()
     daemon = CoreDaemon(config, data_dir, version=version())
     try:
@@ -89,7 +91,10 @@ async def _run_core(config: Config) -> int:
     except (SessionMismatch, BrokerError) as exc:  # a live endpoint without every gate open, missing credentials
         print(f"utp: error: {exc}", file=sys.stderr)
         return 2
-    server, health = await serve(daemon, config.server.listen)
+    operations = Operations(daemon)
+    await operations.start()
+    server, health = await serve(daemon, config.server.listen, on_call=operations.observe_rpc)
+    operations.ready(config.server.listen)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -110,6 +115,7 @@ async def _run_core(config: Config) -> int:
     )
     await stop.wait()
     log.info("shutting down")
+    await operations.stop()
     await shutdown(server, health, daemon)
     return 0
 
@@ -244,6 +250,25 @@ def write_backtest_report(directory: Path, title: str, results: Sequence[tuple[s
 
 
 # -- entry point -------------------------------------------------------------------------------------
+def _add_client_args(parser: argparse.ArgumentParser) -> None:
+    """How a client reaches a daemon: address, token, TLS."""
+    parser.add_argument("--target", default="127.0.0.1:50051", metavar="HOST:PORT",
+                        help="the daemon (through an SSH tunnel for a remote one: see the README)")
+    parser.add_argument("--token", help="bearer token (default: $UTP_TOKEN, else <data dir>/auth/admin.token)")
+    parser.add_argument("--data-dir", metavar="DIR", help="the daemon's data folder, for its token file when on the same machine")
+    parser.add_argument("--tls-ca", default="", metavar="PEM", help="TLS: the CA that signed the daemon's certificate")
+    parser.add_argument("--tls-cert", default="", metavar="PEM", help="mutual TLS: this client's certificate")
+    parser.add_argument("--tls-key", default="", metavar="PEM", help="mutual TLS: this client's key")
+    parser.add_argument("--tls-server-name", default="", metavar="NAME", help="the name on the daemon's certificate")
+
+
+def client_token(args: argparse.Namespace) -> str:
+    from utp.daemon.auth import resolve_token
+
+    data_dir = Path(args.data_dir).expanduser() if args.data_dir else _default_data_dir()
+    return resolve_token(args.token, data_dir)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="utp", description="Unified Trading Platform")
     parser.add_argument("--version", action="version", version=f"utp {version()}")
@@ -262,7 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "needs --symbols")  # fmt: skip
 
     console = sub.add_parser("console", help="watch and steer a daemon")
-    console.add_argument("--target", default="127.0.0.1:50051", metavar="HOST:PORT")
+    _add_client_args(console)
+    from utp.daemon import ctl
+
+    ctl.add_parsers(sub, _add_client_args)
 
     demo = sub.add_parser("demo", help="backtest the whole engine graph on real GOOG bars, no servers needed")
     demo.add_argument("--out", default="utp-demo-equity.csv", metavar="FILE", help="equity curve CSV")
@@ -322,12 +350,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                 live["data.secondary"] = sources[1] if len(sources) > 1 else ""
             if live:
                 config = load_config(base=config, environ={}, overrides=live)
+            if config.server.json_logs:
+                from utp.core.logs import configure_logging
+
+                configure_logging(getattr(args, "log_level", "INFO"), json_logs=True)
             return asyncio.run(_run_core(config))
         if args.command == "console":
             from utp.console.app import ConsoleApp
 
-            ConsoleApp(args.target).run()
+            ConsoleApp(args.target, token=client_token(args), tls_ca=args.tls_ca, tls_cert=args.tls_cert,
+                       tls_key=args.tls_key, server_name=args.tls_server_name).run()  # fmt: skip
             return 0
+        if args.command in ("ctl", "token"):
+            from utp.daemon import ctl
+
+            return ctl.main(args)
         if args.command == "demo":
             from utp.daemon.session import NamedRun
 

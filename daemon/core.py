@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,14 +27,23 @@ from utp.core.controls import ControlState
 from utp.core.jetstream import JetStreamBus
 from utp.core.kinds import KINDS
 from utp.daemon.session import Session
-from utp.storage.state import ORDERS, POSITIONS, DeferredCheckpointer, ImmediateCheckpointer, StateStore
+from utp.daemon.auth import AuditTrail, ensure_tokens
+from utp.storage.state import APPROVALS, ORDERS, POSITIONS, DeferredCheckpointer, ImmediateCheckpointer, StateStore
 from utp.v1 import core_service_pb2 as api
 from utp.v1 import events_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-#: Kinds the daemon always follows, for GetStatus.
-_STATUS_KINDS = frozenset({"engine_status", "account_snapshot", "risk_event"})
+#: Kinds the daemon always follows: GetStatus, the dashboard, the latest signals and the alerts.
+_STATUS_KINDS = frozenset({"engine_status", "account_snapshot", "risk_event", "scored_signal", "data_alert",
+                           "model_alert", "operator_alert", "risk_decision"})  # fmt: skip
+ALERT_KINDS = ("risk_event", "data_alert", "model_alert", "operator_alert")
+_EQUITY_POINTS = 20_000
+#: Seconds a flatten asked for while halted may send orders through the broker gate.
+FLATTEN_GRACE_S = 60.0
+_ALERTS_KEPT = 1_000
+#: Rejected intents and risk events kept for ListRejections.
+REJECTIONS_KEPT = 1_000
 #: Risk events after which the daemon halts trading (persisted, so a restart stays halted).
 _HALTING = frozenset({pb.RISK_ACTION_KILL_SWITCH, pb.RISK_ACTION_HALT})
 
@@ -86,6 +97,18 @@ class CoreDaemon:
         self._registry: Any = None
         self._registry_lock = threading.Lock()
         self.model_watchers: list[Any] = []
+        self.model_sources: list[Any] = []
+        self.audit = AuditTrail(self.store)
+        ensure_tokens(data_dir)
+        self.signals: dict[str, pb.ScoredSignal] = {}
+        self.alerts: deque[pb.Event] = deque(maxlen=_ALERTS_KEPT)
+        self.rejections: deque[pb.Event] = deque(maxlen=REJECTIONS_KEPT)
+        self.equity: deque[tuple[int, float]] = deque(maxlen=_EQUITY_POINTS)
+        self.equity_peak = 0.0
+        self._flatten_grace_until = 0.0
+        self.scheduler: Any = None  # utp.daemon.scheduler.Scheduler, when operations run
+        self.tap_listeners: list[Any] = []  # callables(kind, messages): every tapped batch (metrics)
+        self.backtest_listeners: list[Any] = []  # callables(BacktestSummary): each RunBacktest result (metrics)
 
     def registry(self) -> Any:
         """The model registry (MLflow under <data dir>/mlflow, or models.mlflow_uri), opened once; blocking
@@ -153,6 +176,7 @@ class CoreDaemon:
         from utp.daemon.models import model_sources
 
         sources = await asyncio.to_thread(model_sources, self.config, self.registry, live=True)
+        self.model_sources = sources
         self.model_watchers = [s for s in sources if hasattr(s, "start")]
         for watcher in self.model_watchers:
             watcher.start()
@@ -221,15 +245,36 @@ class CoreDaemon:
 
     # -- events ------------------------------------------------------------------------------------
     def _tap_wants(self, kind: str) -> bool:
-        return kind in _STATUS_KINDS or any(w.wants_kind(kind) for w in self.watchers)
+        return (kind in _STATUS_KINDS or kind in self.extra_tap_kinds
+                or any(w.wants_kind(kind) for w in self.watchers))  # fmt: skip
+
+    #: Kinds tapped for listeners (metrics) besides those the daemon follows.
+    extra_tap_kinds: frozenset[str] = frozenset()
 
     async def _on_tap(self, kind: str, messages: list[Message]) -> None:
+        for listener in self.tap_listeners:
+            try:
+                listener(kind, messages)
+            except Exception:  # a listener (metrics) must never stop the session's events
+                log.exception("tap listener failed on %s", kind)
+        if kind in ALERT_KINDS:
+            self.alerts.extend(pb.Event(**{kind: m}) for m in messages)
         if kind == "engine_status":
             for m in messages:
                 self.engine_status[m.engine] = m  # type: ignore[attr-defined]
         elif kind == "account_snapshot":
             self.account = messages[-1]  # type: ignore[assignment]
-        elif kind == "risk_event":
+            for m in messages:
+                equity = m.equity  # type: ignore[attr-defined]
+                self.equity.append((m.header.event_time_ns, equity))  # type: ignore[attr-defined]
+                self.equity_peak = max(self.equity_peak, equity)
+        elif kind == "scored_signal":
+            for m in messages:
+                self.signals[m.header.symbol] = m  # type: ignore[assignment, attr-defined]
+        elif kind == "risk_decision":
+            self.rejections.extend(pb.Event(risk_decision=m) for m in messages if not m.approved)  # type: ignore[attr-defined]
+        if kind == "risk_event":
+            self.rejections.extend(pb.Event(risk_event=m) for m in messages)
             for m in messages:
                 if m.action in _HALTING and not self.controls.halted:  # type: ignore[attr-defined]
                     # Not awaited here: a command publishes on the bus, whose delivery may be what called us.
@@ -241,8 +286,10 @@ class CoreDaemon:
                     watcher.offer(pb.Event(**{kind: message}))
 
     def execution_allowed(self) -> bool:
-        """The operator's approval state, as the hot state (LMDB) holds it: the last gate before a broker."""
-        return self.controls.execution_approved and not self.controls.halted
+        """The operator's approval state, as the hot state (LMDB) holds it: the last gate before a broker. A
+        flatten asked for while halted may send its closing orders for FLATTEN_GRACE_S."""
+        halted = self.controls.halted and time.monotonic() > self._flatten_grace_until
+        return self.controls.execution_approved and not halted
 
     # -- operator commands -------------------------------------------------------------------------
     async def set_execution_approval(self, approved: bool, reason: str, actor: str) -> ControlState:
@@ -255,20 +302,58 @@ class CoreDaemon:
     async def resume(self, reason: str, actor: str) -> ControlState:
         return await self._command(pb.CONTROL_ACTION_RESUME, reason, actor)
 
-    async def _command(self, action: int, reason: str, actor: str) -> ControlState:
+    async def set_entries_paused(self, paused: bool, reason: str, actor: str) -> ControlState:
+        action = pb.CONTROL_ACTION_PAUSE_ENTRIES if paused else pb.CONTROL_ACTION_RESUME_ENTRIES
+        return await self._command(action, reason, actor)
+
+    async def set_approval_mode(self, mode: int, reason: str, actor: str) -> ControlState:
+        return await self._command(pb.CONTROL_ACTION_SET_APPROVAL_MODE, reason, actor, approval_mode=mode)
+
+    async def flatten(self, symbol: str, halt: bool, reason: str, actor: str) -> tuple[list[str], ControlState]:
+        """Close `symbol`'s position (all when empty), and with `halt` halt trading in the same breath: execution
+        applies both before its next step, and a flatten goes even while halted."""
+        held = sorted(p.header.symbol for p in self.positions() if not symbol or p.header.symbol == symbol)
+        if halt or self.controls.halted:
+            self._flatten_grace_until = time.monotonic() + FLATTEN_GRACE_S
         async with self._lock:
-            await self._publish_command(action, reason, actor or "operator")
+            await self._publish_command(pb.CONTROL_ACTION_FLATTEN, reason or "flatten by operator", actor or "operator",
+                                        symbol=symbol)  # fmt: skip
+            if halt:
+                await self._publish_command(pb.CONTROL_ACTION_HALT, reason or "emergency halt and flatten",
+                                            actor or "operator")  # fmt: skip
+        log.warning("operator %s flattened %s%s: %s", actor or "operator", symbol or "every position",
+                    " and halted trading" if halt else "", reason)  # fmt: skip
+        return held, self.controls
+
+    async def cancel_order(self, client_order_id: str, reason: str, actor: str) -> ControlState:
+        return await self._command(pb.CONTROL_ACTION_CANCEL_ORDER, reason, actor, client_order_id=client_order_id)
+
+    async def decide_approvals(self, intent_ids: list[str], approve: bool, reason: str, actor: str) -> ControlState:
+        """One command per order (an empty list: every pending order)."""
+        action = pb.CONTROL_ACTION_APPROVE_ORDER if approve else pb.CONTROL_ACTION_REJECT_ORDER
+        async with self._lock:
+            for intent_id in intent_ids or [""]:
+                await self._publish_command(action, reason, actor or "operator", intent_id=intent_id)
+        log.warning("operator %s %s %s: %s", actor or "operator", "approved" if approve else "rejected",
+                    ", ".join(intent_ids) or "every pending order", reason)  # fmt: skip
+        return self.controls
+
+    async def _command(self, action: int, reason: str, actor: str, **fields: Any) -> ControlState:
+        async with self._lock:
+            await self._publish_command(action, reason, actor or "operator", **fields)
             log.warning("operator command %s by %s: %s", pb.ControlAction.Name(action), actor or "operator", reason)
             return self.controls
 
-    async def _publish_command(self, action: int, reason: str, actor: str) -> None:
+    async def _publish_command(self, action: int, reason: str, actor: str, *, symbol: str = "", **fields: Any) -> None:
         sequence = self.controls.sequence + 1
         command = pb.ControlCommand(
-            header=pb.EventHeader(event_id=f"control_command/{sequence}", event_time_ns=self.clock.now_ns()),
+            header=pb.EventHeader(event_id=f"control_command/{sequence}", event_time_ns=self.clock.now_ns(),
+                                  symbol=symbol),
             action=action,
             reason=reason,
             actor=actor,
             sequence=sequence,
+            **fields,
         )
         # Durable first: a command the hot state does not hold was never given.
         self.controls = self.controls.apply(command)
@@ -279,10 +364,93 @@ class CoreDaemon:
     def positions(self) -> list[pb.PositionSnapshot]:
         return [pb.PositionSnapshot.FromString(v) for _, v in self.store.items(POSITIONS)]
 
+    def order(self, client_order_id: str) -> pb.Order | None:
+        value = self.store.get(ORDERS, client_order_id)
+        return None if value is None else pb.Order.FromString(value)
+
+    def symbols(self) -> list[str]:
+        session = self.session
+        return list(session.market_data.universe.symbols) if session else list(self.config.market_data.symbols)
+
+    def jobs(self) -> list[api.ScheduledJob]:
+        scheduler = self.scheduler
+        return [] if scheduler is None else [job_message(j) for j in scheduler.jobs()]
+
+    async def run_job(self, name: str, actor: str, reason: str) -> api.ScheduledJob:
+        if self.scheduler is None:
+            from utp.daemon.scheduler import UnknownJob
+
+            raise UnknownJob(f"no scheduler runs in this daemon; no job {name!r}")
+        log.warning("operator %s runs job %s: %s", actor, name, reason or "no reason given")
+        return job_message(await self.scheduler.run_now(name, actor))
+
     def orders(self, limit: int = 0) -> list[pb.Order]:
         orders = [pb.Order.FromString(v) for _, v in self.store.items(ORDERS)]
         orders.sort(key=lambda o: (o.submitted_time_ns, o.client_order_id), reverse=True)
         return orders[:limit] if limit > 0 else orders
+
+    def approvals(self) -> tuple[list[pb.OrderApproval], list[pb.OrderApproval]]:
+        """(pending oldest first, decided newest first) from the hot state execution keeps."""
+        rows = [pb.OrderApproval.FromString(v) for _, v in self.store.items(APPROVALS)]
+        pending = sorted((a for a in rows if a.state == pb.APPROVAL_STATE_PENDING), key=lambda a: a.header.event_time_ns)
+        decided = sorted((a for a in rows if a.state != pb.APPROVAL_STATE_PENDING),
+                         key=lambda a: a.header.event_time_ns, reverse=True)  # fmt: skip
+        return pending, decided
+
+    def approval_mode(self) -> int:
+        per_order = self.controls.per_order(self.config.execution.approval_mode)
+        return pb.APPROVAL_MODE_PER_ORDER if per_order else pb.APPROVAL_MODE_BLANKET
+
+    def served_models(self) -> list[api.ServedModel]:
+        served = []
+        for source in self.model_sources:
+            model = source.model_at(0)
+            kind = "registry" if hasattr(source, "start") else ("packaged" if model and model.version == "packaged" else "file")
+            served.append(api.ServedModel(name=source.name, version=model.version if model else "(none yet)", source=kind))
+        return served
+
+    def market_time_ns(self) -> int:
+        md = self.engine_status.get("market_data")
+        return md.through_time_ns if md is not None else 0
+
+    def gauges(self) -> list[api.RiskGauge]:
+        """How close the portfolio is to each seed risk limit (0 limits are off and left out)."""
+        risk, account = self.config.risk, self.account or pb.AccountSnapshot()
+        equity = account.equity or self.config.execution.initial_cash
+        positions = self.positions()
+        largest = max((abs(p.market_value) for p in positions), default=0.0)
+        sector_values: dict[str, float] = {}
+        for p in positions:
+            sector = risk.sectors.get(p.header.symbol, "")
+            if sector:
+                sector_values[sector] = sector_values.get(sector, 0.0) + abs(p.market_value)
+        day_loss = max(-account.day_pnl / equity, 0.0) if equity else 0.0
+        drawdown = max(1.0 - account.equity / self.equity_peak, 0.0) if self.equity_peak and account.equity else 0.0
+        gross = account.gross_exposure
+        candidates = [
+            ("risk.max_daily_loss_pct", day_loss, risk.max_daily_loss_pct, "fraction"),
+            ("risk.kill_switch_loss_pct", day_loss, risk.kill_switch_loss_pct, "fraction"),
+            ("risk.max_drawdown_pct", drawdown, risk.max_drawdown_pct, "fraction"),
+            ("risk.max_total_exposure", gross, risk.max_total_exposure, "usd"),
+            ("risk.max_symbol_exposure", largest, risk.max_symbol_exposure, "usd"),
+            ("risk.max_sector_exposure_pct", max(sector_values.values(), default=0.0) / equity if equity else 0.0,
+             risk.max_sector_exposure_pct, "fraction"),
+            ("risk.max_positions", float(len(positions)), float(risk.max_positions), "count"),
+            ("risk.max_short_share", account.short_exposure / gross if gross else 0.0, risk.max_short_share, "fraction"),
+        ]  # fmt: skip
+        return [api.RiskGauge(name=n, value=v, limit=lim, unit=u) for n, v, lim, u in candidates if lim > 0]
+
+    def dashboard(self, points: int) -> api.GetDashboardResponse:
+        points = points or 500
+        curve = list(self.equity)[-points:]
+        pending, _ = self.approvals()
+        response = api.GetDashboardResponse(
+            status=self.status(), gauges=self.gauges(), models=self.served_models(),
+            alerts=list(reversed(self.alerts))[:20], pending_approvals=len(pending), market_time_ns=self.market_time_ns(),
+        )  # fmt: skip
+        response.equity_curve.time_ns.extend(t for t, _ in curve)
+        response.equity_curve.equity.extend(e for _, e in curve)
+        return response
 
     def status(self) -> api.GetStatusResponse:
         md = self.config.market_data
@@ -301,6 +469,8 @@ class CoreDaemon:
             dataset=f"live:{self.config.data.primary}" if self.config.data.primary else md.dataset,
             symbols=list(session.market_data.universe.symbols) if session else list(md.symbols),
             version=self.version,
+            entries_paused=self.controls.entries_paused,
+            approval_mode=self.approval_mode(),
         )
         if self.account is not None:
             response.account.CopyFrom(self.account)
@@ -314,3 +484,10 @@ class CoreDaemon:
     def remove_watcher(self, watcher: Watcher) -> None:
         self.watchers.discard(watcher)
 
+
+def job_message(job: Any) -> api.ScheduledJob:
+    """A scheduler's JobStatus as the API's message."""
+    return api.ScheduledJob(name=job.name, schedule=job.schedule, description=job.description,
+                            next_run_time_ns=job.next_run_ns or 0, last_run_time_ns=job.last_run_ns or 0,
+                            last_outcome=job.last_outcome or "", last_detail=job.last_detail or "",
+                            running=job.running)  # fmt: skip

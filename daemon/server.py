@@ -28,13 +28,14 @@ from grpc_reflection.v1alpha import reflection
 from utp.core.config import AlphaConfig, Config, ConfigError, load_config, parse_assignments
 from utp.core.kinds import KIND_BY_NUMBER
 from utp.daemon import sweep, walkforward
-from utp.daemon.core import CoreDaemon
+from utp.daemon.core import REJECTIONS_KEPT, CoreDaemon
 from utp.daemon.session import NamedRun, backtest, named_runs
 from utp.daemon.sweep import SweepError, SweepReport, SweepSpec, SweepStreams
 from utp.daemon.walkforward import FoldResult, WalkForwardResult
 from utp.storage.datasets import DATASETS
 from utp.v1 import core_service_pb2 as api
 from utp.v1 import core_service_pb2_grpc as api_grpc
+from utp.v1 import events_pb2 as pb
 from utp.v1 import research_pb2 as rpb
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,10 @@ SERVICE_NAME = api.DESCRIPTOR.services_by_name["CoreService"].full_name
 #: Ensemble sources: the alpha models plus the learned model (tft).
 KNOWN_SOURCES = frozenset({"tft", *AlphaConfig.__struct_fields__})
 _MAX_TEXT = 1_000
+
+
+#: Orders an operator can cancel.
+_WORKING = frozenset({pb.ORDER_STATUS_NEW, pb.ORDER_STATUS_PARTIALLY_FILLED, pb.ORDER_STATUS_HELD})
 
 
 class InvalidRequest(ValueError):
@@ -498,6 +503,125 @@ class CoreServicer(api_grpc.CoreServiceServicer):
         state = await self.daemon.resume(reason, actor)
         return api.ResumeResponse(halted=state.halted)
 
+    async def SetEntriesPaused(self, request: api.SetEntriesPausedRequest, context: grpc.aio.ServicerContext
+                               ) -> api.SetEntriesPausedResponse:  # fmt: skip
+        reason, actor = await self._who(request, context)
+        state = await self.daemon.set_entries_paused(request.paused, reason, actor)
+        return api.SetEntriesPausedResponse(entries_paused=state.entries_paused)
+
+    async def Flatten(self, request: api.FlattenRequest, context: grpc.aio.ServicerContext) -> api.FlattenResponse:
+        reason, actor = await self._who(request, context)
+        symbol = await self._symbol(request.symbol, context)
+        symbols, state = await self.daemon.flatten(symbol, request.halt, reason, actor)
+        return api.FlattenResponse(symbols=symbols, halted=state.halted)
+
+    async def CancelOrder(self, request: api.CancelOrderRequest, context: grpc.aio.ServicerContext) -> api.CancelOrderResponse:
+        reason, actor = await self._who(request, context)
+        cid = request.client_order_id
+        if not cid or len(cid) > 200:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "client_order_id: which order (at most 200 characters)")
+        order = self.daemon.order(cid)
+        if order is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"client_order_id: no order {cid!r} in the hot state")
+        if order.status not in _WORKING:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"order {cid} is {pb.OrderStatus.Name(order.status)}: only a working order can be cancelled")  # fmt: skip
+        await self.daemon.cancel_order(cid, reason, actor)
+        return api.CancelOrderResponse(client_order_id=cid)
+
+    async def SetApprovalMode(self, request: api.SetApprovalModeRequest, context: grpc.aio.ServicerContext
+                              ) -> api.SetApprovalModeResponse:  # fmt: skip
+        reason, actor = await self._who(request, context)
+        if request.mode not in (pb.APPROVAL_MODE_BLANKET, pb.APPROVAL_MODE_PER_ORDER):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "mode: APPROVAL_MODE_BLANKET or APPROVAL_MODE_PER_ORDER")
+        await self.daemon.set_approval_mode(request.mode, reason, actor)
+        return api.SetApprovalModeResponse(mode=self.daemon.approval_mode())
+
+    async def ListApprovals(self, request: api.ListApprovalsRequest, context: grpc.aio.ServicerContext
+                            ) -> api.ListApprovalsResponse:  # fmt: skip
+        if request.decided < 0:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "decided must be >= 0")
+        pending, decided = self.daemon.approvals()
+        return api.ListApprovalsResponse(pending=pending, decided=decided[: request.decided], mode=self.daemon.approval_mode())
+
+    async def DecideApprovals(self, request: api.DecideApprovalsRequest, context: grpc.aio.ServicerContext
+                              ) -> api.DecideApprovalsResponse:  # fmt: skip
+        reason, actor = await self._who(request, context)
+        if request.all == bool(request.intent_ids):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "intent_ids: give some intent ids, or all, not both")
+        pending = {a.intent_id for a in self.daemon.approvals()[0]}
+        unknown = [i for i in request.intent_ids if i not in pending]
+        if unknown:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"intent_ids: not pending: {', '.join(i[:80] for i in unknown[:5])}")
+        ids = list(request.intent_ids) if not request.all else []
+        await self.daemon.decide_approvals(ids, request.approve, reason, actor)
+        return api.DecideApprovalsResponse(intent_ids=ids or sorted(pending))
+
+    async def ListSignals(self, request: api.ListSignalsRequest, context: grpc.aio.ServicerContext) -> api.ListSignalsResponse:
+        if len(request.symbols) > 10_000 or any(len(s) > 64 for s in request.symbols):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "symbols: at most 10000 symbols of 64 characters")
+        wanted = set(request.symbols)
+        signals = [self.daemon.signals[s] for s in sorted(self.daemon.signals) if not wanted or s in wanted]
+        return api.ListSignalsResponse(signals=signals)
+
+    async def ListAlerts(self, request: api.ListAlertsRequest, context: grpc.aio.ServicerContext) -> api.ListAlertsResponse:
+        if request.limit < 0:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "limit must be >= 0")
+        return api.ListAlertsResponse(alerts=list(reversed(self.daemon.alerts))[: request.limit or 100])
+
+    async def ListRejections(self, request: api.ListRejectionsRequest, context: grpc.aio.ServicerContext
+                             ) -> api.ListRejectionsResponse:  # fmt: skip
+        if not 0 <= request.limit <= REJECTIONS_KEPT:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"limit must be between 0 and {REJECTIONS_KEPT}")
+        if len(request.symbols) > 10_000 or any(len(s) > 64 for s in request.symbols):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "symbols: at most 10000 symbols of 64 characters")
+        wanted, limit = set(request.symbols), request.limit or 100
+        rejections = []
+        for event in reversed(self.daemon.rejections):
+            symbol = getattr(event, event.WhichOneof("payload")).header.symbol
+            if not wanted or not symbol or symbol in wanted:
+                rejections.append(event)
+                if len(rejections) == limit:
+                    break
+        return api.ListRejectionsResponse(rejections=rejections)
+
+    async def ListAudit(self, request: api.ListAuditRequest, context: grpc.aio.ServicerContext) -> api.ListAuditResponse:
+        if request.limit < 0:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "limit must be >= 0")
+        for name in ("method", "actor", "outcome"):
+            if len(getattr(request, name)) > _MAX_TEXT:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{name}: at most {_MAX_TEXT} characters")
+        entries = await asyncio.to_thread(self.daemon.audit.entries, request)
+        return api.ListAuditResponse(entries=entries)
+
+    async def GetDashboard(self, request: api.GetDashboardRequest, context: grpc.aio.ServicerContext
+                           ) -> api.GetDashboardResponse:  # fmt: skip
+        if not 0 <= request.points <= 100_000:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "points must be between 0 and 100000")
+        return self.daemon.dashboard(request.points)
+
+    async def ListJobs(self, request: api.ListJobsRequest, context: grpc.aio.ServicerContext) -> api.ListJobsResponse:
+        return api.ListJobsResponse(jobs=self.daemon.jobs())
+
+    async def RunJob(self, request: api.RunJobRequest, context: grpc.aio.ServicerContext) -> api.RunJobResponse:
+        from utp.daemon.scheduler import JobBusy, UnknownJob
+
+        reason, actor = await self._who(request, context)
+        try:
+            job = await self.daemon.run_job(_text("name", request.name), actor or "operator", reason)
+        except InvalidRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except UnknownJob as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except JobBusy as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        return api.RunJobResponse(job=job)
+
+    async def _symbol(self, symbol: str, context: grpc.aio.ServicerContext) -> str:
+        if symbol and symbol not in self.daemon.symbols():
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"symbol: {symbol[:64]!r} is not traded in this session")
+        return symbol
+
     async def _who(self, request: object, context: grpc.aio.ServicerContext) -> tuple[str, str]:
         try:
             return _text("reason", request.reason), _text("actor", request.actor)  # type: ignore[attr-defined]
@@ -521,6 +645,8 @@ class CoreServicer(api_grpc.CoreServiceServicer):
                 async for response in responses:
                     if response.HasField("result"):
                         results.append(response.result)
+                        for listener in self.daemon.backtest_listeners:
+                            listener(response.result.summary)
                     yield response
         if folder is not None:
             path = await asyncio.to_thread(self._write_report, folder, runs, results)
@@ -589,7 +715,8 @@ class CoreServicer(api_grpc.CoreServiceServicer):
                                  environ={})  # fmt: skip
         except ConfigError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        actor = "TriggerRetrain" + (f" ({request.reason})" if request.reason else "")
+        reason, who = await self._who(request, context)
+        actor = (who or "TriggerRetrain") + (f" ({reason})" if reason else "")
         messages = self._process_messages(_retrain_process, (config, request.model, request.promote, actor), "retrain",
                                           context, last="result")  # fmt: skip
         async with self._process_slots(1), contextlib.aclosing(messages):
@@ -699,16 +826,30 @@ class CoreServicer(api_grpc.CoreServiceServicer):
         return write_backtest_report(folder, title, named).resolve()
 
 
-async def serve(daemon: CoreDaemon, listen: str) -> tuple[grpc.aio.Server, health_aio.HealthServicer]:
-    """Start the gRPC server for `daemon` on `listen`; returns the server (already started)."""
-    server = grpc.aio.server()
+async def serve(
+    daemon: CoreDaemon, listen: str, on_call: Callable[[str, str, float], None] | None = None
+) -> tuple[grpc.aio.Server, health_aio.HealthServicer]:
+    """Start the gRPC server for `daemon` on `listen` (TLS and tokens as server.* says); returns the server
+    (already started). `on_call(method, code, seconds)` hears of every CoreService call (metrics)."""
+    from utp.daemon.auth import AuthInterceptor, TokenBook, server_credentials
+
+    settings = daemon.config.server
+    interceptor = AuthInterceptor(TokenBook(daemon.data_dir), daemon.audit, on_call=on_call, required=settings.auth)
+    server = grpc.aio.server(interceptors=[interceptor])
     api_grpc.add_CoreServiceServicer_to_server(CoreServicer(daemon), server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(listen)
+    if settings.tls_cert or settings.tls_key:
+        if not (settings.tls_cert and settings.tls_key):
+            raise OSError("TLS needs both server.tls_cert and server.tls_key")
+        port = server.add_secure_port(listen, server_credentials(settings.tls_cert, settings.tls_key, settings.tls_client_ca))
+    elif settings.tls_client_ca:
+        raise OSError("server.tls_client_ca (mutual TLS) needs server.tls_cert and server.tls_key")
+    else:
+        port = server.add_insecure_port(listen)
     if port == 0:
         raise OSError(f"cannot listen on {listen}")
     await server.start()

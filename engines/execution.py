@@ -56,6 +56,7 @@ import polars as pl
 from numba import njit
 
 from utp.core.broker import (
+    cancel_rows,
     E_AUX,
     E_AVG,
     E_COMMISSION,
@@ -84,6 +85,7 @@ from utp.core.broker import (
     F_VALUE,
     F_REPRICES,
     CANCEL_ACCEPTED,
+    CANCEL_OPERATOR,
     CANCEL_TARGET,
     CANCEL_TIMEOUT,
     S_PREV_HIGH,
@@ -125,6 +127,7 @@ from utp.core.ids import client_order_id
 from utp.core.kinds import HEADER_COLUMNS, KINDS, TIME
 from utp.core.portfolio import (
     A_CASH,
+    A_LAST_EQUITY,
     ACCOUNT_COLUMNS,
     AVG,
     BORROW,
@@ -173,7 +176,8 @@ from utp.core.risk_guard import (  # noqa: I001
 )
 from utp.core.runtime import Engine, EngineContext, Input, InputMode
 from utp.core.universe import Universe
-from utp.storage.state import ORDERS, POSITIONS
+from utp.core.approvals import ApprovalQueue, Verdict
+from utp.storage.state import APPROVALS, ORDERS, POSITIONS
 from utp.v1 import events_pb2 as pb
 
 # E_ROLE of an order created by execution: what it is for (E_AUX: the decision's or leg's index; for a risk rule's
@@ -644,7 +648,7 @@ class ExecutionEngine(Engine):
         Input("order_intent"),
         Input("control_command", InputMode.COMMAND),
     )
-    outputs = ("order", "fill", "position_snapshot", "account_snapshot", "risk_event")
+    outputs = ("order", "fill", "position_snapshot", "account_snapshot", "risk_event", "order_approval")
 
     def __init__(
         self, config: ExecutionConfig, broker: SimulatedBroker, controls: ControlState, universe: Universe,
@@ -680,26 +684,151 @@ class ExecutionEngine(Engine):
         self._snaps = np.zeros((max(1024, 2 * len(universe.symbols)), 2 + len(SNAP_COLUMNS)))
         self._events = np.zeros((4096, N_E))
         self._fills = np.zeros(4097, np.int64)
+        self.approvals = ApprovalQueue(config.approval_timeout_s)
+        self._flatten: list[tuple[int, str]] = []  # (command sequence, symbol or "" for all), done at the next step
+        self._cancels: list[str] = []  # client order ids the operator cancelled, done at the next step
 
     # -- commands ------------------------------------------------------------------------------------
     def on_command(self, ctx: EngineContext, kind: str, frame: pl.DataFrame) -> None:
         for command in KINDS[kind].to_messages(frame):
             before = self.controls
             self.controls = self.controls.apply(command)  # type: ignore[arg-type]
-            if self.controls is not before and command.action == pb.CONTROL_ACTION_RESUME and self.guard.killed:  # type: ignore[attr-defined]
+            if self.controls is before:
+                continue  # applied before (a replay after a restart)
+            action = command.action  # type: ignore[attr-defined]
+            if action == pb.CONTROL_ACTION_RESUME and self.guard.killed:
                 ctx.log.warning("the operator resumed trading: the kill switch lets go")
                 self.guard.reset_kill_switch()
+            elif action == pb.CONTROL_ACTION_FLATTEN:
+                self._flatten.append((command.sequence, command.header.symbol))  # type: ignore[attr-defined]
+            elif action == pb.CONTROL_ACTION_CANCEL_ORDER:
+                self._cancels.append(command.client_order_id)  # type: ignore[attr-defined]
+            elif action in (pb.CONTROL_ACTION_APPROVE_ORDER, pb.CONTROL_ACTION_REJECT_ORDER):
+                self.approvals.decide(Verdict(command.intent_id, action == pb.CONTROL_ACTION_APPROVE_ORDER,  # type: ignore[attr-defined]
+                                              command.actor, command.reason))  # type: ignore[attr-defined]  # fmt: skip
+            self.guard.pause_entries(self.controls.entries_paused)
+
+    # -- the operator's orders ---------------------------------------------------------------------------
+    def _operator_decisions(
+        self, ctx: EngineContext, decisions: pl.DataFrame, legs: pl.DataFrame | None, now: int, out: _StepOutput
+    ) -> tuple[pl.DataFrame, pl.DataFrame | None, bool]:
+        """Per-order approval, flattens and cancels, before the kernel: the decisions and legs to place, and
+        whether a flatten must go while trading is halted."""
+        changed: list[pb.OrderApproval] = []
+        released, released_legs, verdicts = self.approvals.release(now)
+        changed += verdicts
+        if self.controls.per_order(self.config.approval_mode):
+            legs = legs if legs is not None else _EMPTY_INTENTS
+            decisions, legs, held = self.approvals.hold(decisions, legs, now, self._estimate)
+            changed += held
+        if released:
+            decisions = pl.concat([decisions, *released], how="vertical_relaxed")
+            legs = pl.concat([legs if legs is not None else _EMPTY_INTENTS, *released_legs], how="vertical_relaxed")
+        flattening = False
+        if self._flatten:
+            flatten, self._flatten = self._flatten, []
+            rows = []
+            everything = any(symbol == "" for _, symbol in flatten)
+            symbols = set(self.universe.symbols) if everything else {symbol for _, symbol in flatten}
+            changed += self.approvals.drop_symbols(None if everything else symbols, now, "the operator flattened")
+            seq = flatten[-1][0]
+            for s in np.flatnonzero(self.portfolio.pos[:, Q]).tolist():
+                name = self.universe.symbols[s]
+                if name in symbols:
+                    intent = f"flatten/{seq}/{name}"
+                    rows.append({"intent_id": intent, "correlation_id": f"{name}@{now}", "event_time_ns": now,
+                                 "symbol": name, "target": 0.0, "tif": 0, "reason": pb.INTENT_REASON_OPERATOR,
+                                 "strategy": "operator", "band": 0.0, "reference_price": float(self.portfolio.pos[s, LAST]),
+                                 "cid": client_order_id(intent), "symbol_index": s})  # fmt: skip
+            if rows:
+                ctx.log.warning("the operator flattens %s", ", ".join(r["symbol"] for r in rows))
+                flat = pl.DataFrame(rows, schema=_EMPTY_DECISIONS.schema)
+                # Halted, only the flatten goes; else it goes with the step's decisions (closes first).
+                decisions = flat if self.controls.halted else pl.concat([decisions, flat])
+                flattening = self.controls.halted
+            # Entries still working in the flattened symbols go too.
+            self._cancels += self._working_entries(symbols)
+        if self._cancels:
+            cancels, self._cancels = self._cancels, []
+            self._cancel_now(ctx, out, cancels, now)
+        if changed:
+            self._publish_approvals(ctx, changed, out)
+        if decisions.height > 1:
+            decisions = decisions.sort("event_time_ns", pl.col("target") != 0.0, maintain_order=True)
+        return decisions, legs, flattening
+
+    def _estimate(self, s: int, target: float) -> tuple[int, float]:
+        """Side and shares of a target at the portfolio now (what the operator is asked to approve)."""
+        pos, acct = self.portfolio.pos, self.portfolio.acct
+        price = pos[s, LAST]
+        equity = acct[A_LAST_EQUITY] if acct[A_LAST_EQUITY] > 0 else self.config.initial_cash
+        wanted = target * equity / price if price > 0 else 0.0
+        delta = wanted - pos[s, Q]
+        return (pb.ORDER_SIDE_BUY if delta >= 0 else pb.ORDER_SIDE_SELL), float(abs(delta))
+
+    def _working_entries(self, symbols: set[str]) -> list[str]:
+        rows = self.broker.open_rows()
+        if not rows.size:
+            return []
+        meta = self.broker.meta[rows]
+        keep = meta["symbol"].is_in(list(symbols)) & (meta["parent_client_order_id"] == "")
+        return meta.filter(keep)["client_order_id"].to_list()
+
+    def _cancel_now(self, ctx: EngineContext, out: _StepOutput, cids: list[str], now: int) -> None:
+        """Cancel working orders the operator named (an entry takes its legs along); unknown or finished ones
+        are logged and left."""
+        rows = []
+        for cid in dict.fromkeys(cids):
+            k = self.broker.row_of(cid)
+            if k is None:
+                ctx.log.warning("cancel of %s: not a working order any more", cid)
+            else:
+                rows.append(k)
+        if not rows:
+            return
+        broker = self.broker
+        n = cancel_rows(np.array(rows, np.int64), now, broker.fo, broker.io, broker.olist, broker.active, self._events,
+                        CANCEL_OPERATOR)  # fmt: skip
+        ctx.log.warning("the operator cancelled %s", ", ".join(dict.fromkeys(cids)))
+        self._drain(ctx, out, _EMPTY_DECISIONS, _EMPTY_LEGS, n, 0)
+
+    def _publish_approvals(self, ctx: EngineContext, changed: list[pb.OrderApproval], out: _StepOutput) -> None:
+        changed.sort(key=lambda a: a.header.event_time_ns)
+        ctx.emit("order_approval", KINDS["order_approval"].to_frame(changed))
+        if ctx.keeps_records:
+            for approval in changed:
+                ctx.put_record(APPROVALS, approval.intent_id, approval.SerializeToString())
+        refused = []
+        for a in changed:
+            if a.state in (pb.APPROVAL_STATE_REJECTED, pb.APPROVAL_STATE_EXPIRED, pb.APPROVAL_STATE_SUPERSEDED):
+                reason = pb.RISK_REASON_OPERATOR_REJECTED if a.state == pb.APPROVAL_STATE_REJECTED else pb.RISK_REASON_APPROVAL_EXPIRED
+                word = pb.ApprovalState.Name(a.state).removeprefix("APPROVAL_STATE_").lower()
+                text = f"{a.header.symbol}: order {a.client_order_id} {word}" + (f" by {a.actor}" if a.actor else "") + (
+                    f": {a.message}" if a.message else "")  # fmt: skip
+                ctx.log.warning("approval: %s", text)
+                refused.append(pb.RiskEvent(
+                    header=pb.EventHeader(event_id=f"risk_event/{word}/{a.intent_id}", correlation_id=a.header.correlation_id,
+                                          event_time_ns=a.header.event_time_ns, symbol=a.header.symbol),
+                    reason=reason, action=pb.RISK_ACTION_REJECT_ENTRY, message=text, intent_id=a.intent_id))  # fmt: skip
+        if refused:
+            out.risk.append(KINDS["risk_event"].to_frame(refused))
 
     # -- a step ----------------------------------------------------------------------------------------
     def on_step(self, ctx: EngineContext, through_ns: int, frames: Mapping[str, pl.DataFrame]) -> None:
         bars = self._bars(ctx, frames.get("bar"))
+        out = _StepOutput()
         decisions = self._decisions(ctx, frames.get("risk_decision"))
-        legs = self._legs(ctx, frames.get("order_intent"), decisions)
-        allowed = not self.controls.halted and self.controls.execution_approved
+        intents = frames.get("order_intent")
+        flattening = False
+        if self._flatten or self._cancels or self.approvals.held or self.approvals.verdicts or \
+                self.controls.per_order(self.config.approval_mode):  # fmt: skip
+            now = int(bars[0][0]) if bars[0].size else max(through_ns, 0)
+            decisions, intents, flattening = self._operator_decisions(ctx, decisions, intents, now, out)
+        legs = self._legs(ctx, intents, decisions)
+        allowed = (not self.controls.halted or flattening) and self.controls.execution_approved
         if not allowed and (decisions.height or legs.height):
             ctx.log.warning("not placing %d orders: %s", decisions.height + legs.height,
                             "trading is halted" if self.controls.halted else "execution is not approved")  # fmt: skip
-        out = _StepOutput()
         broker, pf, guard = self.broker, self.portfolio, self.guard
         if self.venue is not None:
             allowed = self._from_venue(ctx, out, bars, through_ns) and allowed
@@ -785,6 +914,7 @@ class ExecutionEngine(Engine):
             pl.col("intent").struct.field("reason").alias("reason"),
             pl.col("intent").struct.field("strategy").alias("strategy"),
             pl.col("intent").struct.field("rebalance_band").alias("band"),
+            pl.col("intent").struct.field("reference_price").alias("reference_price"),
         )  # fmt: skip
         bad = ~np.isfinite(intents["target"].to_numpy())  # a null target reads as NaN
         if bad.any():
@@ -859,7 +989,8 @@ class ExecutionEngine(Engine):
         if self.venue is not None:
             # The broker's own reports are the order events; the kernel's say what to send and cancel.
             out.created.append(ev[created, E_SLOT].astype(np.int64))
-            ended = (kind == EV_CANCELED) & np.isin(ev[:, E_AUX], (CANCEL_TARGET, CANCEL_TIMEOUT, CANCEL_ACCEPTED))
+            ended = (kind == EV_CANCELED) & np.isin(ev[:, E_AUX], (CANCEL_TARGET, CANCEL_TIMEOUT, CANCEL_ACCEPTED,
+                                                                    CANCEL_OPERATOR))  # fmt: skip
             out.cancelled.append(ev[ended, E_SLOT].astype(np.int64))
             return
         if not keep.any():
@@ -928,7 +1059,9 @@ class ExecutionEngine(Engine):
             if reversal.size:
                 ids = rows["intent_id"].gather(reversal).to_list()
                 cid = cid.clone().scatter(reversal, [client_order_id(i + "/close") for i in ids])
-            reason = np.where(closes, pb.INTENT_REASON_SIGNAL_EXIT, rows["reason"].to_numpy())
+            given = rows["reason"].to_numpy()
+            # A close is a signal exit, unless the operator asked for it (flatten).
+            reason = np.where(closes & (given != pb.INTENT_REASON_OPERATOR), pb.INTENT_REASON_SIGNAL_EXIT, given)
             parts.append(rows.select(
                 pl.Series("slot", slots), cid.alias("client_order_id"), "symbol", "intent_id", "correlation_id",
                 "strategy", pl.Series("reason", reason, pl.Int32), pl.lit("").alias("parent_client_order_id"),
@@ -1180,11 +1313,15 @@ class ExecutionEngine(Engine):
 
     def snapshot(self) -> Any:
         return {"broker": self.broker, "controls": self.controls, "portfolio": self.portfolio, "placed": self.placed,
-                "guard": self.guard, "sent": self.venue.sent if self.venue is not None else {}}  # fmt: skip
+                "guard": self.guard, "sent": self.venue.sent if self.venue is not None else {},
+                "approvals": self.approvals, "flatten": self._flatten, "cancels": self._cancels}  # fmt: skip
 
     def restore(self, state: Any) -> None:
         self.broker, self.controls, self.portfolio = state["broker"], state["controls"], state["portfolio"]
         self.placed, self.guard = state["placed"], state["guard"]
+        self.approvals = state.get("approvals", self.approvals)
+        self._flatten, self._cancels = state.get("flatten", []), state.get("cancels", [])
+        self.guard.pause_entries(self.controls.entries_paused)
         if self.venue is not None:  # fills of orders sent before a restart are still booked
             self.venue.sent.update(state.get("sent", {}))
 
@@ -1204,9 +1341,10 @@ class _StepOutput:
 
 _EMPTY_DECISIONS = pl.DataFrame(schema={
     "intent_id": pl.Utf8, "correlation_id": pl.Utf8, "event_time_ns": pl.Int64, "symbol": pl.Utf8,
-    "target": pl.Float64, "tif": pl.Int32, "reason": pl.Int32, "strategy": pl.Utf8, "band": pl.Float64, "cid": pl.Utf8,
-    "symbol_index": pl.Int64,
+    "target": pl.Float64, "tif": pl.Int32, "reason": pl.Int32, "strategy": pl.Utf8, "band": pl.Float64,
+    "reference_price": pl.Float64, "cid": pl.Utf8, "symbol_index": pl.Int64,
 })  # fmt: skip
+_EMPTY_INTENTS = KINDS["order_intent"].empty_frame()
 _EMPTY_LEGS = KINDS["order_intent"].empty_frame().with_columns(
     pl.lit(-1, pl.Int64).alias("parent"), pl.lit("").alias("cid")
 )

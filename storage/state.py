@@ -26,7 +26,9 @@ POSITIONS = "positions"  # symbol -> utp.v1.PositionSnapshot (open positions onl
 FLAGS = "flags"  # "control" -> ControlState as JSON
 QUARANTINE = "quarantine"  # "<time>/<symbol>/<reason>" -> utp.v1.RejectedBar
 META = "meta"  # session metadata, JSON values
-TABLES = (CHECKPOINTS, PROGRESS, ORDERS, POSITIONS, FLAGS, QUARANTINE, META)
+AUDIT = "audit"  # "<wall time ns, 20 digits>" -> utp.v1.AuditEntry (operator actions)
+APPROVALS = "approvals"  # target intent id -> utp.v1.OrderApproval (per-order approval queue, latest state)
+TABLES = (CHECKPOINTS, PROGRESS, ORDERS, POSITIONS, FLAGS, QUARANTINE, META, AUDIT, APPROVALS)
 
 
 class StateStore:
@@ -53,6 +55,21 @@ class StateStore:
         with self.env.begin(db=self._dbs[table]) as txn:
             rows = [(k.decode(), bytes(v)) for k, v in txn.cursor()]
         return iter(rows)
+
+    def items_reversed(self, table: str) -> Iterator[tuple[str, bytes]]:
+        """Rows from the last key backwards, read lazily (for "newest first" over a long table)."""
+        with self.env.begin(db=self._dbs[table]) as txn:
+            cursor = txn.cursor()
+            if not cursor.last():
+                return
+            while True:
+                yield cursor.key().decode(), bytes(cursor.value())
+                if not cursor.prev():
+                    return
+
+    def put(self, table: str, key: str, value: bytes) -> None:
+        with self.env.begin(write=True, db=self._dbs[table]) as txn:
+            txn.put(key.encode(), value)
 
     def count(self, table: str) -> int:
         with self.env.begin(db=self._dbs[table]) as txn:

@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 import grpc
 import pytest
 
+from utp.daemon.auth import client_channel, read_token, token_path
 from utp.v1 import core_service_pb2 as api
 from utp.v1 import core_service_pb2_grpc as api_grpc
 
@@ -147,26 +148,46 @@ def stream_names(nats_url: str) -> Iterator[tuple[str, str]]:
 class DaemonProcess:
     """`utp core` in a subprocess, as an operator would run it."""
 
-    def __init__(self, data_dir: Path, args: list[str], log_path: Path) -> None:
+    def __init__(self, data_dir: Path, args: list[str], log_path: Path, tls: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
+        self.tls = tls or {}  # client_channel's TLS options, for a daemon that serves TLS
         self.port = free_port()
         self.target = f"127.0.0.1:{self.port}"
         self.args = args
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
+        self.token = ""
+        self._extra_channels: list[grpc.Channel] = []
         self.channel: grpc.Channel | None = None
         self.stub: api_grpc.CoreServiceStub | None = None
 
-    def start(self, timeout: float = 60) -> DaemonProcess:
+    def start(self, timeout: float = 240) -> DaemonProcess:
+        # Each daemon its own metrics port (several run at once; the default 9101 would collide).
+        self.metrics_port = free_port()
         cmd = [sys.executable, "-m", "utp.daemon.cli", "core", "--data-dir", str(self.data_dir),
-               "--listen", self.target, *self.args]  # fmt: skip
+               "--listen", self.target, "--set", f"server.metrics_listen=127.0.0.1:{self.metrics_port}", *self.args]  # fmt: skip
         log = self.log_path.open("a")
         env = {k: v for k, v in os.environ.items() if not k.startswith("UTP_")}
         self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        self.channel = grpc.insecure_channel(self.target)
+        # The daemon writes its tokens (0600) before it listens; the stub sends the admin one.
+        token_file = token_path(self.data_dir)
+        deadline = time.monotonic() + timeout
+        while not token_file.exists():
+            if self.process.poll() is not None:
+                raise AssertionError(f"daemon exited with {self.process.returncode}:\n{self.log()}")
+            assert time.monotonic() < deadline, "the daemon wrote no token"
+            time.sleep(0.05)
+        self.token = read_token(token_file)
+        self.channel = client_channel(self.target, self.token, **self.tls)
         self.stub = api_grpc.CoreServiceStub(self.channel)
         self.wait_for(lambda s: True, timeout=timeout, what="the daemon to answer")
         return self
+
+    def stub_with(self, token: str) -> api_grpc.CoreServiceStub:
+        """A stub that sends `token` ("" = none); its channel closes with the daemon's."""
+        channel = client_channel(self.target, token, **self.tls)
+        self._extra_channels.append(channel)
+        return api_grpc.CoreServiceStub(channel)
 
     def status(self) -> api.GetStatusResponse:
         assert self.stub is not None
@@ -198,6 +219,8 @@ class DaemonProcess:
         code = self.process.wait(30)
         if self.channel is not None:
             self.channel.close()
+        for channel in self._extra_channels:
+            channel.close()
         return code
 
     def stop(self) -> None:
@@ -209,8 +232,8 @@ class DaemonProcess:
 def daemon_factory(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
     started: list[DaemonProcess] = []
 
-    def make(*args: str, data_dir: Path | None = None) -> DaemonProcess:
-        daemon = DaemonProcess(data_dir or tmp_path / "data", list(args), tmp_path / f"core-{len(started)}.log")
+    def make(*args: str, data_dir: Path | None = None, tls: dict[str, str] | None = None) -> DaemonProcess:
+        daemon = DaemonProcess(data_dir or tmp_path / "data", list(args), tmp_path / f"core-{len(started)}.log", tls)
         started.append(daemon)
         return daemon
 

@@ -94,6 +94,8 @@ class CircuitBreaker:
         self.clock = clock
         self.name = name
         self.listeners: list[Callable[[str, str], None]] = []
+        #: Called on every failure the breaker counts (metrics of broker errors).
+        self.failure_listeners: list[Callable[[], None]] = []
         self.transitions: list[tuple[str, str]] = []
         self._state = CLOSED
         self._recent: deque[float] = deque()
@@ -138,6 +140,8 @@ class CircuitBreaker:
             self._move(CLOSED)
 
     def record_failure(self) -> None:
+        for listener in self.failure_listeners:
+            listener()
         now = self.clock()
         state = self.state
         if state == HALF_OPEN:

@@ -28,7 +28,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("mode", "bus", "nats_url", "session_state", "halted", "execution_approved", "account", "engines", "dataset", "symbols", "version", "halt_reason")
+    __slots__ = ("mode", "bus", "nats_url", "session_state", "halted", "execution_approved", "account", "engines", "dataset", "symbols", "version", "halt_reason", "entries_paused", "approval_mode")
     MODE_FIELD_NUMBER: _ClassVar[int]
     BUS_FIELD_NUMBER: _ClassVar[int]
     NATS_URL_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +41,8 @@ class GetStatusResponse(_message.Message):
     SYMBOLS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     HALT_REASON_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_PAUSED_FIELD_NUMBER: _ClassVar[int]
+    APPROVAL_MODE_FIELD_NUMBER: _ClassVar[int]
     mode: str
     bus: str
     nats_url: str
@@ -53,7 +55,9 @@ class GetStatusResponse(_message.Message):
     symbols: _containers.RepeatedScalarFieldContainer[str]
     version: str
     halt_reason: str
-    def __init__(self, mode: _Optional[str] = ..., bus: _Optional[str] = ..., nats_url: _Optional[str] = ..., session_state: _Optional[_Union[SessionState, str]] = ..., halted: _Optional[bool] = ..., execution_approved: _Optional[bool] = ..., account: _Optional[_Union[_events_pb2.AccountSnapshot, _Mapping]] = ..., engines: _Optional[_Iterable[_Union[_events_pb2.EngineStatus, _Mapping]]] = ..., dataset: _Optional[str] = ..., symbols: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., halt_reason: _Optional[str] = ...) -> None: ...
+    entries_paused: bool
+    approval_mode: _events_pb2.ApprovalMode
+    def __init__(self, mode: _Optional[str] = ..., bus: _Optional[str] = ..., nats_url: _Optional[str] = ..., session_state: _Optional[_Union[SessionState, str]] = ..., halted: _Optional[bool] = ..., execution_approved: _Optional[bool] = ..., account: _Optional[_Union[_events_pb2.AccountSnapshot, _Mapping]] = ..., engines: _Optional[_Iterable[_Union[_events_pb2.EngineStatus, _Mapping]]] = ..., dataset: _Optional[str] = ..., symbols: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., halt_reason: _Optional[str] = ..., entries_paused: _Optional[bool] = ..., approval_mode: _Optional[_Union[_events_pb2.ApprovalMode, str]] = ...) -> None: ...
 
 class WatchEventsRequest(_message.Message):
     __slots__ = ("kinds", "symbols")
@@ -135,8 +139,286 @@ class ResumeResponse(_message.Message):
     halted: bool
     def __init__(self, halted: _Optional[bool] = ...) -> None: ...
 
+class SetEntriesPausedRequest(_message.Message):
+    __slots__ = ("paused", "reason", "actor")
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    paused: bool
+    reason: str
+    actor: str
+    def __init__(self, paused: _Optional[bool] = ..., reason: _Optional[str] = ..., actor: _Optional[str] = ...) -> None: ...
+
+class SetEntriesPausedResponse(_message.Message):
+    __slots__ = ("entries_paused",)
+    ENTRIES_PAUSED_FIELD_NUMBER: _ClassVar[int]
+    entries_paused: bool
+    def __init__(self, entries_paused: _Optional[bool] = ...) -> None: ...
+
+class FlattenRequest(_message.Message):
+    __slots__ = ("symbol", "halt", "reason", "actor")
+    SYMBOL_FIELD_NUMBER: _ClassVar[int]
+    HALT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    symbol: str
+    halt: bool
+    reason: str
+    actor: str
+    def __init__(self, symbol: _Optional[str] = ..., halt: _Optional[bool] = ..., reason: _Optional[str] = ..., actor: _Optional[str] = ...) -> None: ...
+
+class FlattenResponse(_message.Message):
+    __slots__ = ("symbols", "halted")
+    SYMBOLS_FIELD_NUMBER: _ClassVar[int]
+    HALTED_FIELD_NUMBER: _ClassVar[int]
+    symbols: _containers.RepeatedScalarFieldContainer[str]
+    halted: bool
+    def __init__(self, symbols: _Optional[_Iterable[str]] = ..., halted: _Optional[bool] = ...) -> None: ...
+
+class CancelOrderRequest(_message.Message):
+    __slots__ = ("client_order_id", "reason", "actor")
+    CLIENT_ORDER_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    client_order_id: str
+    reason: str
+    actor: str
+    def __init__(self, client_order_id: _Optional[str] = ..., reason: _Optional[str] = ..., actor: _Optional[str] = ...) -> None: ...
+
+class CancelOrderResponse(_message.Message):
+    __slots__ = ("client_order_id",)
+    CLIENT_ORDER_ID_FIELD_NUMBER: _ClassVar[int]
+    client_order_id: str
+    def __init__(self, client_order_id: _Optional[str] = ...) -> None: ...
+
+class SetApprovalModeRequest(_message.Message):
+    __slots__ = ("mode", "reason", "actor")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    mode: _events_pb2.ApprovalMode
+    reason: str
+    actor: str
+    def __init__(self, mode: _Optional[_Union[_events_pb2.ApprovalMode, str]] = ..., reason: _Optional[str] = ..., actor: _Optional[str] = ...) -> None: ...
+
+class SetApprovalModeResponse(_message.Message):
+    __slots__ = ("mode",)
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    mode: _events_pb2.ApprovalMode
+    def __init__(self, mode: _Optional[_Union[_events_pb2.ApprovalMode, str]] = ...) -> None: ...
+
+class ListApprovalsRequest(_message.Message):
+    __slots__ = ("decided",)
+    DECIDED_FIELD_NUMBER: _ClassVar[int]
+    decided: int
+    def __init__(self, decided: _Optional[int] = ...) -> None: ...
+
+class ListApprovalsResponse(_message.Message):
+    __slots__ = ("pending", "decided", "mode")
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    DECIDED_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    pending: _containers.RepeatedCompositeFieldContainer[_events_pb2.OrderApproval]
+    decided: _containers.RepeatedCompositeFieldContainer[_events_pb2.OrderApproval]
+    mode: _events_pb2.ApprovalMode
+    def __init__(self, pending: _Optional[_Iterable[_Union[_events_pb2.OrderApproval, _Mapping]]] = ..., decided: _Optional[_Iterable[_Union[_events_pb2.OrderApproval, _Mapping]]] = ..., mode: _Optional[_Union[_events_pb2.ApprovalMode, str]] = ...) -> None: ...
+
+class DecideApprovalsRequest(_message.Message):
+    __slots__ = ("intent_ids", "all", "approve", "reason", "actor")
+    INTENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    APPROVE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    intent_ids: _containers.RepeatedScalarFieldContainer[str]
+    all: bool
+    approve: bool
+    reason: str
+    actor: str
+    def __init__(self, intent_ids: _Optional[_Iterable[str]] = ..., all: _Optional[bool] = ..., approve: _Optional[bool] = ..., reason: _Optional[str] = ..., actor: _Optional[str] = ...) -> None: ...
+
+class DecideApprovalsResponse(_message.Message):
+    __slots__ = ("intent_ids",)
+    INTENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    intent_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, intent_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListSignalsRequest(_message.Message):
+    __slots__ = ("symbols",)
+    SYMBOLS_FIELD_NUMBER: _ClassVar[int]
+    symbols: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, symbols: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListSignalsResponse(_message.Message):
+    __slots__ = ("signals",)
+    SIGNALS_FIELD_NUMBER: _ClassVar[int]
+    signals: _containers.RepeatedCompositeFieldContainer[_events_pb2.ScoredSignal]
+    def __init__(self, signals: _Optional[_Iterable[_Union[_events_pb2.ScoredSignal, _Mapping]]] = ...) -> None: ...
+
+class ListAlertsRequest(_message.Message):
+    __slots__ = ("limit",)
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    def __init__(self, limit: _Optional[int] = ...) -> None: ...
+
+class ListAlertsResponse(_message.Message):
+    __slots__ = ("alerts",)
+    ALERTS_FIELD_NUMBER: _ClassVar[int]
+    alerts: _containers.RepeatedCompositeFieldContainer[_events_pb2.Event]
+    def __init__(self, alerts: _Optional[_Iterable[_Union[_events_pb2.Event, _Mapping]]] = ...) -> None: ...
+
+class ListRejectionsRequest(_message.Message):
+    __slots__ = ("limit", "symbols")
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    SYMBOLS_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    symbols: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, limit: _Optional[int] = ..., symbols: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListRejectionsResponse(_message.Message):
+    __slots__ = ("rejections",)
+    REJECTIONS_FIELD_NUMBER: _ClassVar[int]
+    rejections: _containers.RepeatedCompositeFieldContainer[_events_pb2.Event]
+    def __init__(self, rejections: _Optional[_Iterable[_Union[_events_pb2.Event, _Mapping]]] = ...) -> None: ...
+
+class AuditEntry(_message.Message):
+    __slots__ = ("time_ns", "actor", "role", "peer", "method", "request_json", "reason", "outcome", "detail")
+    TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_JSON_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    time_ns: int
+    actor: str
+    role: str
+    peer: str
+    method: str
+    request_json: str
+    reason: str
+    outcome: str
+    detail: str
+    def __init__(self, time_ns: _Optional[int] = ..., actor: _Optional[str] = ..., role: _Optional[str] = ..., peer: _Optional[str] = ..., method: _Optional[str] = ..., request_json: _Optional[str] = ..., reason: _Optional[str] = ..., outcome: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class ListAuditRequest(_message.Message):
+    __slots__ = ("limit", "method", "actor", "outcome", "since_time_ns")
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    SINCE_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    method: str
+    actor: str
+    outcome: str
+    since_time_ns: int
+    def __init__(self, limit: _Optional[int] = ..., method: _Optional[str] = ..., actor: _Optional[str] = ..., outcome: _Optional[str] = ..., since_time_ns: _Optional[int] = ...) -> None: ...
+
+class ListAuditResponse(_message.Message):
+    __slots__ = ("entries",)
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[AuditEntry]
+    def __init__(self, entries: _Optional[_Iterable[_Union[AuditEntry, _Mapping]]] = ...) -> None: ...
+
+class RiskGauge(_message.Message):
+    __slots__ = ("name", "value", "limit", "unit")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    value: float
+    limit: float
+    unit: str
+    def __init__(self, name: _Optional[str] = ..., value: _Optional[float] = ..., limit: _Optional[float] = ..., unit: _Optional[str] = ...) -> None: ...
+
+class ServedModel(_message.Message):
+    __slots__ = ("name", "version", "source")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    source: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
+
+class GetDashboardRequest(_message.Message):
+    __slots__ = ("points",)
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    points: int
+    def __init__(self, points: _Optional[int] = ...) -> None: ...
+
+class GetDashboardResponse(_message.Message):
+    __slots__ = ("status", "equity_curve", "gauges", "models", "alerts", "jobs", "pending_approvals", "market_time_ns")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    EQUITY_CURVE_FIELD_NUMBER: _ClassVar[int]
+    GAUGES_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    ALERTS_FIELD_NUMBER: _ClassVar[int]
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    PENDING_APPROVALS_FIELD_NUMBER: _ClassVar[int]
+    MARKET_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    status: GetStatusResponse
+    equity_curve: EquityCurve
+    gauges: _containers.RepeatedCompositeFieldContainer[RiskGauge]
+    models: _containers.RepeatedCompositeFieldContainer[ServedModel]
+    alerts: _containers.RepeatedCompositeFieldContainer[_events_pb2.Event]
+    jobs: _containers.RepeatedCompositeFieldContainer[ScheduledJob]
+    pending_approvals: int
+    market_time_ns: int
+    def __init__(self, status: _Optional[_Union[GetStatusResponse, _Mapping]] = ..., equity_curve: _Optional[_Union[EquityCurve, _Mapping]] = ..., gauges: _Optional[_Iterable[_Union[RiskGauge, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[ServedModel, _Mapping]]] = ..., alerts: _Optional[_Iterable[_Union[_events_pb2.Event, _Mapping]]] = ..., jobs: _Optional[_Iterable[_Union[ScheduledJob, _Mapping]]] = ..., pending_approvals: _Optional[int] = ..., market_time_ns: _Optional[int] = ...) -> None: ...
+
+class ScheduledJob(_message.Message):
+    __slots__ = ("name", "schedule", "description", "next_run_time_ns", "last_run_time_ns", "last_outcome", "last_detail", "running")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    NEXT_RUN_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    LAST_RUN_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    LAST_OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    LAST_DETAIL_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    schedule: str
+    description: str
+    next_run_time_ns: int
+    last_run_time_ns: int
+    last_outcome: str
+    last_detail: str
+    running: bool
+    def __init__(self, name: _Optional[str] = ..., schedule: _Optional[str] = ..., description: _Optional[str] = ..., next_run_time_ns: _Optional[int] = ..., last_run_time_ns: _Optional[int] = ..., last_outcome: _Optional[str] = ..., last_detail: _Optional[str] = ..., running: _Optional[bool] = ...) -> None: ...
+
+class ListJobsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListJobsResponse(_message.Message):
+    __slots__ = ("jobs",)
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[ScheduledJob]
+    def __init__(self, jobs: _Optional[_Iterable[_Union[ScheduledJob, _Mapping]]] = ...) -> None: ...
+
+class RunJobRequest(_message.Message):
+    __slots__ = ("name", "reason", "actor")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    reason: str
+    actor: str
+    def __init__(self, name: _Optional[str] = ..., reason: _Optional[str] = ..., actor: _Optional[str] = ...) -> None: ...
+
+class RunJobResponse(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: ScheduledJob
+    def __init__(self, job: _Optional[_Union[ScheduledJob, _Mapping]] = ...) -> None: ...
+
 class RunBacktestRequest(_message.Message):
-    __slots__ = ("dataset", "symbols", "start_date", "end_date", "weights", "initial_cash", "batch_bar_times", "include_details", "config_yaml", "set", "compare", "report_dir")
+    __slots__ = ("dataset", "symbols", "start_date", "end_date", "weights", "initial_cash", "batch_bar_times", "include_details", "config_yaml", "set", "compare", "report_dir", "actor", "reason")
     class WeightsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -156,6 +438,8 @@ class RunBacktestRequest(_message.Message):
     SET_FIELD_NUMBER: _ClassVar[int]
     COMPARE_FIELD_NUMBER: _ClassVar[int]
     REPORT_DIR_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     dataset: str
     symbols: _containers.RepeatedScalarFieldContainer[str]
     start_date: str
@@ -168,7 +452,9 @@ class RunBacktestRequest(_message.Message):
     set: _containers.RepeatedScalarFieldContainer[str]
     compare: str
     report_dir: str
-    def __init__(self, dataset: _Optional[str] = ..., symbols: _Optional[_Iterable[str]] = ..., start_date: _Optional[str] = ..., end_date: _Optional[str] = ..., weights: _Optional[_Mapping[str, float]] = ..., initial_cash: _Optional[float] = ..., batch_bar_times: _Optional[int] = ..., include_details: _Optional[bool] = ..., config_yaml: _Optional[_Iterable[str]] = ..., set: _Optional[_Iterable[str]] = ..., compare: _Optional[str] = ..., report_dir: _Optional[str] = ...) -> None: ...
+    actor: str
+    reason: str
+    def __init__(self, dataset: _Optional[str] = ..., symbols: _Optional[_Iterable[str]] = ..., start_date: _Optional[str] = ..., end_date: _Optional[str] = ..., weights: _Optional[_Mapping[str, float]] = ..., initial_cash: _Optional[float] = ..., batch_bar_times: _Optional[int] = ..., include_details: _Optional[bool] = ..., config_yaml: _Optional[_Iterable[str]] = ..., set: _Optional[_Iterable[str]] = ..., compare: _Optional[str] = ..., report_dir: _Optional[str] = ..., actor: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class BacktestProgress(_message.Message):
     __slots__ = ("bars_processed", "bars_total", "through_time_ns", "run")
@@ -547,16 +833,18 @@ class RunWalkForwardResponse(_message.Message):
     def __init__(self, fold: _Optional[_Union[WalkForwardFold, _Mapping]] = ..., summary: _Optional[_Union[WalkForwardSummary, _Mapping]] = ...) -> None: ...
 
 class TriggerRetrainRequest(_message.Message):
-    __slots__ = ("model", "set", "promote", "reason")
+    __slots__ = ("model", "set", "promote", "reason", "actor")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SET_FIELD_NUMBER: _ClassVar[int]
     PROMOTE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
     model: str
     set: _containers.RepeatedScalarFieldContainer[str]
     promote: bool
     reason: str
-    def __init__(self, model: _Optional[str] = ..., set: _Optional[_Iterable[str]] = ..., promote: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+    actor: str
+    def __init__(self, model: _Optional[str] = ..., set: _Optional[_Iterable[str]] = ..., promote: _Optional[bool] = ..., reason: _Optional[str] = ..., actor: _Optional[str] = ...) -> None: ...
 
 class RetrainProgress(_message.Message):
     __slots__ = ("stage", "detail_json")

@@ -28,6 +28,12 @@ if _version_not_supported:
 class CoreServiceStub:
     """Watches and steers the trading session run by `utp core`, and runs backtests.
     Every RPC answers INVALID_ARGUMENT (with the offending field named) for a malformed request.
+
+    Authorization: every call carries `authorization: Bearer <token>` metadata. The admin token (created
+    0600 on the daemon's first start in <data dir>/auth/admin.token, rotated by `utp token rotate`) may call
+    everything; the read-only token (auth/read.token) only the Get*, List* and Watch* calls. A missing or
+    unknown token is UNAUTHENTICATED, a read-only token on a mutating call PERMISSION_DENIED; every mutating
+    call, allowed or refused, is written to the audit trail (ListAudit) with who, when, what and why.
     """
 
     def __init__(self, channel):
@@ -71,6 +77,71 @@ class CoreServiceStub:
                 request_serializer=utp_dot_v1_dot_core__service__pb2.ResumeRequest.SerializeToString,
                 response_deserializer=utp_dot_v1_dot_core__service__pb2.ResumeResponse.FromString,
                 _registered_method=True)
+        self.SetEntriesPaused = channel.unary_unary(
+                '/utp.v1.CoreService/SetEntriesPaused',
+                request_serializer=utp_dot_v1_dot_core__service__pb2.SetEntriesPausedRequest.SerializeToString,
+                response_deserializer=utp_dot_v1_dot_core__service__pb2.SetEntriesPausedResponse.FromString,
+                _registered_method=True)
+        self.Flatten = channel.unary_unary(
+                '/utp.v1.CoreService/Flatten',
+                request_serializer=utp_dot_v1_dot_core__service__pb2.FlattenRequest.SerializeToString,
+                response_deserializer=utp_dot_v1_dot_core__service__pb2.FlattenResponse.FromString,
+                _registered_method=True)
+        self.CancelOrder = channel.unary_unary(
+                '/utp.v1.CoreService/CancelOrder',
+                request_serializer=utp_dot_v1_dot_core__service__pb2.CancelOrderRequest.SerializeToString,
+                response_deserializer=utp_dot_v1_dot_core__service__pb2.CancelOrderResponse.FromString,
+                _registered_method=True)
+        self.SetApprovalMode = channel.unary_unary(
+                '/utp.v1.CoreService/SetApprovalMode',
+                request_serializer=utp_dot_v1_dot_core__service__pb2.SetApprovalModeRequest.SerializeToString,
+                response_deserializer=utp_dot_v1_dot_core__service__pb2.SetApprovalModeResponse.FromString,
+                _registered_method=True)
+        self.ListApprovals = channel.unary_unary(
+                '/utp.v1.CoreService/ListApprovals',
+                request_serializer=utp_dot_v1_dot_core__service__pb2.ListApprovalsRequest.SerializeToString,
+                response_deserializer=utp_dot_v1_dot_core__service__pb2.ListApprovalsResponse.FromString,
+                _registered_method=True)
+        self.DecideApprovals = channel.unary_unary(
+                '/utp.v1.CoreService/DecideApprovals',
+                request_serializer=utp_dot_v1_dot_core__service__pb2.DecideApprovalsRequest.SerializeToString,
+                response_deserializer=utp_dot_v1_dot_core__service__pb2.DecideApprovalsResponse.FromString,
+                _registered_method=True)
+        self.ListSignals = channel.unary_unary(
+                '/utp.v1.CoreService/ListSignals',
+                request_serializer=utp_dot_v1_dot_core__service__pb2.ListSignalsRequest.SerializeToString,
+                response_deserializer=utp_dot_v1_dot_core__service__pb2.ListSignalsResponse.FromString,
+                _registered_method=True)
+        self.ListAlerts = channel.unary_unary(
+                '/utp.v1.CoreService/ListAlerts',
+                request_serializer=utp_dot_v1_dot_core__service__pb2.ListAlertsRequest.SerializeToString,
+                response_deserializer=utp_dot_v1_dot_core__service__pb2.ListAlertsResponse.FromString,
+                _registered_method=True)
+        self.ListRejections = channel.unary_unary(
+                '/utp.v1.CoreService/ListRejections',
+                request_serializer=utp_dot_v1_dot_core__service__pb2.ListRejectionsRequest.SerializeToString,
+                response_deserializer=utp_dot_v1_dot_core__service__pb2.ListRejectionsResponse.FromString,
+                _registered_method=True)
+        self.ListAudit = channel.unary_unary(
+                '/utp.v1.CoreService/ListAudit',
+                request_serializer=utp_dot_v1_dot_core__service__pb2.ListAuditRequest.SerializeToString,
+                response_deserializer=utp_dot_v1_dot_core__service__pb2.ListAuditResponse.FromString,
+                _registered_method=True)
+        self.GetDashboard = channel.unary_unary(
+                '/utp.v1.CoreService/GetDashboard',
+                request_serializer=utp_dot_v1_dot_core__service__pb2.GetDashboardRequest.SerializeToString,
+                response_deserializer=utp_dot_v1_dot_core__service__pb2.GetDashboardResponse.FromString,
+                _registered_method=True)
+        self.ListJobs = channel.unary_unary(
+                '/utp.v1.CoreService/ListJobs',
+                request_serializer=utp_dot_v1_dot_core__service__pb2.ListJobsRequest.SerializeToString,
+                response_deserializer=utp_dot_v1_dot_core__service__pb2.ListJobsResponse.FromString,
+                _registered_method=True)
+        self.RunJob = channel.unary_unary(
+                '/utp.v1.CoreService/RunJob',
+                request_serializer=utp_dot_v1_dot_core__service__pb2.RunJobRequest.SerializeToString,
+                response_deserializer=utp_dot_v1_dot_core__service__pb2.RunJobResponse.FromString,
+                _registered_method=True)
         self.RunBacktest = channel.unary_stream(
                 '/utp.v1.CoreService/RunBacktest',
                 request_serializer=utp_dot_v1_dot_core__service__pb2.RunBacktestRequest.SerializeToString,
@@ -106,6 +177,12 @@ class CoreServiceStub:
 class CoreServiceServicer:
     """Watches and steers the trading session run by `utp core`, and runs backtests.
     Every RPC answers INVALID_ARGUMENT (with the offending field named) for a malformed request.
+
+    Authorization: every call carries `authorization: Bearer <token>` metadata. The admin token (created
+    0600 on the daemon's first start in <data dir>/auth/admin.token, rotated by `utp token rotate`) may call
+    everything; the read-only token (auth/read.token) only the Get*, List* and Watch* calls. A missing or
+    unknown token is UNAUTHENTICATED, a read-only token on a mutating call PERMISSION_DENIED; every mutating
+    call, allowed or refused, is written to the audit trail (ListAudit) with who, when, what and why.
     """
 
     def GetStatus(self, request, context):
@@ -154,6 +231,100 @@ class CoreServiceServicer:
 
     def Resume(self, request, context):
         """Lifts a halt.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetEntriesPaused(self, request, context):
+        """Pauses new entries (exits, protective legs and risk exits still go), or lifts the pause.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Flatten(self, request, context):
+        """Closes one position or all of them at the next bar time (also while halted; never without execution
+        approval). With `halt`, halts trading in the same step: emergency halt and flatten.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelOrder(self, request, context):
+        """Cancels a working order. NOT_FOUND for an order the hot state does not hold, FAILED_PRECONDITION for
+        one that is no longer working.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetApprovalMode(self, request, context):
+        """Switches between blanket approval and per-order approval.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListApprovals(self, request, context):
+        """The approval queue: orders waiting for the operator in per-order mode (and, on request, recent decisions).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DecideApprovals(self, request, context):
+        """Approves or rejects pending orders: some by intent id, or all. NOT_FOUND for an id that is not pending.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSignals(self, request, context):
+        """The latest ensemble signal of each symbol, with its components (TFT, RSI, EMA cross, MACD) and regime.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAlerts(self, request, context):
+        """Recent alerts: risk events, data alerts, model alerts and operator alerts (watchdogs, breaker, jobs).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRejections(self, request, context):
+        """Recent rejections: intents risk refused (with its reason) and risk events, newest first, kept by the
+        daemon since it started (a console that attaches later sees what happened before it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAudit(self, request, context):
+        """The audit trail: every operator action (mutating call, allowed or refused), newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDashboard(self, request, context):
+        """What the console's dashboard shows in one call: status, equity curve, risk gauges, models, alerts, jobs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListJobs(self, request, context):
+        """The scheduler's jobs (pre-market, end of day, nightly) with their next and last runs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RunJob(self, request, context):
+        """Runs a scheduled job now; answers when it has finished. FAILED_PRECONDITION while it is running.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -247,6 +418,71 @@ def add_CoreServiceServicer_to_server(servicer, server):
                     request_deserializer=utp_dot_v1_dot_core__service__pb2.ResumeRequest.FromString,
                     response_serializer=utp_dot_v1_dot_core__service__pb2.ResumeResponse.SerializeToString,
             ),
+            'SetEntriesPaused': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetEntriesPaused,
+                    request_deserializer=utp_dot_v1_dot_core__service__pb2.SetEntriesPausedRequest.FromString,
+                    response_serializer=utp_dot_v1_dot_core__service__pb2.SetEntriesPausedResponse.SerializeToString,
+            ),
+            'Flatten': grpc.unary_unary_rpc_method_handler(
+                    servicer.Flatten,
+                    request_deserializer=utp_dot_v1_dot_core__service__pb2.FlattenRequest.FromString,
+                    response_serializer=utp_dot_v1_dot_core__service__pb2.FlattenResponse.SerializeToString,
+            ),
+            'CancelOrder': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelOrder,
+                    request_deserializer=utp_dot_v1_dot_core__service__pb2.CancelOrderRequest.FromString,
+                    response_serializer=utp_dot_v1_dot_core__service__pb2.CancelOrderResponse.SerializeToString,
+            ),
+            'SetApprovalMode': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetApprovalMode,
+                    request_deserializer=utp_dot_v1_dot_core__service__pb2.SetApprovalModeRequest.FromString,
+                    response_serializer=utp_dot_v1_dot_core__service__pb2.SetApprovalModeResponse.SerializeToString,
+            ),
+            'ListApprovals': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApprovals,
+                    request_deserializer=utp_dot_v1_dot_core__service__pb2.ListApprovalsRequest.FromString,
+                    response_serializer=utp_dot_v1_dot_core__service__pb2.ListApprovalsResponse.SerializeToString,
+            ),
+            'DecideApprovals': grpc.unary_unary_rpc_method_handler(
+                    servicer.DecideApprovals,
+                    request_deserializer=utp_dot_v1_dot_core__service__pb2.DecideApprovalsRequest.FromString,
+                    response_serializer=utp_dot_v1_dot_core__service__pb2.DecideApprovalsResponse.SerializeToString,
+            ),
+            'ListSignals': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSignals,
+                    request_deserializer=utp_dot_v1_dot_core__service__pb2.ListSignalsRequest.FromString,
+                    response_serializer=utp_dot_v1_dot_core__service__pb2.ListSignalsResponse.SerializeToString,
+            ),
+            'ListAlerts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAlerts,
+                    request_deserializer=utp_dot_v1_dot_core__service__pb2.ListAlertsRequest.FromString,
+                    response_serializer=utp_dot_v1_dot_core__service__pb2.ListAlertsResponse.SerializeToString,
+            ),
+            'ListRejections': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRejections,
+                    request_deserializer=utp_dot_v1_dot_core__service__pb2.ListRejectionsRequest.FromString,
+                    response_serializer=utp_dot_v1_dot_core__service__pb2.ListRejectionsResponse.SerializeToString,
+            ),
+            'ListAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=utp_dot_v1_dot_core__service__pb2.ListAuditRequest.FromString,
+                    response_serializer=utp_dot_v1_dot_core__service__pb2.ListAuditResponse.SerializeToString,
+            ),
+            'GetDashboard': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDashboard,
+                    request_deserializer=utp_dot_v1_dot_core__service__pb2.GetDashboardRequest.FromString,
+                    response_serializer=utp_dot_v1_dot_core__service__pb2.GetDashboardResponse.SerializeToString,
+            ),
+            'ListJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobs,
+                    request_deserializer=utp_dot_v1_dot_core__service__pb2.ListJobsRequest.FromString,
+                    response_serializer=utp_dot_v1_dot_core__service__pb2.ListJobsResponse.SerializeToString,
+            ),
+            'RunJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunJob,
+                    request_deserializer=utp_dot_v1_dot_core__service__pb2.RunJobRequest.FromString,
+                    response_serializer=utp_dot_v1_dot_core__service__pb2.RunJobResponse.SerializeToString,
+            ),
             'RunBacktest': grpc.unary_stream_rpc_method_handler(
                     servicer.RunBacktest,
                     request_deserializer=utp_dot_v1_dot_core__service__pb2.RunBacktestRequest.FromString,
@@ -288,6 +524,12 @@ def add_CoreServiceServicer_to_server(servicer, server):
 class CoreService:
     """Watches and steers the trading session run by `utp core`, and runs backtests.
     Every RPC answers INVALID_ARGUMENT (with the offending field named) for a malformed request.
+
+    Authorization: every call carries `authorization: Bearer <token>` metadata. The admin token (created
+    0600 on the daemon's first start in <data dir>/auth/admin.token, rotated by `utp token rotate`) may call
+    everything; the read-only token (auth/read.token) only the Get*, List* and Watch* calls. A missing or
+    unknown token is UNAUTHENTICATED, a read-only token on a mutating call PERMISSION_DENIED; every mutating
+    call, allowed or refused, is written to the audit trail (ListAudit) with who, when, what and why.
     """
 
     @staticmethod
@@ -469,6 +711,357 @@ class CoreService:
             '/utp.v1.CoreService/Resume',
             utp_dot_v1_dot_core__service__pb2.ResumeRequest.SerializeToString,
             utp_dot_v1_dot_core__service__pb2.ResumeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetEntriesPaused(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/utp.v1.CoreService/SetEntriesPaused',
+            utp_dot_v1_dot_core__service__pb2.SetEntriesPausedRequest.SerializeToString,
+            utp_dot_v1_dot_core__service__pb2.SetEntriesPausedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Flatten(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/utp.v1.CoreService/Flatten',
+            utp_dot_v1_dot_core__service__pb2.FlattenRequest.SerializeToString,
+            utp_dot_v1_dot_core__service__pb2.FlattenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelOrder(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/utp.v1.CoreService/CancelOrder',
+            utp_dot_v1_dot_core__service__pb2.CancelOrderRequest.SerializeToString,
+            utp_dot_v1_dot_core__service__pb2.CancelOrderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetApprovalMode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/utp.v1.CoreService/SetApprovalMode',
+            utp_dot_v1_dot_core__service__pb2.SetApprovalModeRequest.SerializeToString,
+            utp_dot_v1_dot_core__service__pb2.SetApprovalModeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApprovals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/utp.v1.CoreService/ListApprovals',
+            utp_dot_v1_dot_core__service__pb2.ListApprovalsRequest.SerializeToString,
+            utp_dot_v1_dot_core__service__pb2.ListApprovalsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DecideApprovals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/utp.v1.CoreService/DecideApprovals',
+            utp_dot_v1_dot_core__service__pb2.DecideApprovalsRequest.SerializeToString,
+            utp_dot_v1_dot_core__service__pb2.DecideApprovalsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSignals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/utp.v1.CoreService/ListSignals',
+            utp_dot_v1_dot_core__service__pb2.ListSignalsRequest.SerializeToString,
+            utp_dot_v1_dot_core__service__pb2.ListSignalsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAlerts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/utp.v1.CoreService/ListAlerts',
+            utp_dot_v1_dot_core__service__pb2.ListAlertsRequest.SerializeToString,
+            utp_dot_v1_dot_core__service__pb2.ListAlertsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRejections(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/utp.v1.CoreService/ListRejections',
+            utp_dot_v1_dot_core__service__pb2.ListRejectionsRequest.SerializeToString,
+            utp_dot_v1_dot_core__service__pb2.ListRejectionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/utp.v1.CoreService/ListAudit',
+            utp_dot_v1_dot_core__service__pb2.ListAuditRequest.SerializeToString,
+            utp_dot_v1_dot_core__service__pb2.ListAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDashboard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/utp.v1.CoreService/GetDashboard',
+            utp_dot_v1_dot_core__service__pb2.GetDashboardRequest.SerializeToString,
+            utp_dot_v1_dot_core__service__pb2.GetDashboardResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/utp.v1.CoreService/ListJobs',
+            utp_dot_v1_dot_core__service__pb2.ListJobsRequest.SerializeToString,
+            utp_dot_v1_dot_core__service__pb2.ListJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/utp.v1.CoreService/RunJob',
+            utp_dot_v1_dot_core__service__pb2.RunJobRequest.SerializeToString,
+            utp_dot_v1_dot_core__service__pb2.RunJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

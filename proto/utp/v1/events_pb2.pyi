@@ -28,6 +28,8 @@ class EventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_KIND_MODEL_ALERT: _ClassVar[EventKind]
     EVENT_KIND_RISK_EVENT: _ClassVar[EventKind]
     EVENT_KIND_DATA_ALERT: _ClassVar[EventKind]
+    EVENT_KIND_ORDER_APPROVAL: _ClassVar[EventKind]
+    EVENT_KIND_OPERATOR_ALERT: _ClassVar[EventKind]
 
 class BarRejectReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -104,6 +106,7 @@ class IntentReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INTENT_REASON_TRAILING_STOP: _ClassVar[IntentReason]
     INTENT_REASON_RISK_LIQUIDATION: _ClassVar[IntentReason]
     INTENT_REASON_MAX_HOLDING_TIME: _ClassVar[IntentReason]
+    INTENT_REASON_OPERATOR: _ClassVar[IntentReason]
 
 class RiskReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -137,6 +140,9 @@ class RiskReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RISK_REASON_RECONCILIATION: _ClassVar[RiskReason]
     RISK_REASON_NOT_IN_UNIVERSE: _ClassVar[RiskReason]
     RISK_REASON_MAX_HOLDING_TIME: _ClassVar[RiskReason]
+    RISK_REASON_ENTRIES_PAUSED: _ClassVar[RiskReason]
+    RISK_REASON_OPERATOR_REJECTED: _ClassVar[RiskReason]
+    RISK_REASON_APPROVAL_EXPIRED: _ClassVar[RiskReason]
 
 class RiskAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -178,6 +184,35 @@ class ControlAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CONTROL_ACTION_RESUME: _ClassVar[ControlAction]
     CONTROL_ACTION_APPROVE_EXECUTION: _ClassVar[ControlAction]
     CONTROL_ACTION_REVOKE_EXECUTION: _ClassVar[ControlAction]
+    CONTROL_ACTION_PAUSE_ENTRIES: _ClassVar[ControlAction]
+    CONTROL_ACTION_RESUME_ENTRIES: _ClassVar[ControlAction]
+    CONTROL_ACTION_FLATTEN: _ClassVar[ControlAction]
+    CONTROL_ACTION_CANCEL_ORDER: _ClassVar[ControlAction]
+    CONTROL_ACTION_APPROVE_ORDER: _ClassVar[ControlAction]
+    CONTROL_ACTION_REJECT_ORDER: _ClassVar[ControlAction]
+    CONTROL_ACTION_SET_APPROVAL_MODE: _ClassVar[ControlAction]
+
+class ApprovalMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    APPROVAL_MODE_UNSPECIFIED: _ClassVar[ApprovalMode]
+    APPROVAL_MODE_BLANKET: _ClassVar[ApprovalMode]
+    APPROVAL_MODE_PER_ORDER: _ClassVar[ApprovalMode]
+
+class ApprovalState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    APPROVAL_STATE_UNSPECIFIED: _ClassVar[ApprovalState]
+    APPROVAL_STATE_PENDING: _ClassVar[ApprovalState]
+    APPROVAL_STATE_APPROVED: _ClassVar[ApprovalState]
+    APPROVAL_STATE_REJECTED: _ClassVar[ApprovalState]
+    APPROVAL_STATE_EXPIRED: _ClassVar[ApprovalState]
+    APPROVAL_STATE_SUPERSEDED: _ClassVar[ApprovalState]
+
+class AlertSeverity(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ALERT_SEVERITY_UNSPECIFIED: _ClassVar[AlertSeverity]
+    ALERT_SEVERITY_INFO: _ClassVar[AlertSeverity]
+    ALERT_SEVERITY_WARNING: _ClassVar[AlertSeverity]
+    ALERT_SEVERITY_CRITICAL: _ClassVar[AlertSeverity]
 EVENT_KIND_UNSPECIFIED: EventKind
 EVENT_KIND_BAR: EventKind
 EVENT_KIND_FEATURE_VECTOR: EventKind
@@ -197,6 +232,8 @@ EVENT_KIND_PORTFOLIO_TARGET: EventKind
 EVENT_KIND_MODEL_ALERT: EventKind
 EVENT_KIND_RISK_EVENT: EventKind
 EVENT_KIND_DATA_ALERT: EventKind
+EVENT_KIND_ORDER_APPROVAL: EventKind
+EVENT_KIND_OPERATOR_ALERT: EventKind
 BAR_REJECT_REASON_UNSPECIFIED: BarRejectReason
 BAR_REJECT_REASON_NON_FINITE: BarRejectReason
 BAR_REJECT_REASON_NON_POSITIVE_PRICE: BarRejectReason
@@ -246,6 +283,7 @@ INTENT_REASON_STOP_LOSS: IntentReason
 INTENT_REASON_TRAILING_STOP: IntentReason
 INTENT_REASON_RISK_LIQUIDATION: IntentReason
 INTENT_REASON_MAX_HOLDING_TIME: IntentReason
+INTENT_REASON_OPERATOR: IntentReason
 RISK_REASON_UNSPECIFIED: RiskReason
 RISK_REASON_APPROVED: RiskReason
 RISK_REASON_HALTED: RiskReason
@@ -276,6 +314,9 @@ RISK_REASON_EARNINGS_BLACKOUT: RiskReason
 RISK_REASON_RECONCILIATION: RiskReason
 RISK_REASON_NOT_IN_UNIVERSE: RiskReason
 RISK_REASON_MAX_HOLDING_TIME: RiskReason
+RISK_REASON_ENTRIES_PAUSED: RiskReason
+RISK_REASON_OPERATOR_REJECTED: RiskReason
+RISK_REASON_APPROVAL_EXPIRED: RiskReason
 RISK_ACTION_UNSPECIFIED: RiskAction
 RISK_ACTION_REJECT_ENTRY: RiskAction
 RISK_ACTION_CAP_ENTRY: RiskAction
@@ -305,6 +346,26 @@ CONTROL_ACTION_HALT: ControlAction
 CONTROL_ACTION_RESUME: ControlAction
 CONTROL_ACTION_APPROVE_EXECUTION: ControlAction
 CONTROL_ACTION_REVOKE_EXECUTION: ControlAction
+CONTROL_ACTION_PAUSE_ENTRIES: ControlAction
+CONTROL_ACTION_RESUME_ENTRIES: ControlAction
+CONTROL_ACTION_FLATTEN: ControlAction
+CONTROL_ACTION_CANCEL_ORDER: ControlAction
+CONTROL_ACTION_APPROVE_ORDER: ControlAction
+CONTROL_ACTION_REJECT_ORDER: ControlAction
+CONTROL_ACTION_SET_APPROVAL_MODE: ControlAction
+APPROVAL_MODE_UNSPECIFIED: ApprovalMode
+APPROVAL_MODE_BLANKET: ApprovalMode
+APPROVAL_MODE_PER_ORDER: ApprovalMode
+APPROVAL_STATE_UNSPECIFIED: ApprovalState
+APPROVAL_STATE_PENDING: ApprovalState
+APPROVAL_STATE_APPROVED: ApprovalState
+APPROVAL_STATE_REJECTED: ApprovalState
+APPROVAL_STATE_EXPIRED: ApprovalState
+APPROVAL_STATE_SUPERSEDED: ApprovalState
+ALERT_SEVERITY_UNSPECIFIED: AlertSeverity
+ALERT_SEVERITY_INFO: AlertSeverity
+ALERT_SEVERITY_WARNING: AlertSeverity
+ALERT_SEVERITY_CRITICAL: AlertSeverity
 
 class EventHeader(_message.Message):
     __slots__ = ("event_id", "correlation_id", "event_time_ns", "symbol")
@@ -712,22 +773,76 @@ class EngineStatus(_message.Message):
     last_error: str
     def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., engine: _Optional[str] = ..., state: _Optional[_Union[EngineState, str]] = ..., through_time_ns: _Optional[int] = ..., events_in: _Optional[int] = ..., events_out: _Optional[int] = ..., events_rejected: _Optional[int] = ..., last_error: _Optional[str] = ...) -> None: ...
 
+class OrderApproval(_message.Message):
+    __slots__ = ("header", "state", "intent_id", "client_order_id", "target_percent", "side", "estimated_quantity", "reference_price", "reason", "strategy", "legs", "actor", "message", "expires_time_ns")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    INTENT_ID_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ORDER_ID_FIELD_NUMBER: _ClassVar[int]
+    TARGET_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    SIDE_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATED_QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_PRICE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    LEGS_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    header: EventHeader
+    state: ApprovalState
+    intent_id: str
+    client_order_id: str
+    target_percent: float
+    side: OrderSide
+    estimated_quantity: float
+    reference_price: float
+    reason: IntentReason
+    strategy: str
+    legs: int
+    actor: str
+    message: str
+    expires_time_ns: int
+    def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., state: _Optional[_Union[ApprovalState, str]] = ..., intent_id: _Optional[str] = ..., client_order_id: _Optional[str] = ..., target_percent: _Optional[float] = ..., side: _Optional[_Union[OrderSide, str]] = ..., estimated_quantity: _Optional[float] = ..., reference_price: _Optional[float] = ..., reason: _Optional[_Union[IntentReason, str]] = ..., strategy: _Optional[str] = ..., legs: _Optional[int] = ..., actor: _Optional[str] = ..., message: _Optional[str] = ..., expires_time_ns: _Optional[int] = ...) -> None: ...
+
+class OperatorAlert(_message.Message):
+    __slots__ = ("header", "severity", "source", "message", "action", "resolved")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    SEVERITY_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    RESOLVED_FIELD_NUMBER: _ClassVar[int]
+    header: EventHeader
+    severity: AlertSeverity
+    source: str
+    message: str
+    action: str
+    resolved: bool
+    def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., severity: _Optional[_Union[AlertSeverity, str]] = ..., source: _Optional[str] = ..., message: _Optional[str] = ..., action: _Optional[str] = ..., resolved: _Optional[bool] = ...) -> None: ...
+
 class ControlCommand(_message.Message):
-    __slots__ = ("header", "action", "reason", "actor", "sequence")
+    __slots__ = ("header", "action", "reason", "actor", "sequence", "client_order_id", "intent_id", "approval_mode")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     ACTOR_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ORDER_ID_FIELD_NUMBER: _ClassVar[int]
+    INTENT_ID_FIELD_NUMBER: _ClassVar[int]
+    APPROVAL_MODE_FIELD_NUMBER: _ClassVar[int]
     header: EventHeader
     action: ControlAction
     reason: str
     actor: str
     sequence: int
-    def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., action: _Optional[_Union[ControlAction, str]] = ..., reason: _Optional[str] = ..., actor: _Optional[str] = ..., sequence: _Optional[int] = ...) -> None: ...
+    client_order_id: str
+    intent_id: str
+    approval_mode: ApprovalMode
+    def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., action: _Optional[_Union[ControlAction, str]] = ..., reason: _Optional[str] = ..., actor: _Optional[str] = ..., sequence: _Optional[int] = ..., client_order_id: _Optional[str] = ..., intent_id: _Optional[str] = ..., approval_mode: _Optional[_Union[ApprovalMode, str]] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("bar", "feature_vector", "alpha_signal", "prediction", "scored_signal", "order_intent", "risk_decision", "order", "fill", "position_snapshot", "account_snapshot", "engine_status", "control_command", "rejected_bar", "portfolio_target", "model_alert", "risk_event", "data_alert")
+    __slots__ = ("bar", "feature_vector", "alpha_signal", "prediction", "scored_signal", "order_intent", "risk_decision", "order", "fill", "position_snapshot", "account_snapshot", "engine_status", "control_command", "rejected_bar", "portfolio_target", "model_alert", "risk_event", "data_alert", "order_approval", "operator_alert")
     BAR_FIELD_NUMBER: _ClassVar[int]
     FEATURE_VECTOR_FIELD_NUMBER: _ClassVar[int]
     ALPHA_SIGNAL_FIELD_NUMBER: _ClassVar[int]
@@ -746,6 +861,8 @@ class Event(_message.Message):
     MODEL_ALERT_FIELD_NUMBER: _ClassVar[int]
     RISK_EVENT_FIELD_NUMBER: _ClassVar[int]
     DATA_ALERT_FIELD_NUMBER: _ClassVar[int]
+    ORDER_APPROVAL_FIELD_NUMBER: _ClassVar[int]
+    OPERATOR_ALERT_FIELD_NUMBER: _ClassVar[int]
     bar: Bar
     feature_vector: FeatureVector
     alpha_signal: AlphaSignal
@@ -764,7 +881,9 @@ class Event(_message.Message):
     model_alert: ModelAlert
     risk_event: RiskEvent
     data_alert: DataAlert
-    def __init__(self, bar: _Optional[_Union[Bar, _Mapping]] = ..., feature_vector: _Optional[_Union[FeatureVector, _Mapping]] = ..., alpha_signal: _Optional[_Union[AlphaSignal, _Mapping]] = ..., prediction: _Optional[_Union[Prediction, _Mapping]] = ..., scored_signal: _Optional[_Union[ScoredSignal, _Mapping]] = ..., order_intent: _Optional[_Union[OrderIntent, _Mapping]] = ..., risk_decision: _Optional[_Union[RiskDecision, _Mapping]] = ..., order: _Optional[_Union[Order, _Mapping]] = ..., fill: _Optional[_Union[Fill, _Mapping]] = ..., position_snapshot: _Optional[_Union[PositionSnapshot, _Mapping]] = ..., account_snapshot: _Optional[_Union[AccountSnapshot, _Mapping]] = ..., engine_status: _Optional[_Union[EngineStatus, _Mapping]] = ..., control_command: _Optional[_Union[ControlCommand, _Mapping]] = ..., rejected_bar: _Optional[_Union[RejectedBar, _Mapping]] = ..., portfolio_target: _Optional[_Union[PortfolioTarget, _Mapping]] = ..., model_alert: _Optional[_Union[ModelAlert, _Mapping]] = ..., risk_event: _Optional[_Union[RiskEvent, _Mapping]] = ..., data_alert: _Optional[_Union[DataAlert, _Mapping]] = ...) -> None: ...
+    order_approval: OrderApproval
+    operator_alert: OperatorAlert
+    def __init__(self, bar: _Optional[_Union[Bar, _Mapping]] = ..., feature_vector: _Optional[_Union[FeatureVector, _Mapping]] = ..., alpha_signal: _Optional[_Union[AlphaSignal, _Mapping]] = ..., prediction: _Optional[_Union[Prediction, _Mapping]] = ..., scored_signal: _Optional[_Union[ScoredSignal, _Mapping]] = ..., order_intent: _Optional[_Union[OrderIntent, _Mapping]] = ..., risk_decision: _Optional[_Union[RiskDecision, _Mapping]] = ..., order: _Optional[_Union[Order, _Mapping]] = ..., fill: _Optional[_Union[Fill, _Mapping]] = ..., position_snapshot: _Optional[_Union[PositionSnapshot, _Mapping]] = ..., account_snapshot: _Optional[_Union[AccountSnapshot, _Mapping]] = ..., engine_status: _Optional[_Union[EngineStatus, _Mapping]] = ..., control_command: _Optional[_Union[ControlCommand, _Mapping]] = ..., rejected_bar: _Optional[_Union[RejectedBar, _Mapping]] = ..., portfolio_target: _Optional[_Union[PortfolioTarget, _Mapping]] = ..., model_alert: _Optional[_Union[ModelAlert, _Mapping]] = ..., risk_event: _Optional[_Union[RiskEvent, _Mapping]] = ..., data_alert: _Optional[_Union[DataAlert, _Mapping]] = ..., order_approval: _Optional[_Union[OrderApproval, _Mapping]] = ..., operator_alert: _Optional[_Union[OperatorAlert, _Mapping]] = ...) -> None: ...
 
 class Watermark(_message.Message):
     __slots__ = ("kind", "producer", "through_time_ns", "event_count", "end_of_stream")
