@@ -95,6 +95,20 @@ class FailoverFeed:
         for source in self._sources.values():
             source.stop()
 
+    def reconnect(self) -> list[str]:
+        """Restart the sources that ended with an error or have been quiet for `failover_after_s` (the active one
+        when none has: the caller saw stale bars); returns their names. Sources without `restart` are skipped."""
+        now = self._clock()
+        troubled = [name for name, source in self._sources.items()
+                    if getattr(source, "error", None) or self._quiet_for(name, now) >= self.failover_after_s]  # fmt: skip
+        restarted = []
+        for name in troubled or [self.active]:
+            restart = getattr(self._sources[name], "restart", None)
+            if restart is not None:
+                restart()
+                restarted.append(name)
+        return restarted
+
     def _sink_for(self, name: str) -> BarSink:
         def sink(frame: pl.DataFrame) -> None:
             self._arrivals.put((name, frame, self._clock()))

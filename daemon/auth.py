@@ -15,6 +15,7 @@ request's reason), and the outcome.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -22,7 +23,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -277,24 +278,32 @@ def _status_of(context: grpc.aio.ServicerContext, exc: BaseException | None) -> 
     return grpc.StatusCode.UNKNOWN, str(exc)
 
 
+@contextlib.asynccontextmanager
+async def _accounted(interceptor: AuthInterceptor, method: str, role: str, refusal: tuple[grpc.StatusCode, str] | None,
+                     request: Message, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:  # fmt: skip
+    """Refuses the call (with its audit entry) or runs the body and accounts for its outcome, whatever it was."""
+    call, started = _Call(method, role, context.peer()), time.perf_counter()
+    if refusal is not None:
+        interceptor.finish(call, request, refusal[0], refusal[1], started)
+        await context.abort(*refusal)
+    exc: BaseException | None = None
+    try:
+        yield
+    except BaseException as e:
+        exc = e
+        raise
+    finally:
+        interceptor.finish(call, request, *_status_of(context, exc), started)
+
+
 def _wrap(handler: grpc.RpcMethodHandler, interceptor: AuthInterceptor, method: str, role: str,
           refusal: tuple[grpc.StatusCode, str] | None) -> grpc.RpcMethodHandler:  # fmt: skip
     if handler.unary_unary is not None:
         inner = handler.unary_unary
 
         async def unary(request: Message, context: grpc.aio.ServicerContext) -> Any:
-            call, started = _Call(method, role, context.peer()), time.perf_counter()
-            if refusal is not None:
-                interceptor.finish(call, request, refusal[0], refusal[1], started)
-                await context.abort(*refusal)
-            exc: BaseException | None = None
-            try:
+            async with _accounted(interceptor, method, role, refusal, request, context):
                 return await inner(request, context)
-            except BaseException as e:
-                exc = e
-                raise
-            finally:
-                interceptor.finish(call, request, *_status_of(context, exc), started)
 
         return grpc.unary_unary_rpc_method_handler(unary, request_deserializer=handler.request_deserializer,
                                                    response_serializer=handler.response_serializer)  # fmt: skip
@@ -302,19 +311,9 @@ def _wrap(handler: grpc.RpcMethodHandler, interceptor: AuthInterceptor, method: 
         inner_stream = handler.unary_stream
 
         async def stream(request: Message, context: grpc.aio.ServicerContext) -> Any:
-            call, started = _Call(method, role, context.peer()), time.perf_counter()
-            if refusal is not None:
-                interceptor.finish(call, request, refusal[0], refusal[1], started)
-                await context.abort(*refusal)
-            exc: BaseException | None = None
-            try:
+            async with _accounted(interceptor, method, role, refusal, request, context):
                 async for response in inner_stream(request, context):
                     yield response
-            except BaseException as e:
-                exc = e
-                raise
-            finally:
-                interceptor.finish(call, request, *_status_of(context, exc), started)
 
         return grpc.unary_stream_rpc_method_handler(stream, request_deserializer=handler.request_deserializer,
                                                     response_serializer=handler.response_serializer)  # fmt: skip

@@ -23,7 +23,18 @@ from utp.core.kinds import KINDS
 from utp.daemon import systemd
 from utp.daemon.core import CoreDaemon
 from utp.daemon.scheduler import JobStatus, Scheduler, standard_jobs
-from utp.daemon.watchdog import Alert, Check, Problem, Watchdogs, data_feed_staleness, disk, exchange_session, memory
+from utp.daemon.watchdog import (
+    Alert,
+    Check,
+    Problem,
+    Watchdogs,
+    data_feed_staleness,
+    disk,
+    exchange_session,
+    memory,
+    reconnect_feed,
+    release_memory,
+)
 from utp.v1 import events_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -165,15 +176,16 @@ class Operations:
         in_session = exchange_session(self.config.risk.filters.calendar or "XNYS")
         checks = [
             Check("engine_lag", self._engine_lag_probe(ops.engine_max_lag_s), None, interval),
-            Check("memory", memory(int(ops.max_rss_mb * _MB)), None, interval),
-            Check("disk", disk(daemon.data_dir, min_free_bytes=int(ops.min_free_disk_mb * _MB)), None, interval * 4),
+            Check("memory", memory(int(ops.max_rss_mb * _MB)), release_memory(), interval, cooldown_s=600),
+            Check("disk", disk(daemon.data_dir, min_free_bytes=int(ops.min_free_disk_mb * _MB)),
+                  self._pause_entries_for_disk, interval * 4),
         ]  # fmt: skip
         if self.config.data.primary:  # live bars: a quiet feed during the session is a problem
-            # Alert only: switching to the secondary source is the feed's own job (FailoverFeed), and a vendor
-            # stream that ended by itself has said why in a data_alert already.
+            # Switching to the secondary source is the feed's own job (FailoverFeed); when bars are stale anyway
+            # every source is in trouble, and the recovery connects the troubled ones again.
             checks.append(Check("data_feed", data_feed_staleness(
                 lambda: daemon.market_time_ns() or None, time.time_ns, self.config.data.max_bar_age_s, in_session),
-                None, interval))  # fmt: skip
+                reconnect_feed(getattr(daemon.session.source, "feed", None)), interval))  # fmt: skip
         broker = getattr(daemon.session, "external_broker", None)
         if broker is not None and getattr(broker, "breaker", None) is not None:
             checks.append(Check("broker", self._broker_probe(broker.breaker), None, interval))
@@ -223,6 +235,14 @@ class Operations:
                            f"engines behind market data by more than {max_lag_s:g} s: {worst}")  # fmt: skip
 
         return probe
+
+    async def _pause_entries_for_disk(self, problem: Problem) -> str:
+        """The disk watchdog's recovery: no new positions while the hot state (LMDB) and the logs may fail to
+        write. Exits, stops and flattens still go; the operator resumes entries once space is freed."""
+        if self.daemon.controls.entries_paused:
+            return "new entries already paused"
+        await self.daemon.set_entries_paused(True, f"disk almost full: {problem.message}", "watchdog:disk")
+        return "paused new entries until the operator resumes them (exits still go)"
 
     @staticmethod
     def _broker_probe(breaker: Any) -> Any:

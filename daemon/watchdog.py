@@ -19,6 +19,9 @@ that lag or stop reporting, the broker, the process's memory and the state folde
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
+import gc
 import logging
 import resource
 import shutil
@@ -288,6 +291,20 @@ def data_feed_staleness(
     return probe
 
 
+def reconnect_feed(feed: object) -> Recover:
+    """The data-feed watchdog's recovery: connect again the live sources that ended or went quiet
+    (`FailoverFeed.reconnect`, run off the event loop: stopping a vendor's client takes a moment)."""
+
+    async def recover(problem: Problem) -> str:  # noqa: ARG001 - the Recover signature
+        reconnect = getattr(feed, "reconnect", None)
+        if reconnect is None:
+            return "no live feed to reconnect"
+        names = await asyncio.to_thread(reconnect)
+        return f"reconnected {', '.join(names)}" if names else "no source could reconnect"
+
+    return recover
+
+
 def engine_lag(
     statuses: Callable[[], Mapping[str, tuple[int, int]]],
     max_lag_s: float,
@@ -381,6 +398,39 @@ def memory(max_rss_bytes: int, *, warn_fraction: float = 0.9, rss: Callable[[], 
         return None
 
     return probe
+
+
+def _malloc_trim() -> bool:
+    """Hands freed heap pages back to the OS (glibc's malloc_trim); False where there is no glibc."""
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return bool(trim(0))
+
+
+def release_memory(*, drop_caches: Iterable[Callable[[], object]] = (),
+                   rss: Callable[[], int] = process_rss_bytes) -> Recover:  # fmt: skip
+    """The memory watchdog's recovery: empty the given caches, collect garbage (cycles polars frames and
+    protobuf messages leave behind) and return freed heap to the OS; says how much resident memory it freed.
+    It cannot fix a leak, which the alert still reports, but it buys time before the OOM killer."""
+    caches = list(drop_caches)
+
+    async def recover(problem: Problem) -> str:  # noqa: ARG001 - the Recover signature
+        before = rss()
+        for drop in caches:
+            drop()
+        collected = gc.collect()
+        trimmed = _malloc_trim()
+        after = rss()
+        return (f"released memory: {_size(max(before - after, 0))} freed ({_size(before)} -> {_size(after)}), "
+                f"{collected} objects collected{', heap trimmed' if trimmed else ''}")  # fmt: skip
+
+    return recover
 
 
 def disk(path: str | Path, *, min_free_bytes: int | None = None, min_free_fraction: float | None = None) -> Probe:

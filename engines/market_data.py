@@ -468,7 +468,9 @@ class LiveMarketDataEngine(SourceEngine):
         for stream in (getattr(self.feed, "primary", None), getattr(self.feed, "secondary", None)):
             error = getattr(stream, "error", None)
             name = str(getattr(stream, "name", ""))
-            if error and self._errors_told.get(name) != error:
+            if not error:
+                self._errors_told.pop(name, None)  # reconnected: the same error again is news again
+            elif self._errors_told.get(name) != error:
                 self._errors_told[name] = error
                 ctx.log.error("market data source %s stopped: %s", name, error)
                 alerts.append(self._alert(pb.DATA_ALERT_KIND_SOURCE_ERROR, now, f"{name} stopped: {error}",

@@ -14,6 +14,7 @@ from textual.widgets import Input
 from utp.console.app import ConsoleApp, StatusBar, default_actor, status_line
 from utp.console.screens.models import RetrainScreen
 from utp.console.widgets import ConfirmScreen, Table
+from utp.daemon.auth import read_token, token_path
 from utp.v1 import core_service_pb2 as api
 from utp.v1 import events_pb2 as pb
 
@@ -56,17 +57,28 @@ def audited(daemon, method: str) -> list[api.AuditEntry]:  # noqa: ANN001
 
 
 async def test_halt_key_halts_the_daemon_and_no_further_order_is_made(daemon_factory) -> None:  # noqa: ANN001
+    # Two consoles on one daemon: the operator's (admin token) and a watcher's (read-only token, over another
+    # connection). What one does, the other sees; the watcher may look but not steer.
     daemon = daemon_factory("--replay-rate", "40", *APPROVED, "--set", "risk.max_position_pct=0.95").start()
     app = console(daemon)
-    async with app.run_test(size=(100, 30)) as pilot:
-        bar = app.query_one(StatusBar)
+    watcher = ConsoleApp(daemon.target, read_token(token_path(daemon.data_dir, "read")), actor="console:watcher")
+    async with app.run_test(size=(100, 30)) as pilot, watcher.run_test(size=(80, 24)) as watching:
+        bar, watcher_bar = app.query_one(StatusBar), watcher.query_one(StatusBar)
         await wait_until(lambda: bar.text.startswith("RUNNING") and "APPROVED" in bar.text)
+        await wait_until(lambda: watcher_bar.text.startswith("RUNNING"))
+        await watching.press("9", "e")  # pause entries (Admin): the read-only token may not
+        await confirm(watcher, watching)
+        await wait_until(lambda: audited(daemon, "SetEntriesPaused"), 10, "the refusal in the audit trail")
+        refused = audited(daemon, "SetEntriesPaused")[0]
+        assert (refused.outcome, refused.actor, refused.role) == ("PERMISSION_DENIED", "console:watcher", "read")
+        assert not daemon.status().entries_paused
         # Let the session trade first, so "no further order" means something.
         await wait_until(lambda: len(daemon.stub.ListOrders(api.ListOrdersRequest()).orders) >= 2, timeout=60)
 
         await pilot.press("h")
         await confirm(app, pilot)
         await wait_until(lambda: bar.text.startswith("HALTED"))
+        await wait_until(lambda: watcher_bar.text.startswith("HALTED"), 10, "the other console to see the halt")
         status = daemon.status()
         assert status.halted and "console" in status.halt_reason
         assert bar.has_class("alarm")

@@ -36,6 +36,7 @@ from utp.core.universe import Universe
 from utp.core.vendors.streams import AlpacaBarStream, PolygonBarStream
 from utp.daemon import cli
 from utp.daemon.session import MarketData, Session
+from utp.daemon.watchdog import Alert, Check, Watchdogs, data_feed_staleness, reconnect_feed
 from utp.engines.market_data import LiveMarketDataEngine, MarketDataEngine, outlier_detector
 from utp.storage.bars import BarStore
 from utp.storage.datasets import DAY_NS, dataset, store_dataset, synthetic_bars
@@ -343,6 +344,63 @@ async def test_a_source_error_and_a_failover_become_alerts(server, data_config) 
     assert len(failovers) == 1 and failovers[0].source == "polygon", failovers
     assert "failing over to polygon" in failovers[0].message and "alpaca refused" in failovers[0].message
     assert engine.feed_notices == 1
+
+
+async def test_a_reconnect_brings_back_a_source_that_ended(server, data_config) -> None:
+    # The data-feed watchdog's recovery: the account's login was refused (the stream ended, with an alert); once
+    # it is fixed, FailoverFeed.reconnect connects again and bars flow; a second refusal is news again.
+    server.secret = "rotated-at-the-vendor"
+    alpaca = AlpacaBarStream(data_config, SYMBOLS, key=server.key, secret=MarketDataStreamServer.secret)
+    feed = FailoverFeed(alpaca, None, failover_after_s=0.3)
+    engine = LiveMarketDataEngine(feed, Universe(SYMBOLS), interval_ns=MINUTE_NS)
+    async with Recorder(engine, HandClock(T0)) as run:
+        await until(lambda: bool(run.alerts(pb.DATA_ALERT_KIND_SOURCE_ERROR)), "alpaca's refused login")
+        await until(lambda: not alpaca.running, "the alpaca stream to end")
+        server.secret = MarketDataStreamServer.secret  # fixed
+        assert await asyncio.to_thread(feed.reconnect) == ["alpaca"]
+        assert alpaca.error is None and alpaca.running
+        await asyncio.to_thread(server.wait_subscribed, "alpaca", SYMBOLS)
+        for minute in range(3):
+            for symbol in SYMBOLS:
+                server.publish_bar(symbol, T0 + minute * MINUTE_NS, 100, 101, 99, 100, 10)
+        await until(lambda: len(run.seen["bar"]) >= 4, "bars after the reconnect")
+        server.secret = "rotated-again"
+        server.drop("alpaca")
+        await asyncio.to_thread(feed.reconnect)  # also what a watchdog does with a stream it finds quiet
+        await until(lambda: len(run.alerts(pb.DATA_ALERT_KIND_SOURCE_ERROR)) == 2, "the second refusal")
+    assert {(b.header.symbol, b.header.event_time_ns) for b in run.seen["bar"]} >= {
+        (s, T0 + m * MINUTE_NS) for s in SYMBOLS for m in range(2)}  # fmt: skip
+    assert all("alpaca refused" in a.message for a in run.alerts(pb.DATA_ALERT_KIND_SOURCE_ERROR))
+
+
+async def test_the_data_feed_watchdog_reconnects_a_live_sessions_feed(server) -> None:
+    config = load_config(environ={}, overrides={
+        "data.primary": "alpaca", "data.alpaca_stream_url": server.alpaca_url, "market_data.symbols": list(SYMBOLS)})
+    environ = {"APCA_API_KEY_ID": server.key, "APCA_API_SECRET_KEY": server.secret}
+    session = Session(config, bus=InProcessBus(), clock=WallClock(), environ=environ, model_sources=[])
+    feed = session.source.feed
+    assert isinstance(feed, FailoverFeed)
+    alerts: list[Alert] = []
+    now = [T0]
+    stale = data_feed_staleness(lambda: None, lambda: now[0], 60, lambda _: True)
+    watchdogs = Watchdogs([Check("data_feed", stale, reconnect_feed(feed), interval_s=1)], alerts.append)
+    feed.start()
+    try:
+        await asyncio.to_thread(server.wait_subscribed, "alpaca", SYMBOLS)
+        await watchdogs.check_once(0.0)  # the session has just opened: no bar is due yet
+        assert alerts == []
+        server.silence("alpaca")
+        handshake = feed.primary.last_message_monotonic
+        now[0] += 61 * 10**9
+        await watchdogs.check_once(1.0)
+        assert [(a.source, a.severity, a.action) for a in alerts] == [("watchdog:data_feed", "critical", "reconnected alpaca")]
+        assert "no bar has arrived 61 s into the session" in alerts[0].message
+        # A new connection: its handshake is heard although the vendor sends no bars.
+        await until(lambda: (feed.primary.last_message_monotonic or 0) > (handshake or 0), "a new connection")
+        await asyncio.to_thread(server.wait_subscribed, "alpaca", SYMBOLS)
+        assert feed.primary.running and feed.primary.error is None
+    finally:
+        feed.stop()
 
 
 def test_a_live_session_checks_outliers_and_freshness_with_the_data_settings(server) -> None:

@@ -369,8 +369,10 @@ def test_the_daemon_tells_systemd_it_is_ready_and_watchdogs_raise_alerts(daemon_
     notify.bind(str(tmp_path / "notify.sock"))
     notify.settimeout(120)
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))  # the daemon's environment comes from ours
-    # A memory ceiling of 1 MB: the memory watchdog must fire, and the operator hears of it as an alert.
+    # A memory ceiling of 1 MB and a free-disk floor no disk has: both watchdogs must fire and recover, and the
+    # operator hears of each as an alert that says what the recovery did.
     daemon = daemon_factory("--replay-rate", "5", "--set", "operations.max_rss_mb=1.0",
+                            "--set", "operations.min_free_disk_mb=1e12",
                             "--set", "operations.watchdog_interval_s=0.5").start()  # fmt: skip
     try:
         message = notify.recv(4096).decode()
@@ -383,9 +385,17 @@ def test_the_daemon_tells_systemd_it_is_ready_and_watchdogs_raise_alerts(daemon_
         return [e.operator_alert for e in alerts if e.WhichOneof("payload") == "operator_alert"
                 and e.operator_alert.source == "watchdog:memory"]  # fmt: skip
 
-    alert = wait_for(memory_alerts, what="the memory watchdog's alert")[0]
+    alert = wait_for(memory_alerts, what="the memory watchdog's alert")[-1]  # the first one, with the recovery
     assert alert.severity == pb.ALERT_SEVERITY_CRITICAL
     assert "over the limit 1.0 MiB" in alert.message
+    assert alert.action.startswith("released memory: ") and "objects collected" in alert.action
+
+    # Disk: no new entries while the hot state may fail to write; the operator resumes them.
+    wait_for(lambda: daemon.status().entries_paused, what="entries paused by the disk watchdog")
+    disk_alerts = [e.operator_alert for e in daemon.stub.ListAlerts(api.ListAlertsRequest(), timeout=5).alerts
+                   if e.WhichOneof("payload") == "operator_alert" and e.operator_alert.source == "watchdog:disk"]  # fmt: skip
+    assert disk_alerts[-1].action.startswith("paused new entries")
+    assert "free" in disk_alerts[-1].message
 
 
 def test_malformed_operator_requests_get_invalid_argument_naming_the_field(daemon_factory) -> None:  # noqa: ANN001

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import resource
 import shutil
@@ -23,6 +24,7 @@ from utp.daemon.watchdog import (
     exchange_session,
     memory,
     process_rss_bytes,
+    release_memory,
 )
 from utp.v1 import events_pb2 as pb
 
@@ -261,6 +263,37 @@ async def test_memory_probe_reads_this_process_rss(tmp_path: Path) -> None:
     near = await memory(rss * 100, warn_fraction=0.001)()
     assert near is not None and near.severity == "warning"
     assert await memory(1 << 40)() is None
+
+
+async def test_memory_recovery_drops_caches_and_collects_garbage() -> None:
+    class Node:
+        def __init__(self) -> None:
+            self.other: Node | None = None
+            self.payload = bytearray(64 * 1024)
+
+    def make_cycles() -> None:
+        for _ in range(200):  # 200 unreachable pairs of 64 KiB: only the cycle collector frees them
+            a, b = Node(), Node()
+            a.other, b.other = b, a
+
+    cache: dict[int, bytes] = {n: bytes(1024) for n in range(100)}
+    gc.disable()
+    try:
+        make_cycles()
+        readings = iter([500 * 1024**2, 480 * 1024**2])
+        action = await release_memory(drop_caches=[cache.clear], rss=lambda: next(readings))(
+            Problem("critical", "resident memory is over the limit"))  # fmt: skip
+    finally:
+        gc.enable()
+    assert not cache
+    collected = int(action.split(" objects collected")[0].rsplit(" ", 1)[1])
+    assert collected >= 400
+    assert action.startswith("released memory: 20.0 MiB freed (500.0 MiB -> 480.0 MiB)")
+    # Wired into a watchdog, the alert carries what it did.
+    alerts: list[Alert] = []
+    check = Check("memory", memory(1), release_memory(), interval_s=60)
+    await Watchdogs([check], alerts.append).check_once(0.0)
+    assert alerts[0].action.startswith("released memory: ") and alerts[0].severity == "critical"
 
 
 async def test_broker_probe_times_out_a_hung_ping() -> None:

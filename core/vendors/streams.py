@@ -108,6 +108,20 @@ class _VendorStream:
         if thread.is_alive():
             log.warning("the %s bar stream did not stop within %.0f s; leaving its daemon thread", self.name, timeout)
 
+    def restart(self, timeout: float = 5.0) -> None:
+        """Stop the vendor's client and connect again with the same sink: the watchdog's reconnect for a stream
+        that ended (rejected login since fixed, the client gave up) or went quiet. Counters carry on."""
+        sink = self._sink
+        if sink is None:
+            raise RuntimeError(f"the {self.name} bar stream was never started")
+        self.stop(timeout)
+        if self.running:
+            raise RuntimeError(f"the {self.name} bar stream did not stop within {timeout:g} s; not reconnecting")
+        self._thread, self._loop, self._task = None, None, None
+        self._stopping = threading.Event()
+        self.error = None
+        self.start(sink)
+
     def _cancel_task(self) -> None:
         loop, task = self._loop, self._task
         if loop is None or task is None:
