@@ -36,6 +36,9 @@ class Subscription(ABC):
 class Bus(ABC):
     """Publish batches; deliver them per kind to durable subscribers and to taps."""
 
+    #: Whether batches outlive their delivery, so that a subscriber can be given them again from a position.
+    durable: bool = False
+
     name: str
 
     async def connect(self) -> None:  # noqa: B027 - optional hook

@@ -184,6 +184,7 @@ def _consumer_name(consumer: str) -> str:
 
 class JetStreamBus(Bus):
     name = "jetstream"
+    durable = True
 
     def __init__(
         self,

@@ -345,6 +345,8 @@ class EngineRunner(_RunnerBase):
         self._lock = asyncio.Lock()
         self._subscriptions: list[Subscription] = []
         self._finish_called = False
+        #: Times `restart` ran.
+        self.restarts = 0
 
     async def start(self) -> None:
         positions = self._restore()
@@ -364,6 +366,34 @@ class EngineRunner(_RunnerBase):
         self._subscriptions.clear()
         if self.state == pb.ENGINE_STATE_RUNNING:
             await self._set_state(pb.ENGINE_STATE_STOPPED)
+
+    async def restart(self) -> None:
+        """Run a failed (or stopped) engine again from its last committed checkpoint: its state as committed, and
+        its inputs from the bus positions that state covers. Only a durable bus (JetStream) delivers again what
+        came after them; on the in-process bus what the engine missed is gone, so restarting there is refused."""
+        if not self.bus.durable:
+            raise EngineFailure(f"{self.engine.name} cannot restart in place: the {self.bus.name} bus keeps nothing "
+                                "to deliver again; restart the daemon (every engine resumes from its checkpoint)")  # fmt: skip
+        if self.checkpointer is None or self.checkpointer.load(self.engine.name) is None:
+            # Its state after the failed step is undefined, and there is no committed one to go back to.
+            raise EngineFailure(f"{self.engine.name} cannot restart in place: it has no checkpoint yet")
+        async with self._lock:
+            for sub in self._subscriptions:
+                await sub.close()
+            self._subscriptions.clear()
+            self._inputs = {i.kind: _InputState(i) for i in self.engine.inputs}
+            self._joined = [s for s in self._inputs.values() if s.spec.mode is InputMode.JOINED]
+            self._feedback = [s for s in self._inputs.values() if s.spec.mode is InputMode.FEEDBACK]
+            self._emitted.clear()
+            self._records.clear()
+            self.through = NOTHING
+            self._published_wm = dict.fromkeys(self._published_wm, NOTHING)
+            self.last_error = ""
+            self.state = pb.ENGINE_STATE_STARTING  # batches may arrive while it subscribes: take them
+            self.finished = asyncio.Event()
+            self.restarts += 1
+        log.warning("%s: restarting from its last checkpoint (restart %d)", self.engine.name, self.restarts)
+        await self.start()
 
     def _handler(self, state: _InputState):  # noqa: ANN202 - a closure per input
         async def handle(batch: Batch) -> None:

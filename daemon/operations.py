@@ -31,9 +31,11 @@ from utp.daemon.watchdog import (
     data_feed_staleness,
     disk,
     exchange_session,
+    failed_engines,
     memory,
     reconnect_feed,
     release_memory,
+    restart_failed_engines,
 )
 from utp.v1 import events_pb2 as pb
 
@@ -176,6 +178,8 @@ class Operations:
         in_session = exchange_session(self.config.risk.filters.calendar or "XNYS")
         checks = [
             Check("engine_lag", self._engine_lag_probe(ops.engine_max_lag_s), None, interval),
+            Check("engines", failed_engines(self._runners), restart_failed_engines(self._runners), interval,
+                  cooldown_s=60),
             Check("memory", memory(int(ops.max_rss_mb * _MB)), release_memory(), interval, cooldown_s=600),
             Check("disk", disk(daemon.data_dir, min_free_bytes=int(ops.min_free_disk_mb * _MB)),
                   self._pause_entries_for_disk, interval * 4),
@@ -190,6 +194,10 @@ class Operations:
         if broker is not None and getattr(broker, "breaker", None) is not None:
             checks.append(Check("broker", self._broker_probe(broker.breaker), None, interval))
         return checks
+
+    def _runners(self) -> list[Any]:
+        session = self.daemon.session
+        return list(session.runners) if session is not None else []
 
     def _watch_breaker(self) -> None:
         """Every transition of the broker's circuit breaker becomes an operator alert (it may change on the

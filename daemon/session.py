@@ -290,7 +290,9 @@ class Session:
         await self.wait_finished()
 
     async def wait_finished(self) -> None:
-        await asyncio.gather(*(r.finished.wait() for r in self.all_runners))
+        # A runner restarted after a failure has a new `finished` event: wait until the current ones are all set.
+        while not all(r.finished.is_set() for r in self.all_runners):
+            await asyncio.gather(*(r.finished.wait() for r in self.all_runners))
         failed = [r for r in self.all_runners if r.state == pb.ENGINE_STATE_FAILED]
         if failed:
             raise RuntimeError("; ".join(r.last_error for r in failed))

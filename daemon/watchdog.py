@@ -30,7 +30,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import exchange_calendars
 import pandas as pd
@@ -301,6 +301,40 @@ def reconnect_feed(feed: object) -> Recover:
             return "no live feed to reconnect"
         names = await asyncio.to_thread(reconnect)
         return f"reconnected {', '.join(names)}" if names else "no source could reconnect"
+
+    return recover
+
+
+def failed_engines(runners: Callable[[], Iterable[Any]]) -> Probe:
+    """A critical problem while any engine runner has failed, with each one's error."""
+
+    async def probe() -> Problem | None:
+        failed = [r for r in runners() if r.state == pb.ENGINE_STATE_FAILED]
+        if not failed:
+            return None
+        return Problem("critical", "failed: " + "; ".join(r.last_error or r.engine.name for r in failed))
+
+    return probe
+
+
+def restart_failed_engines(runners: Callable[[], Iterable[Any]]) -> Recover:
+    """The engines watchdog's recovery: restart each failed engine from its last checkpoint (EngineRunner.restart;
+    on a durable bus only, which delivers again what came after it). Raises, so the alert says the recovery
+    failed and why, when none could restart."""
+
+    async def recover(problem: Problem) -> str:  # noqa: ARG001 - the Recover signature
+        restarted, refused = [], []
+        for runner in [r for r in runners() if r.state == pb.ENGINE_STATE_FAILED]:
+            try:
+                await runner.restart()
+            except Exception as exc:  # one engine that cannot restart must not keep the others down
+                refused.append(str(exc))
+            else:
+                restarted.append(runner.engine.name)
+        if refused and not restarted:
+            raise RuntimeError("; ".join(refused))
+        done = f"restarted {', '.join(restarted)} from the last checkpoint" if restarted else "nothing to restart"
+        return done + (f"; not restarted: {'; '.join(refused)}" if refused else "")
 
     return recover
 

@@ -13,7 +13,9 @@ from utp.core.clock import WallClock
 from utp.core.config import Config, load_config
 from utp.core.controls import ControlState
 from utp.core.jetstream import JetStreamBus
-from utp.core.runtime import Checkpointer
+from utp.core.bus import InProcessBus
+from utp.core.runtime import Checkpointer, EngineFailure
+from utp.daemon.watchdog import Alert, Check, Watchdogs, failed_engines, restart_failed_engines
 from utp.daemon.session import Session
 from utp.storage.state import ImmediateCheckpointer, StateStore
 from utp.v1 import events_pb2 as pb
@@ -136,3 +138,60 @@ def test_malformed_messages_are_quarantined_and_the_run_goes_on(nats_url: str, s
     assert asyncio.run(go()) == reference
     reasons = [reason for _, reason in quarantined]
     assert any("not a Bar" in r for r in reasons) and any("not a Watermark" in r for r in reasons)
+
+
+def test_a_failed_engine_restarts_from_its_checkpoint_and_the_orders_do_not_change(
+    nats_url: str, stream_names: tuple[str, str], tmp_path: Path
+) -> None:
+    # The engines watchdog's recovery on JetStream: risk fails once mid-run (a transient fault injected into its
+    # step), the watchdog restarts it from its last committed checkpoint, the stream delivers again what came
+    # after, and the session places exactly the orders of an undisturbed run.
+    cfg = config(GOOG, 1)
+    reference = order_log(run(cfg))
+
+    async def go() -> tuple[list[bytes], int, list[Alert]]:
+        store = StateStore(tmp_path / "state", fsync=False)
+        session = await jetstream_session(cfg, nats_url, *stream_names, ImmediateCheckpointer(store))
+        risk = next(r for r in session.runners if r.engine.name == "risk")
+        step, steps = risk.engine.on_step, [0]
+
+        def flaky_step(*args: object) -> None:
+            steps[0] += 1
+            if steps[0] == 200:
+                raise OSError("transient fault: the step's disk read timed out")
+            step(*args)
+
+        risk.engine.on_step = flaky_step  # type: ignore[method-assign]
+        alerts: list[Alert] = []
+        runners = lambda: session.runners  # noqa: E731
+        watchdogs = Watchdogs([Check("engines", failed_engines(runners), restart_failed_engines(runners),
+                                     interval_s=0.2)], alerts.append)  # fmt: skip
+        watching = asyncio.create_task(watchdogs.run_forever())
+        try:
+            await asyncio.wait_for(session.run(), 240)
+            return order_log(session), risk.restarts, alerts
+        finally:
+            watching.cancel()
+            await session.stop()
+            await session.bus.close()
+            store.close()
+
+    orders, restarts, alerts = asyncio.run(go())
+    assert restarts == 1
+    assert alerts[0].severity == "critical" and "transient fault" in alerts[0].message
+    assert alerts[0].action == "restarted risk from the last checkpoint"
+    assert alerts[-1].resolved
+    assert orders == reference
+
+
+def test_an_engine_on_the_in_process_bus_refuses_to_restart_in_place() -> None:
+    async def go() -> str:
+        session = Session(config(GOOG, 1), bus=InProcessBus(), clock=WallClock(), controls=ControlState(),
+                          collect_results=True)  # fmt: skip
+        await session.start()
+        risk = next(r for r in session.runners if r.engine.name == "risk")
+        with pytest.raises(EngineFailure, match="in_process bus keeps nothing to deliver again") as refused:
+            await risk.restart()
+        return str(refused.value)
+
+    assert "restart the daemon" in asyncio.run(go())
