@@ -372,7 +372,7 @@ def test_the_daemon_tells_systemd_it_is_ready_and_watchdogs_raise_alerts(daemon_
     # A memory ceiling of 1 MB and a free-disk floor no disk has: both watchdogs must fire and recover, and the
     # operator hears of each as an alert that says what the recovery did.
     daemon = daemon_factory("--replay-rate", "5", "--set", "operations.max_rss_mb=1.0",
-                            "--set", "operations.min_free_disk_mb=1e12",
+                            "--set", "operations.min_free_disk_mb=1000000000000.0",
                             "--set", "operations.watchdog_interval_s=0.5").start()  # fmt: skip
     try:
         message = notify.recv(4096).decode()

@@ -152,71 +152,49 @@ class ApprovalsView(View):
         row = table.get_row(intent_id)
         return f"{row[1]} {row[2]} {row[0]} at about {row[3]} ({row[5]}, {row[6] or 'no strategy'})"
 
-    @work(group="actions")
-    async def action_approve_selected(self) -> None:
-        intent_id = self._selected()
-        if intent_id is None:
-            return
+    async def _decide(self, approve: bool, *, every: bool) -> None:
+        """Approve or reject the selected pending order, or every one; a rejection needs a reason."""
+        if every:
+            if not self.per_order:
+                self._selected()  # says why there is nothing to decide
+                return
+            ids: list[str] = []
+            count = self.query_one("#pending", Table).row_count
+            subject = f"all {count} waiting orders"
+        else:
+            intent_id = self._selected()
+            if intent_id is None:
+                return
+            ids, subject = [intent_id], self._describe(intent_id)
+        verb = "approve" if approve else "reject"
         await self.act(
             "DecideApprovals",
             lambda reason, actor: api.DecideApprovalsRequest(
-                intent_ids=[intent_id], approve=True, reason=reason, actor=actor
+                intent_ids=ids, all=every, approve=approve, reason=reason, actor=actor
             ),
-            title="Approve order",
-            question=f"Place {self._describe(intent_id)}?",
-            reason="approved from the console",
-            done="order approved",
+            title=f"{verb.capitalize()} {'every pending order' if every else 'order'}",
+            question=f"Place {subject}?" if approve else f"Drop {subject}? Say why:",
+            reason=(f"approved {'all ' if every else ''}from the console" if approve else ""),
+            require_reason=not approve,
+            done=f"{'every pending order' if every else 'order'} {verb}d",
+            danger=every,
         )
+
+    @work(group="actions")
+    async def action_approve_selected(self) -> None:
+        await self._decide(True, every=False)
 
     @work(group="actions")
     async def action_reject_selected(self) -> None:
-        intent_id = self._selected()
-        if intent_id is None:
-            return
-        await self.act(
-            "DecideApprovals",
-            lambda reason, actor: api.DecideApprovalsRequest(
-                intent_ids=[intent_id], approve=False, reason=reason, actor=actor
-            ),
-            title="Reject order",
-            question=f"Drop {self._describe(intent_id)}? Say why:",
-            reason="",
-            require_reason=True,
-            done="order rejected",
-        )
+        await self._decide(False, every=False)
 
     @work(group="actions")
     async def action_approve_all(self) -> None:
-        if not self.per_order:
-            self._selected()
-            return
-        count = self.query_one("#pending", Table).row_count
-        await self.act(
-            "DecideApprovals",
-            lambda reason, actor: api.DecideApprovalsRequest(all=True, approve=True, reason=reason, actor=actor),
-            title="Approve every pending order",
-            question=f"Place all {count} waiting orders?",
-            reason="approved all from the console",
-            done="every pending order approved",
-            danger=True,
-        )
+        await self._decide(True, every=True)
 
     @work(group="actions")
     async def action_reject_all(self) -> None:
-        if not self.per_order:
-            self._selected()
-            return
-        count = self.query_one("#pending", Table).row_count
-        await self.act(
-            "DecideApprovals",
-            lambda reason, actor: api.DecideApprovalsRequest(all=True, approve=False, reason=reason, actor=actor),
-            title="Reject every pending order",
-            question=f"Drop all {count} waiting orders? Say why:",
-            reason="",
-            require_reason=True,
-            done="every pending order rejected",
-            danger=True,
-        )
+        await self._decide(False, every=True)
 
     # -- the mode and the gate ---------------------------------------------------------------------------
     @work(group="actions")
