@@ -649,9 +649,19 @@ def _plain_dates(value: Any) -> Any:
     return value
 
 
+def parse_yaml(text: str, what: str) -> Any:
+    """YAML text -> Python values; `ConfigError` naming `what` for anything YAML refuses, including values its
+    constructors cannot build (a date 0000-00-00 is a ValueError inside PyYAML, not a YAMLError)."""
+    try:
+        return yaml.safe_load(text)
+    except (yaml.YAMLError, ValueError, OverflowError, RecursionError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"{what}: not valid YAML: {first}") from None
+
+
 def _scalar(text: str) -> Any:
     """Parse a flag or environment value the way YAML would: 0.2 -> float, true -> bool, [1, 2] -> list."""
-    return yaml.safe_load(text) if text.strip() else ""
+    return parse_yaml(text, "value") if text.strip() else ""
 
 
 def parse_assignments(items: Iterable[str], what: str = "--set") -> dict[str, Any]:
@@ -663,7 +673,7 @@ def parse_assignments(items: Iterable[str], what: str = "--set") -> dict[str, An
             raise ConfigError(f"{what} {item[:80]!r}: expected KEY=VALUE")
         try:
             out[key.strip()] = _scalar(value)
-        except yaml.YAMLError:
+        except ConfigError:
             raise ConfigError(f"{what} {item[:80]!r}: the value is not valid YAML") from None
     return out
 
@@ -686,10 +696,7 @@ def load_config(
     named = [(str(path), Path(path).read_text()) for path in files]
     named += [(f"configuration document {i + 1}", text) for i, text in enumerate(documents)]
     for name, text in named:
-        try:
-            loaded = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{name}: not valid YAML: {str(exc).splitlines()[0]}") from None
+        loaded = parse_yaml(text, name) or {}
         if not isinstance(loaded, Mapping):
             raise ConfigError(f"{name}: the top level must be a mapping of sections")
         tree = _merge(tree, loaded)

@@ -30,7 +30,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import json_format
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from utp.storage.state import AUDIT, StateStore
 from utp.v1 import core_service_pb2 as api
@@ -283,6 +283,9 @@ async def _accounted(interceptor: AuthInterceptor, method: str, role: str, refus
                      request: Message, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:  # fmt: skip
     """Refuses the call (with its audit entry) or runs the body and accounts for its outcome, whatever it was."""
     call, started = _Call(method, role, context.peer()), time.perf_counter()
+    if isinstance(request, _Malformed):
+        refusal = refusal or (grpc.StatusCode.INVALID_ARGUMENT, request.error)
+        request = None
     if refusal is not None:
         interceptor.finish(call, request, refusal[0], refusal[1], started)
         await context.abort(*refusal)
@@ -296,6 +299,26 @@ async def _accounted(interceptor: AuthInterceptor, method: str, role: str, refus
         interceptor.finish(call, request, *_status_of(context, exc), started)
 
 
+@dataclass(frozen=True)
+class _Malformed:
+    """Bytes that did not parse as the method's request; grpc's own answer would be UNKNOWN."""
+
+    error: str
+
+
+def _tolerant(deserializer: Callable[[bytes], Message] | None) -> Callable[[bytes], Message | _Malformed] | None:
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes) -> Message | _Malformed:
+        try:
+            return deserializer(data)
+        except DecodeError as exc:
+            return _Malformed(f"the request is not a valid protobuf message of this method's type: {exc}")
+
+    return deserialize
+
+
 def _wrap(handler: grpc.RpcMethodHandler, interceptor: AuthInterceptor, method: str, role: str,
           refusal: tuple[grpc.StatusCode, str] | None) -> grpc.RpcMethodHandler:  # fmt: skip
     if handler.unary_unary is not None:
@@ -305,7 +328,7 @@ def _wrap(handler: grpc.RpcMethodHandler, interceptor: AuthInterceptor, method: 
             async with _accounted(interceptor, method, role, refusal, request, context):
                 return await inner(request, context)
 
-        return grpc.unary_unary_rpc_method_handler(unary, request_deserializer=handler.request_deserializer,
+        return grpc.unary_unary_rpc_method_handler(unary, request_deserializer=_tolerant(handler.request_deserializer),
                                                    response_serializer=handler.response_serializer)  # fmt: skip
     if handler.unary_stream is not None:
         inner_stream = handler.unary_stream
@@ -315,7 +338,7 @@ def _wrap(handler: grpc.RpcMethodHandler, interceptor: AuthInterceptor, method: 
                 async for response in inner_stream(request, context):
                     yield response
 
-        return grpc.unary_stream_rpc_method_handler(stream, request_deserializer=handler.request_deserializer,
+        return grpc.unary_stream_rpc_method_handler(stream, request_deserializer=_tolerant(handler.request_deserializer),
                                                     response_serializer=handler.response_serializer)  # fmt: skip
     return handler  # CoreService has no client-streaming calls
 

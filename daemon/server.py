@@ -20,12 +20,11 @@ from typing import Any
 from urllib.parse import urlparse
 
 import grpc
-import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from utp.core.config import AlphaConfig, Config, ConfigError, load_config, parse_assignments
+from utp.core.config import AlphaConfig, Config, ConfigError, load_config, parse_assignments, parse_yaml
 from utp.core.kinds import KIND_BY_NUMBER
 from utp.daemon import sweep, walkforward
 from utp.daemon.core import REJECTIONS_KEPT, CoreDaemon
@@ -212,9 +211,9 @@ def sweep_plan(base: Config, request: api.RunSweepRequest) -> SweepPlan:
     if len(request.spec_yaml) > _MAX_DOCUMENT:
         raise InvalidRequest(f"spec_yaml: at most {_MAX_DOCUMENT} characters")
     try:
-        data = yaml.safe_load(request.spec_yaml)
-    except yaml.YAMLError as exc:
-        raise InvalidRequest(f"spec_yaml: not valid YAML: {str(exc).splitlines()[0]}") from None
+        data = parse_yaml(request.spec_yaml, "spec_yaml")
+    except ConfigError as exc:
+        raise InvalidRequest(str(exc)) from None
     if not isinstance(data, Mapping):
         raise InvalidRequest("spec_yaml: a sweep spec is a mapping (overrides, grid, random, samples, seed)")
     if data.get("config"):
@@ -727,17 +726,19 @@ class CoreServicer(api_grpc.CoreServiceServicer):
                     yield api.TriggerRetrainResponse(result=api.RetrainResult.FromString(payload))
 
     async def ListModels(self, request: api.ListModelsRequest, context: grpc.aio.ServicerContext) -> api.ListModelsResponse:
-        from utp.core.ml.registry import UnknownModel
+        from utp.core.ml.registry import InvalidModelRequest, UnknownModel
 
         try:
             registry = await self.daemon.model_registry()
             versions = await asyncio.to_thread(registry.versions, request.name or None)
         except UnknownModel as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except InvalidModelRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"name: {exc}")
         return api.ListModelsResponse(versions=[model_version_message(v) for v in versions])
 
     async def PromoteModel(self, request: api.PromoteModelRequest, context: grpc.aio.ServicerContext) -> api.PromoteModelResponse:
-        from utp.core.ml.registry import PromotionRefused, UnknownModel
+        from utp.core.ml.registry import InvalidModelRequest, PromotionRefused, UnknownModel
 
         if not request.name:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "name: which model (lgbm, tft)")
@@ -754,6 +755,8 @@ class CoreServicer(api_grpc.CoreServiceServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         except PromotionRefused as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except InvalidModelRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"name: {exc}")
         log.info("%s made %s %s champion (%s)", actor, info.name, info.version, reason or "no reason given")
         return api.PromoteModelResponse(champion=model_version_message(info))
 

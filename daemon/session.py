@@ -32,7 +32,7 @@ import polars as pl
 from utp.core.broker import SimulatedBroker
 from utp.core.bus import Bus, InProcessBus
 from utp.core.clock import Clock, SimulatedClock
-from utp.core.config import Config, ConfigError
+from utp.core.config import Config, ConfigError, parse_yaml
 from utp.core.controls import ControlState
 from utp.core.features import Benchmark, FeatureSpec
 from utp.core.feeds import FailoverFeed, empty_bars
@@ -393,8 +393,6 @@ class NamedRun:
 
 def parse_compare(spec: str) -> tuple[str, list[tuple[str, Any]]]:
     """`KEY=V1,V2,..` -> (KEY, [(text, value), ..]); values parsed the way YAML (and `--set`) would."""
-    import yaml
-
     key, sep, values = spec.partition("=")
     tokens = [v.strip() for v in values.split(",") if v.strip()]
     if not sep or not key.strip() or not tokens:
@@ -403,7 +401,7 @@ def parse_compare(spec: str) -> tuple[str, list[tuple[str, Any]]]:
         raise ConfigError(f"compare: at most {MAX_COMPARE} values, got {len(tokens)}")
     if len(set(tokens)) != len(tokens):
         raise ConfigError("compare: a value is given twice")
-    return key.strip(), [(t, yaml.safe_load(t)) for t in tokens]
+    return key.strip(), [(t, parse_yaml(t, f"compare value {t[:40]!r}")) for t in tokens]
 
 
 def named_runs(compare: str, build: Callable[[Mapping[str, Any]], Config]) -> list[NamedRun]:

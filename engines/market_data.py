@@ -55,8 +55,16 @@ _REASON_TEXT = {
 @njit(cache=True)
 def _validate(sid, times, o, h, lo, c, v, last_time, floor, out_reason):  # noqa: ANN001
     """Reject reason per row, the first failing check naming it (0 = accepted); advances each symbol's last
-    accepted time. The numbers are the BarRejectReason values."""
+    accepted time. The numbers are the BarRejectReason values.
+
+    Rows come in runs of one time. A run may not go back before a time an earlier run published, as if each
+    run were its own batch: otherwise a bar recorded late would pass when its run shares a batch with a later
+    one and be refused when it does not, and the batch size would change what is published."""
+    published = floor  # the newest time accepted by an earlier run (or batch)
+    accepted = floor  # the newest time accepted so far
     for i in range(times.shape[0]):
+        if i > 0 and times[i] != times[i - 1]:
+            published = max(published, accepted)
         s = sid[i]
         if s < 0:
             out_reason[i] = 8  # UNKNOWN_SYMBOL
@@ -73,11 +81,12 @@ def _validate(sid, times, o, h, lo, c, v, last_time, floor, out_reason):  # noqa
             out_reason[i] = 5  # NEGATIVE_VOLUME
         elif times[i] == last_time[s]:
             out_reason[i] = 7  # DUPLICATE
-        elif times[i] < last_time[s] or times[i] <= floor:
+        elif times[i] < last_time[s] or times[i] <= published:
             out_reason[i] = 6  # OUT_OF_ORDER
         else:
             out_reason[i] = 0
             last_time[s] = times[i]
+            accepted = max(accepted, times[i])
 
 
 def validate_bars(raw: pl.DataFrame, universe: Universe, last_time: np.ndarray, floor: int) -> np.ndarray:

@@ -84,6 +84,10 @@ class UnknownModel(LookupError):
     """The named model, version or run does not exist in the registry."""
 
 
+class InvalidModelRequest(ValueError):
+    """A name or version the registry cannot hold (e.g. a model name with '/' or ':', or blank)."""
+
+
 @dataclass(frozen=True)
 class ModelVersionInfo:
     """One registered version as the platform sees it, detached from MLflow's entity classes."""
@@ -273,7 +277,8 @@ class ModelRegistry:
             found = _all_pages(self._client.search_model_versions)
         else:
             aliases_by_model = {name: self._registered_model(name).aliases}
-            found = _all_pages(self._client.search_model_versions, filter_string=f"name = '{name}'")
+            with _translate_not_found(f"model {name}"):
+                found = _all_pages(self._client.search_model_versions, filter_string=f"name = '{name}'")
         infos = [
             _info(version, _aliases_of(aliases_by_model.get(version.name, {}), str(version.version)))
             for version in found
@@ -282,8 +287,9 @@ class ModelRegistry:
 
     def get(self, name: str, version: str) -> ModelVersionInfo:
         """One version; `UnknownModel` when the model or the version does not exist."""
-        if not version.isdigit():
-            raise UnknownModel(f"model {name} has no version {version!r}: versions are positive integers")
+        # ASCII digits only ("²".isdigit() is true), and within SQLite's INTEGER, which MLflow's store uses.
+        if not (version.isascii() and version.isdigit()) or int(version) >= 2**63:
+            raise UnknownModel(f"model {name} has no version {version[:40]!r}: versions are positive integers")
         with _translate_not_found(f"model {name} version {version}"):
             found = self._client.get_model_version(name, version)
         return _info(found, tuple(found.aliases))
@@ -436,6 +442,8 @@ def _translate_not_found(what: str) -> Iterator[None]:
     except MlflowException as exc:
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
             raise UnknownModel(f"{what} does not exist in the registry") from exc
+        if exc.error_code == "INVALID_PARAMETER_VALUE":
+            raise InvalidModelRequest(f"{what}: {exc.message}") from exc
         raise
 
 
