@@ -79,7 +79,9 @@ def _to_python(value: Any, field: FieldDescriptor) -> Any:
 
 
 def _message_to_dict(message: Message) -> dict[str, Any]:
-    return {f.name: _to_python(getattr(message, f.name), f) for f in message.DESCRIPTOR.fields}
+    # An unset `optional` scalar is null, as at the top level: an intent without a target must not read as 0.
+    return {f.name: None if f.has_presence and f.type != FieldDescriptor.TYPE_MESSAGE and not message.HasField(f.name)
+            else _to_python(getattr(message, f.name), f) for f in message.DESCRIPTOR.fields}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

@@ -916,12 +916,15 @@ class ExecutionEngine(Engine):
             pl.col("intent").struct.field("rebalance_band").alias("band"),
             pl.col("intent").struct.field("reference_price").alias("reference_price"),
         )  # fmt: skip
-        bad = ~np.isfinite(intents["target"].to_numpy())  # a null target reads as NaN
-        if bad.any():
-            ctx.log.error("%d intents without a target ignored (first: %s)", int(bad.sum()),
-                          intents["intent_id"][int(np.argmax(bad))])  # fmt: skip
-            ctx.count_rejected(int(bad.sum()))
-            intents = intents.filter(pl.Series(~bad))
+        time, tif, band = (intents[c].to_numpy() for c in ("event_time_ns", "tif", "band"))
+        keep = _refused(ctx, "decisions", intents["intent_id"], (
+            (~np.isfinite(intents["target"].to_numpy()), "no finite target (a signed share of equity)"),  # null: NaN
+            (~np.isin(tif, _KNOWN_TIF), "an unknown time in force"),
+            (~(np.isfinite(band) & (band >= 0.0)), "a rebalance band that is not a finite share of equity >= 0"),
+            ((time < 0) | (time > _MAX_TIME_NS), "an event time out of range"),
+        ))  # fmt: skip
+        if not keep.all():
+            intents = intents.filter(pl.Series(keep))
         sid = self.universe.indices(intents["symbol"])
         known = sid >= 0
         if not known.all():
@@ -955,6 +958,30 @@ class ExecutionEngine(Engine):
         again = self._placed_before(cids)
         if again.any():
             legs = legs.filter(pl.Series(~again))
+        # A leg of an entry in this step must be able to protect it: the other side of the entry, a take profit
+        # (limit) or a stop loss (stop, stop limit) with the prices its type needs. Orphans stay as they were.
+        parent = legs["parent"].to_numpy()
+        entry_side = np.zeros(parent.size)
+        if decisions.height:
+            entry_side = np.where(parent >= 0, np.sign(decisions["target"].to_numpy()[np.maximum(parent, 0)]), 0.0)
+        side, kind, tif, time = (legs[c].to_numpy() for c in ("side", "order_type", "time_in_force", "event_time_ns"))
+        limit, stop = legs["limit_price"].to_numpy(), legs["stop_price"].to_numpy()
+        guarded = parent >= 0
+        protective = np.where(side == pb.ORDER_SIDE_SELL, -1, np.where(side == pb.ORDER_SIDE_BUY, 1, 0))
+        needs_limit = np.isin(kind, (pb.ORDER_TYPE_LIMIT, pb.ORDER_TYPE_STOP_LIMIT))
+        needs_stop = np.isin(kind, (pb.ORDER_TYPE_STOP, pb.ORDER_TYPE_STOP_LIMIT))
+        with np.errstate(invalid="ignore"):
+            priced = (~needs_limit | (np.isfinite(limit) & (limit > 0))) & (~needs_stop | (np.isfinite(stop) & (stop > 0)))
+        keep = _refused(ctx, "protective legs", legs["event_id"], (
+            (guarded & ((protective == 0) | (entry_side == 0) | (protective == entry_side)),
+             "not on the other side of the entry it protects"),
+            (guarded & ~(needs_limit | needs_stop), "an order type that is not a take profit (limit) or a stop loss"),
+            (guarded & ~priced, "no positive finite limit or stop price for its order type"),
+            (guarded & ~np.isin(tif, _KNOWN_TIF), "an unknown time in force"),
+            (guarded & ((time < 0) | (time > _MAX_TIME_NS)), "an event time out of range"),
+        ))  # fmt: skip
+        if not keep.all():
+            legs = legs.filter(pl.Series(keep))
         return legs.sort("event_time_ns", maintain_order=True)
 
     # -- outputs ---------------------------------------------------------------------------------------
@@ -1357,6 +1384,25 @@ def _reconciliation_event(time_ns: int, message: str, mismatches: int) -> pl.Dat
         "action": [pb.RISK_ACTION_HALT], "value": [float(mismatches)], "threshold": [0.0], "message": [message],
         "intent_id": [""],
     }).cast(KINDS["risk_event"].schema)  # type: ignore[arg-type]
+
+
+#: What a decision or leg may carry: the time in force values there are, and event times from the epoch to the
+#: year 2200 (the kernel's event rows are float64: a time near the int64 limit would not come back as an int64).
+_KNOWN_TIF = (pb.TIME_IN_FORCE_UNSPECIFIED, pb.TIME_IN_FORCE_DAY, pb.TIME_IN_FORCE_GTC)
+_MAX_TIME_NS = 7_258_118_400 * 10**9
+
+
+def _refused(ctx: EngineContext, what: str, ids: pl.Series, checks: tuple[tuple[np.ndarray, str], ...]) -> np.ndarray:
+    """The rows to keep: each failed check (mask, reason) is counted rejected and logged with its reason and
+    the first id, a row counting once for the first check it fails."""
+    keep = np.ones(ids.len(), np.bool_)
+    for bad, reason in checks:
+        hit = bad & keep
+        if hit.any():
+            ctx.log.error("%d %s refused: %s (first: %r)", int(hit.sum()), what, reason, ids[int(np.argmax(hit))])
+            ctx.count_rejected(int(hit.sum()))
+            keep &= ~hit
+    return keep
 
 
 def _tif_codes(tif: np.ndarray, default: int) -> np.ndarray:
