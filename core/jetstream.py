@@ -19,6 +19,7 @@ import asyncio
 import json
 import logging
 import re
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -128,9 +129,23 @@ class _ContinuousPull:
         self.outstanding = 0
         self.inbox = nc.new_inbox()
         self.sub = None
+        # Messages land here from the subscription's callback: taking one that is already there costs no task
+        # and no timer (next_msg's wait_for made both for every message, most of a backlog's cost).
+        self.arrived: deque[Msg] = deque()
+        self.wake = asyncio.Event()
 
     async def start(self) -> None:
-        self.sub = await self.nc.subscribe(self.inbox)
+        self.sub = await self.nc.subscribe(self.inbox, cb=self._arrive)
+
+    async def _arrive(self, msg: Msg) -> None:
+        self.arrived.append(msg)
+        self.wake.set()
+
+    async def _next_arrival(self) -> Msg:
+        while not self.arrived:
+            self.wake.clear()
+            await asyncio.wait_for(self.wake.wait(), self.expires_s + 1.0)
+        return self.arrived.popleft()
 
     async def next(self) -> Msg:
         while True:
@@ -139,8 +154,8 @@ class _ContinuousPull:
                 await self.nc.publish(self.api, json.dumps(request).encode(), reply=self.inbox)
                 self.outstanding = self.batch
             try:
-                msg = await self.sub.next_msg(timeout=self.expires_s + 1.0)
-            except nats.errors.TimeoutError:
+                msg = self.arrived.popleft() if self.arrived else await self._next_arrival()
+            except asyncio.TimeoutError:
                 self.outstanding = 0  # the request was lost (reconnect) or expired silently: ask again
                 continue
             status = (msg.headers or {}).get("Status")

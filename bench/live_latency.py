@@ -1,0 +1,216 @@
+"""Load and soak: 500 symbols of one-minute bars through the full engine graph over NATS JetStream on loopback.
+
+    python bench/live_latency.py                   # 500 symbols: as fast as it goes, then at a fixed rate
+    python bench/live_latency.py --soak-minutes 30 # and a 30-minute soak at the fixed rate (RSS at start and end)
+
+The bars are real: GOOG's daily OHLCV (the `backtesting` package) as one-minute bars, each symbol a copy scaled
+and shifted in time by its own number of rows, so that the symbols' signals differ. Every engine of a paper
+session (market data, features, alpha, ensemble, portfolio, risk, exit, execution) runs in this process on the
+JetStream bus, the wall clock and the simulated broker, as `utp core --nats` runs them.
+
+Latency is bar publish -> risk decision: for every risk decision, the time its event reached a subscriber on the
+bus minus the time the bar of its symbol and bar time did (both seen by one tap, one clock). `bars_per_s` is the
+bars of the run over its wall time, from the first bar on the bus to the session's end. Lost and duplicated
+compare the decisions with those of the same graph on the in-process bus and a simulated clock (the reference):
+a decision of the reference never seen is lost, one seen twice is duplicated. Last line, JSON:
+`{"symbols": 500, "bars_per_s": .., "p50_ms": .., "p99_ms": .., "lost": 0, "duplicated": 0, ...}` where bars_per_s
+is the as-fast-as-possible run and the latencies are the fixed-rate run's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import resource
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from utp.core.bus import Bus, InProcessBus
+from utp.core.clock import SimulatedClock, WallClock
+from utp.core.config import Config, load_config
+from utp.core.controls import ControlState
+from utp.core.jetstream import JetStreamBus
+from utp.core.universe import Universe
+from utp.daemon.session import MarketData, Session
+from utp.storage.datasets import BAR_COLUMNS, Dataset, dataset
+
+MINUTE_NS = 60 * 10**9
+START_NS = 1_704_205_800 * 10**9  # 2024-01-02 14:30 UTC, the open
+
+
+def minute_bars(symbols: int, bar_times: int) -> MarketData:
+    """`bar_times` one-minute bars of `symbols` symbols from GOOG's daily bars (see the module's docstring)."""
+    goog = dataset("goog").bars(("GOOG",))
+    n = goog.height
+    names = tuple(f"S{i:03d}" for i in range(symbols))
+    rows = np.arange(bar_times)
+    frames = []
+    for i, name in enumerate(names):
+        take = (rows + 7 * i) % n
+        scale = 1.0 + i / symbols
+        part = goog[take]
+        frames.append(pl.DataFrame({
+            "event_time_ns": START_NS + rows * MINUTE_NS, "symbol": [name] * bar_times,
+            **{c: part[c].to_numpy() * scale for c in ("open", "high", "low", "close")}, "volume": part["volume"].to_numpy(),
+        }))  # fmt: skip
+    bars = pl.concat(frames).sort("event_time_ns", maintain_order=True).select(BAR_COLUMNS).cast(goog.schema)
+    one_minute = Dataset("minutes", "GOOG daily bars replayed as one-minute bars of many symbols", names, MINUTE_NS,
+                         periods_per_year=252 * 390, _load=lambda: bars)  # fmt: skip
+    return MarketData(one_minute, Universe(names), bars)
+
+
+def config(rate: float) -> Config:
+    return load_config(environ={}, overrides={
+        "market_data.replay_rate": rate, "market_data.batch_bar_times": 1,
+        # One-minute bars around the clock and a universe with no history: the session and screen filters would
+        # refuse every entry, and the decisions are what is measured.
+        "risk.filters.market_hours": False, "risk.universe.enabled": False, "risk.filters.min_avg_volume": 0.0,
+        "risk.max_positions": 500, "risk.max_total_exposure": 1000000000000.0, "risk.max_orders_per_minute": 0,
+        "risk.max_orders_per_symbol_day": 0, "state.fsync": False,
+    })  # fmt: skip
+
+
+class Tap:
+    """When each bar and each risk decision reached a subscriber on the bus (monotonic ns), and the memory in use
+once the first decision came (the soak's start: every engine running and its kernels compiled)."""
+
+    def __init__(self) -> None:
+        self.bar_seen: dict[tuple[str, int], int] = {}
+        self.decisions: list[tuple[str, int, int]] = []  # event id, arrival of the decision, of its bar
+        self.decision_ids: Counter[str] = Counter()
+        self.first_bar_ns = 0
+        self.rss_warm_mb = 0.0  # once the first decision is made: every engine is running and compiled
+
+    async def on_events(self, kind: str, messages: list) -> None:
+        now = time.monotonic_ns()
+        if kind == "bar":
+            if not self.first_bar_ns:
+                self.first_bar_ns = now
+            for m in messages:
+                self.bar_seen.setdefault((m.header.symbol, m.header.event_time_ns), now)
+        else:
+            if not self.rss_warm_mb:
+                self.rss_warm_mb = _rss_mb()
+            for m in messages:
+                self.decision_ids[m.header.event_id] += 1
+                bar = self.bar_seen.get((m.header.symbol, m.header.event_time_ns))
+                if bar is not None:
+                    self.decisions.append((m.header.event_id, now, bar))
+
+
+async def run_session(market_data: MarketData, rate: float, bus: Bus, soak_s: float = 0.0) -> tuple[Tap, float, dict]:
+    simulated = isinstance(bus, InProcessBus)
+    tap = Tap()
+    if not simulated:
+        await bus.connect()  # type: ignore[attr-defined]
+    session = Session(config(rate), bus=bus, clock=SimulatedClock() if simulated else WallClock(), market_data=market_data,
+                      controls=ControlState(execution_approved=True))  # fmt: skip
+    await bus.tap(tap.on_events, lambda kind: kind in ("bar", "risk_decision"))
+    try:
+        await session.start()
+        started = time.monotonic()
+        await session.run()
+        elapsed = time.monotonic() - started
+        end_rss = _rss_mb()  # at the end of the run, before anything is torn down
+        await asyncio.sleep(0.5)  # the tap's last messages
+    finally:
+        await session.stop()
+        if not simulated:
+            await bus.close()
+    return tap, elapsed, {"start_rss_mb": tap.rss_warm_mb, "end_rss_mb": end_rss}
+
+
+def _rss_mb() -> float:
+    """Resident memory now (Linux /proc), else the peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def jetstream_bus(url: str) -> JetStreamBus:
+    tag = uuid.uuid4().hex[:8]
+    return JetStreamBus(url, stream=f"BENCH_{tag.upper()}", subject_root=f"bench{tag}")
+
+
+async def drop_stream(bus: JetStreamBus, url: str) -> None:
+    import nats
+
+    nc = await nats.connect(url)
+    try:
+        await nc.jetstream().delete_stream(bus.stream)
+    except Exception:  # noqa: S110 - best effort: a bench leaves no stream behind when it can
+        pass
+    await nc.close()
+
+
+def latencies(tap: Tap) -> np.ndarray:
+    return np.array([(d - b) / 1e6 for _, d, b in tap.decisions], dtype=np.float64)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--nats", default=os.environ.get("UTP_NATS_URL", "nats://127.0.0.1:4222"))
+    parser.add_argument("--symbols", type=int, default=500)
+    parser.add_argument("--bar-times", type=int, default=240, help="bar times of the as-fast-as-possible run")
+    parser.add_argument("--rate", type=float, default=2.0, help="bar times per second of the fixed-rate run")
+    parser.add_argument("--fixed-bar-times", type=int, default=60, help="bar times of the fixed-rate run")
+    parser.add_argument("--soak-minutes", type=float, default=0.0, help="a soak at --rate this long (0: none)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.ERROR)
+
+    result: dict = {"symbols": args.symbols}
+    fast_data = minute_bars(args.symbols, args.bar_times)
+    reference, _, _ = asyncio.run(run_session(fast_data, 0.0, InProcessBus()))
+    bus = jetstream_bus(args.nats)
+    tap, elapsed, _ = asyncio.run(run_session(fast_data, 0.0, bus))
+    asyncio.run(drop_stream(bus, args.nats))
+    bars = fast_data.bars.height
+    lost = len(set(reference.decision_ids) - set(tap.decision_ids))
+    duplicated = sum(n - 1 for n in tap.decision_ids.values() if n > 1)
+    print(f"as fast as possible: {bars} bars ({args.bar_times} bar times x {args.symbols} symbols) in {elapsed:.2f} s = "
+          f"{bars / elapsed:,.0f} bars/s; {len(reference.decision_ids)} decisions, lost {lost}, duplicated {duplicated}",
+          flush=True)  # fmt: skip
+    result.update(bars_per_s=round(bars / elapsed), decisions=len(reference.decision_ids), lost=lost, duplicated=duplicated)
+
+    fixed_data = minute_bars(args.symbols, args.fixed_bar_times)
+    fixed_reference, _, _ = asyncio.run(run_session(fixed_data, 0.0, InProcessBus()))
+    bus = jetstream_bus(args.nats)
+    fixed, fixed_elapsed, _ = asyncio.run(run_session(fixed_data, args.rate, bus))
+    asyncio.run(drop_stream(bus, args.nats))
+    ms = latencies(fixed)
+    result["lost"] += len(set(fixed_reference.decision_ids) - set(fixed.decision_ids))
+    result["duplicated"] += sum(n - 1 for n in fixed.decision_ids.values() if n > 1)
+    p50, p99 = (float(np.percentile(ms, q)) if ms.size else float("nan") for q in (50, 99))
+    print(f"fixed rate {args.rate:g} bar times/s ({args.rate * args.symbols:,.0f} bars/s): {ms.size} decisions, "
+          f"bar -> decision p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {ms.max() if ms.size else float('nan'):.2f} ms",
+          flush=True)  # fmt: skip
+    result.update(p50_ms=round(p50, 3), p99_ms=round(p99, 3), fixed_rate_bars_per_s=args.rate * args.symbols)
+
+    if args.soak_minutes > 0:
+        soak_times = max(1, int(args.soak_minutes * 60 * args.rate))
+        bus = jetstream_bus(args.nats)
+        soak, soak_elapsed, rss = asyncio.run(run_session(minute_bars(args.symbols, soak_times), args.rate, bus))
+        asyncio.run(drop_stream(bus, args.nats))
+        soak_ms = latencies(soak)
+        print(f"soak: {soak_times} bar times over {soak_elapsed / 60:.1f} min; RSS {rss['start_rss_mb']} MB at the first decision, "
+              f"{rss['end_rss_mb']} MB at the end; p99 {np.percentile(soak_ms, 99) if soak_ms.size else float('nan'):.2f} ms",
+              flush=True)  # fmt: skip
+        result.update(soak_minutes=round(soak_elapsed / 60, 1), **rss)
+    print(json.dumps(result), flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+"""The load and soak harness's short version (bench/live_latency.py): the full engine graph over JetStream, as
+fast as it goes and at a fixed rate, then a short soak; every decision of the in-process reference arrives once,
+and the latencies and memory figures are printed. The issue's run is `python bench/live_latency.py` (500 symbols)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def test_the_graph_over_jetstream_loses_and_duplicates_no_decision_and_reports_its_figures(nats_url: str) -> None:
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "live_latency.py"), "--nats", nats_url, "--symbols", "20",
+                             "--bar-times", "60", "--fixed-bar-times", "50", "--rate", "10", "--soak-minutes", "0.15"],
+                            capture_output=True, text=True, timeout=540, env={**os.environ, "UTP_NATS_URL": nats_url})  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    assert outcome["symbols"] == 20 and outcome["decisions"] > 0, outcome
+    assert outcome["lost"] == outcome["duplicated"] == 0, outcome
+    assert outcome["bars_per_s"] > 0 and math.isfinite(outcome["p50_ms"]) and outcome["p50_ms"] <= outcome["p99_ms"], outcome
+    assert outcome["end_rss_mb"] > 0 and outcome["soak_minutes"] > 0, outcome
