@@ -238,3 +238,29 @@ def test_register_requires_the_gate_tags(registry: ModelRegistry) -> None:
             registry.register("lgbm", run, FAKE_ONNX, tags)
         with pytest.raises(ValueError, match="gate_passed"):
             registry.register("lgbm", run, FAKE_ONNX, {**version_tags(True), "gate_passed": "True"})
+
+
+def test_a_process_killed_while_it_creates_the_store_leaves_none_or_a_whole_one(tmp_path: Path) -> None:
+    # bench/chaos.py found it: a daemon killed while MLflow built its tables left a database every later start
+    # refused. Kill the creating process at several points; whatever it left, the next registry works.
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    build = "from pathlib import Path; from utp.core.ml.registry import ModelRegistry; ModelRegistry(Path(r'%s'))"
+    for delay in (0.0, 0.3, 0.7, 1.2):
+        root = tmp_path / f"killed-after-{delay}"
+        process = subprocess.Popen([sys.executable, "-c", build % root])
+        # Killed once the database file exists (under its own name or in place): while MLflow builds its tables.
+        deadline = time.monotonic() + 120
+        while not (root.exists() and any(root.glob("mlflow.db*"))) and process.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        time.sleep(delay)
+        process.send_signal(signal.SIGKILL)
+        process.wait(30)
+        registry = ModelRegistry(root)
+        assert registry.versions() == []
+        with registry.start_run("walk-forward", "after-the-kill", {}, {}) as run:
+            run.log_metrics({"fold_sharpe": 1.0}, step=0)

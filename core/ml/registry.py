@@ -162,6 +162,29 @@ class TrainingRun:
             self.end("FAILED" if exc_type is not None else "FINISHED")
 
 
+def _create_local_store(path: Path) -> None:
+    """Create the local store's database whole or not at all. MLflow builds its tables with a series of
+    migrations; a process killed in the middle (chaos.py's SIGKILLs found it) left a database that every later
+    start refused ("table _alembic_tmp_experiments already exists"). So a new store is built under a name of
+    its own and linked into place, which fails, harmlessly, if another process got there first."""
+    if path.exists():
+        return
+    from mlflow import MlflowClient
+
+    building = path.with_name(f"{path.name}.building-{os.getpid()}")
+    building.unlink(missing_ok=True)
+    try:
+        client = MlflowClient(tracking_uri=f"sqlite:///{building}", registry_uri=f"sqlite:///{building}")
+        client.search_experiments()  # the tracking tables
+        client.search_registered_models()  # and the registry's
+        try:
+            os.link(building, path)
+        except FileExistsError:
+            pass
+    finally:
+        building.unlink(missing_ok=True)
+
+
 class ModelRegistry:
     """Tracking runs and registering, promoting and loading ONNX models, through one MLflow store."""
 
@@ -177,6 +200,7 @@ class ModelRegistry:
             uri = f"sqlite:///{self._root / _LOCAL_DB_NAME}"
             # MLflow announces at INFO level every time it creates or migrates the database tables.
             logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+            _create_local_store(self._root / _LOCAL_DB_NAME)
         # A download would otherwise draw a progress bar on stderr, noise in a service's log.
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         self._uri = uri
