@@ -50,7 +50,7 @@ RISK = RiskConfig(allow_short=True, max_symbol_exposure=10_000.0, max_total_expo
                   max_orders_per_minute=0, max_orders_per_symbol_day=0, max_consecutive_losses=0,
                   universe=UniverseConfig(enabled=False))  # fmt: skip
 #: At least the issue's 1,000 cases per target, in CI too; derandomized so a failure reproduces.
-CASES = settings(max_examples=1001, deadline=None, database=None, derandomize=True,
+CASES = settings(max_examples=1000, deadline=None, database=None, derandomize=True,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])  # fmt: skip
 CONTROLS = {
     "approved": ControlState(execution_approved=True),
