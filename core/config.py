@@ -530,6 +530,12 @@ class BusConfig(_Section):
     subject_root: str = "utp"
     #: JetStream de-duplication window; a restart within it can never publish an event twice.
     duplicate_window_s: float = 600.0
+    #: Deliveries of a step an engine fails on (each failure restarts it from its checkpoint) before the step's
+    #: rows go to the dead letters (`<root>.dlq.<kind>.<symbol>`) and the engine goes on without them.
+    max_deliveries: int = 3
+    #: Engines the daemon leaves to `utp engine NAME` processes (JetStream only): features, alpha, ensemble,
+    #: portfolio, risk, exit.
+    remote_engines: list[str] = msgspec.field(default_factory=list)
 
 
 class StateConfig(_Section):
@@ -721,6 +727,11 @@ def load_config(
     return config
 
 
+#: Engines that can run as `utp engine NAME` processes. Market data, execution (the daemon's positions and orders
+#: are its hot state) and inference (the daemon follows the model registry's champions) stay in the daemon.
+REMOTE_ENGINES = ("features", "alpha", "ensemble", "portfolio", "risk", "exit")
+
+
 def validate(config: Config) -> None:
     """Checks that cross fields or need more than a type."""
     md = config.market_data
@@ -729,6 +740,15 @@ def validate(config: Config) -> None:
         raise ConfigError("server.max_backtests must be >= 1")
     if md.batch_bar_times < 1:
         raise ConfigError("market_data.batch_bar_times must be >= 1")
+    if config.bus.max_deliveries < 1:
+        raise ConfigError("bus.max_deliveries must be >= 1")
+    unknown = sorted(set(config.bus.remote_engines) - set(REMOTE_ENGINES))
+    if unknown:
+        raise ConfigError(f"bus.remote_engines: {', '.join(unknown)} cannot run in a process of its own; "
+                          f"these can: {', '.join(REMOTE_ENGINES)}")  # fmt: skip
+    if config.bus.remote_engines and not config.bus.nats_url:
+        raise ConfigError("bus.remote_engines needs the JetStream bus (bus.nats_url, --nats): other processes "
+                          "cannot reach the in-process bus")  # fmt: skip
     if md.replay_rate < 0:
         raise ConfigError("market_data.replay_rate must be >= 0")
     pc = config.portfolio

@@ -41,6 +41,7 @@ from nats.js.api import (
 from utp.core.batch import END, Batch
 from utp.core.bus import BatchHandler, Bus, KindFilter, Subscription, TapHandler
 from utp.core.kinds import KIND_BY_NUMBER, KINDS, TIME, Kind
+from utp.core.runtime import DeadLetter
 from utp.core.subjects import Subjects
 from utp.v1 import events_pb2 as pb
 
@@ -193,6 +194,25 @@ class _JetStreamSubscription(Subscription):
                 pass
 
 
+def dead_letter_id(engine: str, kind: str, event_id: str) -> str:
+    """A dead letter's identity: the same rows dead-lettered again (after a crash) are the same letter."""
+    return f"dlq/{engine}/{kind}/{event_id}"
+
+
+@dataclass(frozen=True)
+class StoredDeadLetter:
+    """A dead letter as the stream holds it: one event, where it came from and why it is there."""
+
+    sequence: int
+    engine: str
+    kind: str
+    subject: str
+    error: str
+    deliveries: int
+    event: Message
+    letter_id: str
+
+
 def _consumer_name(consumer: str) -> str:
     return re.sub(r"[^A-Za-z0-9_\-]", "_", consumer)
 
@@ -306,6 +326,88 @@ class JetStreamBus(Bus):
             )
         if pending:
             await asyncio.gather(*pending)
+
+    async def record_applied(self, engine: str, kind: str, event_ids: list[str], through_ns: int) -> None:
+        record = pb.CommandsApplied(engine=engine, through_time_ns=through_ns, event_ids=event_ids,
+                                    kind=KINDS[kind].number)  # fmt: skip
+        # The same commands at the same point are one record (a re-publish after a crash before the server's ack).
+        msg_id = f"applied/{engine}/{through_ns}/{event_ids[0] if event_ids else ''}/{len(event_ids)}"
+        await self._js.publish(self.subjects.applied(engine), record.SerializeToString(), headers={"Nats-Msg-Id": msg_id})
+
+    async def publish_manifest(self, manifest: pb.SessionManifest) -> int:
+        """Publish a session's manifest; returns its stream sequence."""
+        ack = await self._js.publish(self.subjects.manifest(), manifest.SerializeToString(),
+                                     headers={"Nats-Msg-Id": f"session/{manifest.session_id}"})  # fmt: skip
+        return int(ack.seq)
+
+    # -- dead letters ------------------------------------------------------------------------------
+    async def dead_letter(self, letter: DeadLetter) -> None:
+        kind = KINDS[letter.kind]
+        error = " ".join(letter.error.split())[:2000]  # one header line
+        pending = []
+        for message in kind.to_messages(letter.frame):
+            header = message.header  # type: ignore[attr-defined]
+            pending.append(await self._js.publish_async(
+                self.subjects.dead_letter(kind.name, header.symbol),
+                message.SerializeToString(),
+                headers={"Nats-Msg-Id": dead_letter_id(letter.engine, kind.name, header.event_id),
+                         "Utp-Engine": letter.engine, "Utp-Error": error or "unknown error",
+                         "Utp-Deliveries": str(letter.deliveries)},
+            ))  # fmt: skip
+        if pending:
+            await asyncio.gather(*pending)
+        log.error("dead letters: %d %s row(s) %s failed on %d times: %s", letter.frame.height, kind.name,
+                  letter.engine, letter.deliveries, error)  # fmt: skip
+
+    async def read_dead_letters(self, limit: int = 1000) -> list[StoredDeadLetter]:
+        """The session's dead letters still in the stream, oldest first."""
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self.start_after + 1,
+                                ack_policy=AckPolicy.NONE)  # fmt: skip
+        sub = await self._js.pull_subscribe(self.subjects.dead_letters(), stream=self.stream, config=config)
+        letters: list[StoredDeadLetter] = []
+        try:
+            while len(letters) < limit and (await sub.consumer_info()).num_pending > 0:
+                try:
+                    msgs = await sub.fetch(min(500, limit - len(letters)), timeout=2.0)
+                except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                    continue
+                for m in msgs:
+                    letter = self._stored_dead_letter(m)
+                    if letter is not None:
+                        letters.append(letter)
+        finally:
+            await sub.unsubscribe()
+        return letters[:limit]
+
+    def _stored_dead_letter(self, msg: Msg) -> StoredDeadLetter | None:
+        parts = msg.subject.split(".", 3)
+        headers = msg.headers or {}
+        kind = KINDS.get(parts[2]) if len(parts) == 4 else None
+        if kind is None:
+            log.error("dead letters: a message on %s is not one", msg.subject)
+            return None
+        try:
+            event = kind.message.FromString(msg.data)
+        except DecodeError as exc:
+            log.error("dead letters: unreadable %s on %s: %s", kind.name, msg.subject, exc)
+            return None
+        try:
+            deliveries = int(headers.get("Utp-Deliveries", "0"))
+        except ValueError:
+            deliveries = 0
+        engine = headers.get("Utp-Engine", "")
+        return StoredDeadLetter(
+            sequence=msg.metadata.sequence.stream, engine=engine, kind=kind.name, subject=msg.subject,
+            error=headers.get("Utp-Error", ""), deliveries=deliveries, event=event,
+            letter_id=dead_letter_id(engine, kind.name, event.header.event_id),  # type: ignore[attr-defined]
+        )  # fmt: skip
+
+    async def drop_dead_letter(self, sequence: int) -> None:
+        """Remove a dead letter from the stream (replayed, or given up by the operator)."""
+        try:
+            await self._js.delete_msg(self.stream, sequence)
+        except nats.js.errors.NotFoundError:
+            pass  # gone already
 
     # -- consuming ---------------------------------------------------------------------------------
     async def subscribe(

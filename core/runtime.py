@@ -81,6 +81,17 @@ class Checkpointer(Protocol):
     def flush(self) -> None: ...
 
 
+@dataclass(slots=True)
+class DeadLetter:
+    """Input rows an engine failed on `deliveries` times, taken out of its stream so that it can go on."""
+
+    engine: str
+    kind: str
+    frame: pl.DataFrame
+    error: str
+    deliveries: int
+
+
 class EngineFailure(RuntimeError):
     """An engine raised while handling input; its state is unchanged and nothing was acknowledged."""
 
@@ -333,8 +344,24 @@ class EngineRunner(_RunnerBase):
         checkpointer: Checkpointer | None = None,
         *,
         status_interval_s: float | None = None,
+        max_deliveries: int | None = None,
     ) -> None:
         super().__init__(engine, bus, clock, checkpointer, status_interval_s=status_interval_s)
+        #: Failed deliveries of one step (or command batch) after which its rows go to the dead letters instead
+        #: of the engine; None: a step that keeps failing keeps the engine failed.
+        self.max_deliveries = max_deliveries
+        # Failures per step, kept across restarts of this runner: key -> [deliveries failed, last error].
+        self._failures: dict[tuple, list] = {}
+        self._step: tuple[tuple, Mapping[str, pl.DataFrame]] | None = None
+        # A step over several bar times failed: until through reaches this, steps are one bar time each, so that
+        # a row that keeps failing takes only its own bar time's rows with it (batch size never changes a
+        # decision).
+        self._narrow_until = NOTHING
+        self._dead: list[DeadLetter] = []
+        #: Rows sent to the dead letters.
+        self.dead_lettered = 0
+        # Dead letters replayed into the engine (their ids), checkpointed: a replay applies once.
+        self._replayed: set[str] = set()
         if not engine.inputs:
             raise ValueError(f"{engine.name} has no inputs; run it with SourceRunner")
         self._inputs = {i.kind: _InputState(i) for i in engine.inputs}
@@ -358,6 +385,8 @@ class EngineRunner(_RunnerBase):
                 state.spec.kind, consumer, handler, resume_after=positions.get(state.spec.kind)
             )
             self._subscriptions.append(sub)
+        if self.state == pb.ENGINE_STATE_FAILED:
+            return  # a batch delivered while it subscribed failed it: leave it failed (a watchdog restarts it)
         await self._set_state(pb.ENGINE_STATE_FINISHED if self._all_done() else pb.ENGINE_STATE_RUNNING)
 
     async def stop(self) -> None:
@@ -386,6 +415,8 @@ class EngineRunner(_RunnerBase):
             self._feedback = [s for s in self._inputs.values() if s.spec.mode is InputMode.FEEDBACK]
             self._emitted.clear()
             self._records.clear()
+            self._dead.clear()
+            self._step = None
             self.through = NOTHING
             self._published_wm = dict.fromkeys(self._published_wm, NOTHING)
             self.last_error = ""
@@ -394,6 +425,12 @@ class EngineRunner(_RunnerBase):
             self.restarts += 1
         log.warning("%s: restarting from its last checkpoint (restart %d)", self.engine.name, self.restarts)
         await self.start()
+
+    async def apply_commands(self, kind: str, frame: pl.DataFrame) -> None:
+        """Apply command rows now, as if they had arrived on the bus (`utp replay` applies a session's commands
+        where they took effect)."""
+        async with self._lock:
+            await self._on_batch(self._inputs[kind], Batch(kind, "replay", frame, None))
 
     def _handler(self, state: _InputState):  # noqa: ANN202 - a closure per input
         async def handle(batch: Batch) -> None:
@@ -408,16 +445,23 @@ class EngineRunner(_RunnerBase):
         self.events_in += batch.frame.height
         try:
             if state.spec.mode is InputMode.COMMAND:
-                if batch.frame.height:
+                key = ("command", state.spec.kind, *batch.frame["event_id"].to_list())
+                if batch.frame.height and not self._dead_letter_if_exhausted(key, {state.spec.kind: batch.frame}):
+                    self._step = (key, {})
                     self.engine.on_command(self.ctx, state.spec.kind, batch.frame)
+                    self._step = None
+                    await self.bus.record_applied(self.engine.name, state.spec.kind,
+                                                  batch.frame["event_id"].to_list(), self.through)  # fmt: skip
             else:
                 self._accept(state, batch)
                 self._advance()
         except Exception as exc:
+            self._count_failure(exc)
             raise await self._fail(f"on {batch.kind} from {batch.producer}", exc) from exc
         if batch.position is not None:
             state.position = batch.position
         try:
+            await self._publish_dead_letters()
             await self._publish_outputs()
         except Exception as exc:
             raise await self._fail("publishing", exc) from exc
@@ -449,7 +493,7 @@ class EngineRunner(_RunnerBase):
             if any(fb.watermark < self.through for fb in self._feedback):
                 return
             target = frontier
-            if self._feedback:
+            if self._feedback or self.through < self._narrow_until:
                 # One step at a time: the next step needs the feedback this one will cause.
                 next_times = [s.pending[TIME][0] for s in self._joined if s.pending is not None and s.pending.height]
                 if next_times:
@@ -462,12 +506,74 @@ class EngineRunner(_RunnerBase):
                 s.pending = tail if tail.height else None
                 if head.height:
                     frames[s.spec.kind] = head
-            if frames:
+            if frames and not self._dead_letter_if_exhausted(("step", target), frames):
+                self._step = (("step", target), frames)
                 self.engine.on_step(self.ctx, target, frames)
+                self._step = None
             self.through = target
 
     def _all_done(self) -> bool:
         return self.through == END and all(fb.watermark == END for fb in self._feedback)
+
+    # -- dead letters ------------------------------------------------------------------------------
+    def _count_failure(self, exc: BaseException) -> None:
+        """Charge a failure to the step (or command batch) the engine was in; nothing when it failed elsewhere."""
+        if self._step is None:
+            return
+        key, frames = self._step
+        self._step = None
+        entry = self._failures.setdefault(key, [0, ""])
+        entry[0] += 1
+        entry[1] = f"{type(exc).__name__}: {exc}"
+        times = {t for f in frames.values() for t in (f[TIME][0], f[TIME][-1])} if frames else set()
+        if len(times) > 1:
+            self._narrow_until = max(self._narrow_until, key[1])
+
+    def _dead_letter_if_exhausted(self, key: tuple, frames: Mapping[str, pl.DataFrame]) -> bool:
+        """Whether this step's rows go to the dead letters (it failed max_deliveries times) instead of the engine."""
+        entry = self._failures.get(key)
+        if self.max_deliveries is None or entry is None or entry[0] < self.max_deliveries:
+            return False
+        for kind, rows in frames.items():
+            self._dead.append(DeadLetter(self.engine.name, kind, rows, entry[1], entry[0]))
+        log.error("%s: %d delivery(ies) of %s failed (%s); its rows go to the dead letters",
+                  self.engine.name, entry[0], key, entry[1])  # fmt: skip
+        return True
+
+    async def _publish_dead_letters(self) -> None:
+        """Durable before the checkpoint (and the ack) that passes over them."""
+        while self._dead:
+            letter = self._dead[0]
+            await self.bus.dead_letter(letter)
+            self._dead.pop(0)
+            self.dead_lettered += letter.frame.height
+
+    async def replay_dead_letter(self, kind: str, frame: pl.DataFrame, letter_id: str) -> bool:
+        """Hand dead-lettered rows to the engine again (once it is fixed), now: commands as commands, other rows
+        as late rows of the engine's current step. Returns False when this letter was replayed before (its effect
+        is in the checkpoint). Raises EngineFailure when the engine fails on it again (it restarts from its
+        checkpoint, which the replay never reached)."""
+        if kind not in self._inputs:
+            raise ValueError(f"{self.engine.name} does not take {kind}")
+        async with self._lock:
+            if letter_id in self._replayed:
+                return False
+            if self.state == pb.ENGINE_STATE_FAILED:
+                raise EngineFailure(f"{self.engine.name} has failed: {self.last_error}")
+            try:
+                if self._inputs[kind].spec.mode is InputMode.COMMAND:
+                    self.engine.on_command(self.ctx, kind, frame)
+                else:
+                    self.engine.on_step(self.ctx, self.through, {kind: frame})
+            except Exception as exc:
+                raise await self._fail(f"replaying a dead letter of {kind}", exc) from exc
+            self._replayed.add(letter_id)
+            try:
+                await self._publish_outputs()
+            except Exception as exc:
+                raise await self._fail("publishing", exc) from exc
+            self._checkpoint()
+            return True
 
     async def _set_state(self, state: int) -> None:
         if state == pb.ENGINE_STATE_FINISHED and not self._finish_called:
@@ -489,11 +595,13 @@ class EngineRunner(_RunnerBase):
         state = super()._runner_state()
         state["inputs"] = {k: (s.watermark, s.pending) for k, s in self._inputs.items()}
         state["finish_called"] = self._finish_called
+        state["replayed"] = set(self._replayed)
         return state
 
     def _restore_runner_state(self, state: dict[str, Any]) -> None:
         super()._restore_runner_state(state)
         self._finish_called = state["finish_called"]
+        self._replayed = set(state.get("replayed", ()))
         for kind, (watermark, pending) in state["inputs"].items():
             if kind in self._inputs:
                 self._inputs[kind].watermark = watermark

@@ -2,7 +2,8 @@
 
 Events go to `<root>.<kind>.<symbol>`; portfolio-wide events use the symbol token `_`; the watermark that
 closes a batch of a kind goes to `<root>.<kind>._wm`, inside the kind's subject space, so one consumer
-filtered on `<root>.<kind>.>` sees events and watermarks in publish order. Characters that NATS does
+filtered on `<root>.<kind>.>` sees events and watermarks in publish order. `<root>._applied.<engine>` and
+`<root>._session` hold what a replay needs besides the events (where commands took effect, the session). Characters that NATS does
 not allow in a token (".", "*", ">", whitespace, ...) are percent-encoded: "BRK.B" -> "BRK%2EB".
 """
 
@@ -14,6 +15,10 @@ from dataclasses import dataclass
 _SAFE = re.compile(r"[A-Za-z0-9_\-]")
 PORTFOLIO_TOKEN = "_"
 WATERMARK_TOKEN = "_wm"
+#: Tokens in the kind position that are not kinds: records for `utp replay`, which no consumer of a kind sees.
+APPLIED_TOKEN = "_applied"
+MANIFEST_TOKEN = "_session"
+DEAD_LETTER_TOKEN = "dlq"
 
 
 def symbol_token(symbol: str) -> str:
@@ -44,6 +49,21 @@ class Subjects:
 
     def of_kind(self, kind: str) -> str:
         return f"{self.root}.{kind}.>"
+
+    def applied(self, engine: str) -> str:
+        """Where an engine records the points at which it applied commands (`CommandsApplied`)."""
+        return f"{self.root}.{APPLIED_TOKEN}.{symbol_token(engine)}"
+
+    def dead_letter(self, kind: str, symbol: str) -> str:
+        """Where an event that an engine kept failing on goes: `<root>.dlq.<its own subject's kind.symbol>`."""
+        return f"{self.root}.{DEAD_LETTER_TOKEN}.{kind}.{symbol_token(symbol)}"
+
+    def dead_letters(self) -> str:
+        return f"{self.root}.{DEAD_LETTER_TOKEN}.>"
+
+    def manifest(self) -> str:
+        """Where a session's `SessionManifest` goes; outside every kind's subject space."""
+        return f"{self.root}.{MANIFEST_TOKEN}"
 
     def everything(self) -> str:
         return f"{self.root}.>"

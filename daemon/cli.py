@@ -322,6 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
     from utp.daemon import walkforward
 
     walkforward.add_parser(sub)
+    from utp.daemon import replay
+
+    replay.add_parser(sub)
+    from utp.daemon import engine_cli
+
+    engine_cli.add_parser(sub)
     from utp.daemon import ml_cli
 
     ml_cli.add_parsers(sub)
@@ -410,6 +416,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from utp.daemon import walkforward
 
             return walkforward.run_command(args)
+        if args.command == "engine":
+            from utp.daemon import engine_cli
+
+            return engine_cli.run_command(args)
+        if args.command == "replay":
+            from utp.daemon import replay
+
+            return replay.run_command(args)
         if args.command in ("train", "models"):
             from utp.daemon import ml_cli
 

@@ -9,7 +9,9 @@ restarted daemon resumes every engine from its last commit.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import secrets
 import threading
 import time
 from collections import deque
@@ -22,10 +24,10 @@ from google.protobuf.message import Message
 from utp.core.batch import Batch
 from utp.core.bus import Bus, InProcessBus
 from utp.core.clock import WallClock
-from utp.core.config import Config
+from utp.core.config import Config, to_dict
 from utp.core.controls import ControlState
 from utp.core.jetstream import JetStreamBus
-from utp.core.kinds import KINDS
+from utp.core.kinds import KINDS, wrap_event
 from utp.daemon.session import Session
 from utp.daemon.auth import AuditTrail, ensure_tokens
 from utp.storage.state import APPROVALS, ORDERS, POSITIONS, DeferredCheckpointer, ImmediateCheckpointer, StateStore
@@ -85,6 +87,8 @@ class CoreDaemon:
         self.store = StateStore(data_dir / "state", fsync=config.state.fsync)
         self.bus: Bus
         self.session: Session | None = None
+        #: The session this data folder belongs to (`utp replay --session`); set when the folder is claimed.
+        self.session_id = ""
         self.controls = ControlState()
         self.watchers: set[Watcher] = set()
         self.engine_status: dict[str, pb.EngineStatus] = {}
@@ -234,13 +238,23 @@ class CoreDaemon:
         recorded = self.store.meta("session")
         if recorded is None:
             start_after = await bus.last_sequence() if isinstance(bus, JetStreamBus) else 0
-            self.store.set_meta("session", {**identity, "start_after": start_after})
+            now = time.time_ns()
+            self.session_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now / 1e9))}-{secrets.token_hex(4)}"
+            if isinstance(bus, JetStreamBus):
+                # In the stream before any of the session's events, so that the log alone can rebuild it.
+                await bus.publish_manifest(pb.SessionManifest(
+                    session_id=self.session_id, stream=bus.stream, subject_root=bus.subjects.root,
+                    start_after=start_after, config_json=json.dumps(to_dict(self.config)),  # key order is meaningful (ensemble.weights)
+                    version=self.version, created_time_ns=now,
+                ))  # fmt: skip
+            self.store.set_meta("session", {**identity, "start_after": start_after, "session_id": self.session_id})
             return start_after
         assert isinstance(recorded, dict)
         differs = {k: (recorded.get(k), v) for k, v in identity.items() if recorded.get(k) != v}
         if differs:
             detail = "; ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in differs.items())
             raise SessionMismatch(f"{self.data_dir} holds another session ({detail}); use another --data-dir")
+        self.session_id = str(recorded.get("session_id", ""))
         return int(recorded.get("start_after", 0))
 
     # -- events ------------------------------------------------------------------------------------
@@ -360,6 +374,50 @@ class CoreDaemon:
         self.store.set_control_state(self.controls)
         await self.bus.publish(Batch("control_command", "utp-core", KINDS["control_command"].to_frame([command]), None))
 
+    # -- dead letters ------------------------------------------------------------------------------
+    async def dead_letters(self, limit: int) -> list[api.DeadLetter]:
+        """The session's dead letters, oldest first; none on the in-process bus, which never retries a step."""
+        if not isinstance(self.bus, JetStreamBus):
+            return []
+        return [
+            api.DeadLetter(sequence=x.sequence, engine=x.engine, kind=KINDS[x.kind].number, subject=x.subject,
+                           error=x.error, deliveries=x.deliveries, event=wrap_event(x.kind, x.event))
+            for x in await self.bus.read_dead_letters(limit)
+        ]  # fmt: skip
+
+    async def replay_dead_letters(self, sequences: list[int], every: bool, drop: bool, reason: str, actor: str
+                                  ) -> tuple[int, int, list[str]]:  # fmt: skip
+        """Hand the chosen dead letters to their engines (or drop them): (replayed, dropped, errors). A letter is
+        removed from the stream only after its engine committed it; one an engine fails on again stays."""
+        if not isinstance(self.bus, JetStreamBus):
+            raise ValueError("dead letters need a session over JetStream (--nats)")
+        letters = await self.bus.read_dead_letters(limit=1_000_000)
+        wanted = set(sequences)
+        chosen = letters if every else [x for x in letters if x.sequence in wanted]
+        errors = [f"{n}: no such dead letter" for n in sorted(wanted - {x.sequence for x in letters})]
+        runners = {r.engine.name: r for r in self.session.runners} if self.session is not None else {}
+        replayed = dropped = 0
+        for letter in chosen:
+            if not drop:
+                runner = runners.get(letter.engine)
+                if runner is None:
+                    errors.append(f"{letter.sequence}: no engine {letter.engine!r} in this session")
+                    continue
+                try:
+                    await runner.replay_dead_letter(letter.kind, KINDS[letter.kind].to_frame([letter.event]),
+                                                    letter.letter_id)  # fmt: skip
+                except Exception as exc:  # noqa: BLE001 - said per letter; the letter stays
+                    errors.append(f"{letter.sequence}: {exc}")
+                    continue
+            await self.bus.drop_dead_letter(letter.sequence)
+            if drop:
+                dropped += 1
+            else:
+                replayed += 1
+        log.warning("operator %s %s %d dead letter(s) (%d error(s)): %s", actor or "operator",
+                    "dropped" if drop else "replayed", dropped or replayed, len(errors), reason)  # fmt: skip
+        return replayed, dropped, errors
+
     # -- queries -----------------------------------------------------------------------------------
     def positions(self) -> list[pb.PositionSnapshot]:
         return [pb.PositionSnapshot.FromString(v) for _, v in self.store.items(POSITIONS)]
@@ -471,6 +529,7 @@ class CoreDaemon:
             version=self.version,
             entries_paused=self.controls.entries_paused,
             approval_mode=self.approval_mode(),
+            session_id=self.session_id,
         )
         if self.account is not None:
             response.account.CopyFrom(self.account)

@@ -67,6 +67,12 @@ def add_parsers(sub: Any, add_client_args: Callable[[argparse.ArgumentParser], N
     rejections = command("rejections", "intents risk refused and risk events, newest first")
     rejections.add_argument("--limit", type=int, default=20)
     rejections.add_argument("--symbol", action="append", default=[], help="only this symbol (repeatable)")
+    letters = command("dead-letters", "input rows an engine kept failing on, which it went on without")
+    letters.add_argument("--limit", type=int, default=100)
+    replay = command("replay-letters", "hand dead letters to their engine again (once fixed), or drop them")
+    replay.add_argument("sequences", nargs="*", type=int, help="the letters (their sequence numbers)")
+    replay.add_argument("--all", action="store_true", help="every dead letter")
+    replay.add_argument("--drop", action="store_true", help="remove them without replaying")
     audit = command("audit", "the audit trail, newest first")
     audit.add_argument("--limit", type=int, default=50)
     audit.add_argument("--method", default="")
@@ -200,6 +206,13 @@ def _call(stub: api_grpc.CoreServiceStub, args: argparse.Namespace, actor: str) 
                  + " ".join(f"{c.source}={_DIRECTION.get(c.direction, '?')}{c.confidence:.2f}" for c in s.components)
                  for s in r.signals]  # fmt: skip
         return r, "\n".join(lines) or "no signal yet"
+    if name == "dead-letters":
+        r = stub.ListDeadLetters(api.ListDeadLettersRequest(limit=args.limit), timeout=timeout)
+        return r, "\n".join(_dead_letter_text(x) for x in r.letters) or "no dead letter"
+    if name == "replay-letters":
+        r = stub.ReplayDeadLetters(api.ReplayDeadLettersRequest(sequences=args.sequences, all=args.all, drop=args.drop,
+                                                                reason=reason, actor=actor), timeout=timeout)  # fmt: skip
+        return r, "\n".join([f"replayed {r.replayed}, dropped {r.dropped}", *r.errors])
     if name == "alerts":
         r = stub.ListAlerts(api.ListAlertsRequest(limit=args.limit), timeout=timeout)
         return r, "\n".join(_alert_text(e) for e in r.alerts) or "no alert"
@@ -248,6 +261,13 @@ def _rejection_text(event: pb.Event) -> str:
     m = getattr(event, kind)  # a risk_decision or a risk_event: both say why by a reason code
     reason = pb.RiskReason.Name(m.reason).removeprefix("RISK_REASON_")
     return f"{_time(m.header.event_time_ns)} {kind:14} {m.header.symbol or '-':8} {reason}: {m.message}"
+
+
+def _dead_letter_text(x: api.DeadLetter) -> str:
+    kind = x.event.WhichOneof("payload") or "?"
+    header = getattr(x.event, kind).header if kind != "?" else pb.EventHeader()
+    return (f"#{x.sequence} {_time(header.event_time_ns)} {x.engine:10} {kind:16} {header.symbol or '-':8} "
+            f"{x.deliveries} deliveries: {x.error}")  # fmt: skip
 
 
 def _job_text(j: api.ScheduledJob) -> str:

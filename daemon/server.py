@@ -563,6 +563,26 @@ class CoreServicer(api_grpc.CoreServiceServicer):
         signals = [self.daemon.signals[s] for s in sorted(self.daemon.signals) if not wanted or s in wanted]
         return api.ListSignalsResponse(signals=signals)
 
+    async def ListDeadLetters(self, request: api.ListDeadLettersRequest, context: grpc.aio.ServicerContext
+                              ) -> api.ListDeadLettersResponse:  # fmt: skip
+        if not 0 <= request.limit <= 10_000:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "limit must be in 0..10000")
+        return api.ListDeadLettersResponse(letters=await self.daemon.dead_letters(request.limit or 100))
+
+    async def ReplayDeadLetters(self, request: api.ReplayDeadLettersRequest, context: grpc.aio.ServicerContext
+                                ) -> api.ReplayDeadLettersResponse:  # fmt: skip
+        reason, actor = await self._who(request, context)
+        if request.all == bool(request.sequences):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "sequences: give some letters, or all, not both")
+        if len(request.sequences) > 10_000:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "sequences: at most 10000 letters")
+        try:
+            replayed, dropped, errors = await self.daemon.replay_dead_letters(
+                list(request.sequences), request.all, request.drop, reason, actor)
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        return api.ReplayDeadLettersResponse(replayed=replayed, dropped=dropped, errors=errors[:100])
+
     async def ListAlerts(self, request: api.ListAlertsRequest, context: grpc.aio.ServicerContext) -> api.ListAlertsResponse:
         if request.limit < 0:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "limit must be >= 0")

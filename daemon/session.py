@@ -247,9 +247,16 @@ class Session:
             engines.append(self.collector)
         self.engines = engines
         self.execution = next(e for e in engines if isinstance(e, ExecutionEngine))
-        self.runners = [
-            EngineRunner(e, bus, clock, checkpointer, status_interval_s=status_interval_s) for e in engines
+        # Only a bus that delivers again can retry a failing step, and so tell a poison step from a passing fault.
+        max_deliveries = config.bus.max_deliveries if bus.durable else None
+        runners = [
+            EngineRunner(e, bus, clock, checkpointer, status_interval_s=status_interval_s, max_deliveries=max_deliveries)
+            for e in engines
         ]
+        remote = set(config.bus.remote_engines)
+        #: The runners this session runs; those of bus.remote_engines are `utp engine` processes' (`remote_runners`).
+        self.runners = [r for r in runners if r.engine.name not in remote]
+        self.remote_runners = {r.engine.name: r for r in runners if r.engine.name in remote}
         self.source_runner = SourceRunner(self.source, bus, clock, checkpointer, status_interval_s=status_interval_s)
 
     def _venue(self, config: Config, universe: Universe, controls: ControlState,

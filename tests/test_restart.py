@@ -19,9 +19,9 @@ SETTINGS = {"market_data.end": "2008-06-30", "risk.max_position_pct": 0.95, "sta
             "approve_execution_on_start": True, "risk.universe.enabled": False}  # fmt: skip
 
 
-def daemon_args(nats_url: str, stream: str, root: str) -> list[str]:
-    args = ["--nats", nats_url, "--replay-rate", "150", "--set", f"bus.stream={stream}", "--set", f"bus.subject_root={root}"]
-    for key, value in SETTINGS.items():
+def daemon_args(nats_url: str, stream: str, root: str, *, settings: dict = SETTINGS, rate: float = 150) -> list[str]:
+    args = ["--nats", nats_url, "--replay-rate", str(rate), "--set", f"bus.stream={stream}", "--set", f"bus.subject_root={root}"]
+    for key, value in settings.items():
         args += ["--set", f"{key}={str(value).lower() if isinstance(value, bool) else value}"]
     return args
 

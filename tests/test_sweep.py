@@ -288,12 +288,20 @@ def _in_thread(fn, *args, **kwargs) -> tuple[threading.Thread, list]:
     return thread, out
 
 
-async def _stream_messages(nats_url: str, stream: str) -> int:
+async def _stream_messages(nats_url: str, stream: str, settle_s: float = 10.0) -> int:
+    """Messages left in a work-queue stream once acks have landed: a worker acks after it publishes the
+    result, so a reader of the result can look before the ack reaches the server. Waits up to settle_s
+    for the count to reach zero and returns what is left then."""
     import nats
 
     nc = await nats.connect(nats_url)
     try:
-        return (await nc.jetstream().stream_info(stream)).state.messages
+        deadline = time.monotonic() + settle_s
+        while True:
+            left = (await nc.jetstream().stream_info(stream)).state.messages
+            if left == 0 or time.monotonic() > deadline:
+                return left
+            await asyncio.sleep(0.1)
     finally:
         await nc.close()
 

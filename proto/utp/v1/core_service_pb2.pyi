@@ -28,7 +28,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("mode", "bus", "nats_url", "session_state", "halted", "execution_approved", "account", "engines", "dataset", "symbols", "version", "halt_reason", "entries_paused", "approval_mode")
+    __slots__ = ("mode", "bus", "nats_url", "session_state", "halted", "execution_approved", "account", "engines", "dataset", "symbols", "version", "halt_reason", "entries_paused", "approval_mode", "session_id")
     MODE_FIELD_NUMBER: _ClassVar[int]
     BUS_FIELD_NUMBER: _ClassVar[int]
     NATS_URL_FIELD_NUMBER: _ClassVar[int]
@@ -43,6 +43,7 @@ class GetStatusResponse(_message.Message):
     HALT_REASON_FIELD_NUMBER: _ClassVar[int]
     ENTRIES_PAUSED_FIELD_NUMBER: _ClassVar[int]
     APPROVAL_MODE_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     mode: str
     bus: str
     nats_url: str
@@ -57,7 +58,8 @@ class GetStatusResponse(_message.Message):
     halt_reason: str
     entries_paused: bool
     approval_mode: _events_pb2.ApprovalMode
-    def __init__(self, mode: _Optional[str] = ..., bus: _Optional[str] = ..., nats_url: _Optional[str] = ..., session_state: _Optional[_Union[SessionState, str]] = ..., halted: _Optional[bool] = ..., execution_approved: _Optional[bool] = ..., account: _Optional[_Union[_events_pb2.AccountSnapshot, _Mapping]] = ..., engines: _Optional[_Iterable[_Union[_events_pb2.EngineStatus, _Mapping]]] = ..., dataset: _Optional[str] = ..., symbols: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., halt_reason: _Optional[str] = ..., entries_paused: _Optional[bool] = ..., approval_mode: _Optional[_Union[_events_pb2.ApprovalMode, str]] = ...) -> None: ...
+    session_id: str
+    def __init__(self, mode: _Optional[str] = ..., bus: _Optional[str] = ..., nats_url: _Optional[str] = ..., session_state: _Optional[_Union[SessionState, str]] = ..., halted: _Optional[bool] = ..., execution_approved: _Optional[bool] = ..., account: _Optional[_Union[_events_pb2.AccountSnapshot, _Mapping]] = ..., engines: _Optional[_Iterable[_Union[_events_pb2.EngineStatus, _Mapping]]] = ..., dataset: _Optional[str] = ..., symbols: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., halt_reason: _Optional[str] = ..., entries_paused: _Optional[bool] = ..., approval_mode: _Optional[_Union[_events_pb2.ApprovalMode, str]] = ..., session_id: _Optional[str] = ...) -> None: ...
 
 class WatchEventsRequest(_message.Message):
     __slots__ = ("kinds", "symbols")
@@ -260,6 +262,60 @@ class ListAlertsRequest(_message.Message):
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     limit: int
     def __init__(self, limit: _Optional[int] = ...) -> None: ...
+
+class DeadLetter(_message.Message):
+    __slots__ = ("sequence", "engine", "kind", "subject", "error", "deliveries", "event")
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    DELIVERIES_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    engine: str
+    kind: _events_pb2.EventKind
+    subject: str
+    error: str
+    deliveries: int
+    event: _events_pb2.Event
+    def __init__(self, sequence: _Optional[int] = ..., engine: _Optional[str] = ..., kind: _Optional[_Union[_events_pb2.EventKind, str]] = ..., subject: _Optional[str] = ..., error: _Optional[str] = ..., deliveries: _Optional[int] = ..., event: _Optional[_Union[_events_pb2.Event, _Mapping]] = ...) -> None: ...
+
+class ListDeadLettersRequest(_message.Message):
+    __slots__ = ("limit",)
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    def __init__(self, limit: _Optional[int] = ...) -> None: ...
+
+class ListDeadLettersResponse(_message.Message):
+    __slots__ = ("letters",)
+    LETTERS_FIELD_NUMBER: _ClassVar[int]
+    letters: _containers.RepeatedCompositeFieldContainer[DeadLetter]
+    def __init__(self, letters: _Optional[_Iterable[_Union[DeadLetter, _Mapping]]] = ...) -> None: ...
+
+class ReplayDeadLettersRequest(_message.Message):
+    __slots__ = ("sequences", "all", "drop", "reason", "actor")
+    SEQUENCES_FIELD_NUMBER: _ClassVar[int]
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    DROP_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    sequences: _containers.RepeatedScalarFieldContainer[int]
+    all: bool
+    drop: bool
+    reason: str
+    actor: str
+    def __init__(self, sequences: _Optional[_Iterable[int]] = ..., all: _Optional[bool] = ..., drop: _Optional[bool] = ..., reason: _Optional[str] = ..., actor: _Optional[str] = ...) -> None: ...
+
+class ReplayDeadLettersResponse(_message.Message):
+    __slots__ = ("replayed", "dropped", "errors")
+    REPLAYED_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    replayed: int
+    dropped: int
+    errors: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, replayed: _Optional[int] = ..., dropped: _Optional[int] = ..., errors: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListAlertsResponse(_message.Message):
     __slots__ = ("alerts",)

@@ -122,6 +122,16 @@ class CoreServiceStub:
                 request_serializer=utp_dot_v1_dot_core__service__pb2.ListRejectionsRequest.SerializeToString,
                 response_deserializer=utp_dot_v1_dot_core__service__pb2.ListRejectionsResponse.FromString,
                 _registered_method=True)
+        self.ListDeadLetters = channel.unary_unary(
+                '/utp.v1.CoreService/ListDeadLetters',
+                request_serializer=utp_dot_v1_dot_core__service__pb2.ListDeadLettersRequest.SerializeToString,
+                response_deserializer=utp_dot_v1_dot_core__service__pb2.ListDeadLettersResponse.FromString,
+                _registered_method=True)
+        self.ReplayDeadLetters = channel.unary_unary(
+                '/utp.v1.CoreService/ReplayDeadLetters',
+                request_serializer=utp_dot_v1_dot_core__service__pb2.ReplayDeadLettersRequest.SerializeToString,
+                response_deserializer=utp_dot_v1_dot_core__service__pb2.ReplayDeadLettersResponse.FromString,
+                _registered_method=True)
         self.ListAudit = channel.unary_unary(
                 '/utp.v1.CoreService/ListAudit',
                 request_serializer=utp_dot_v1_dot_core__service__pb2.ListAuditRequest.SerializeToString,
@@ -302,6 +312,21 @@ class CoreServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListDeadLetters(self, request, context):
+        """Dead letters: input rows an engine failed on bus.max_deliveries times, which it went on without (JetStream
+        sessions), oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReplayDeadLetters(self, request, context):
+        """Hand dead letters to their engine again once it is fixed (each applies once), or drop them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListAudit(self, request, context):
         """The audit trail: every operator action (mutating call, allowed or refused), newest first.
         """
@@ -462,6 +487,16 @@ def add_CoreServiceServicer_to_server(servicer, server):
                     servicer.ListRejections,
                     request_deserializer=utp_dot_v1_dot_core__service__pb2.ListRejectionsRequest.FromString,
                     response_serializer=utp_dot_v1_dot_core__service__pb2.ListRejectionsResponse.SerializeToString,
+            ),
+            'ListDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeadLetters,
+                    request_deserializer=utp_dot_v1_dot_core__service__pb2.ListDeadLettersRequest.FromString,
+                    response_serializer=utp_dot_v1_dot_core__service__pb2.ListDeadLettersResponse.SerializeToString,
+            ),
+            'ReplayDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplayDeadLetters,
+                    request_deserializer=utp_dot_v1_dot_core__service__pb2.ReplayDeadLettersRequest.FromString,
+                    response_serializer=utp_dot_v1_dot_core__service__pb2.ReplayDeadLettersResponse.SerializeToString,
             ),
             'ListAudit': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAudit,
@@ -954,6 +989,60 @@ class CoreService:
             '/utp.v1.CoreService/ListRejections',
             utp_dot_v1_dot_core__service__pb2.ListRejectionsRequest.SerializeToString,
             utp_dot_v1_dot_core__service__pb2.ListRejectionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/utp.v1.CoreService/ListDeadLetters',
+            utp_dot_v1_dot_core__service__pb2.ListDeadLettersRequest.SerializeToString,
+            utp_dot_v1_dot_core__service__pb2.ListDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplayDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/utp.v1.CoreService/ReplayDeadLetters',
+            utp_dot_v1_dot_core__service__pb2.ReplayDeadLettersRequest.SerializeToString,
+            utp_dot_v1_dot_core__service__pb2.ReplayDeadLettersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -885,6 +885,36 @@ class Event(_message.Message):
     operator_alert: OperatorAlert
     def __init__(self, bar: _Optional[_Union[Bar, _Mapping]] = ..., feature_vector: _Optional[_Union[FeatureVector, _Mapping]] = ..., alpha_signal: _Optional[_Union[AlphaSignal, _Mapping]] = ..., prediction: _Optional[_Union[Prediction, _Mapping]] = ..., scored_signal: _Optional[_Union[ScoredSignal, _Mapping]] = ..., order_intent: _Optional[_Union[OrderIntent, _Mapping]] = ..., risk_decision: _Optional[_Union[RiskDecision, _Mapping]] = ..., order: _Optional[_Union[Order, _Mapping]] = ..., fill: _Optional[_Union[Fill, _Mapping]] = ..., position_snapshot: _Optional[_Union[PositionSnapshot, _Mapping]] = ..., account_snapshot: _Optional[_Union[AccountSnapshot, _Mapping]] = ..., engine_status: _Optional[_Union[EngineStatus, _Mapping]] = ..., control_command: _Optional[_Union[ControlCommand, _Mapping]] = ..., rejected_bar: _Optional[_Union[RejectedBar, _Mapping]] = ..., portfolio_target: _Optional[_Union[PortfolioTarget, _Mapping]] = ..., model_alert: _Optional[_Union[ModelAlert, _Mapping]] = ..., risk_event: _Optional[_Union[RiskEvent, _Mapping]] = ..., data_alert: _Optional[_Union[DataAlert, _Mapping]] = ..., order_approval: _Optional[_Union[OrderApproval, _Mapping]] = ..., operator_alert: _Optional[_Union[OperatorAlert, _Mapping]] = ...) -> None: ...
 
+class CommandsApplied(_message.Message):
+    __slots__ = ("engine", "through_time_ns", "event_ids", "kind")
+    ENGINE_FIELD_NUMBER: _ClassVar[int]
+    THROUGH_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    EVENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    engine: str
+    through_time_ns: int
+    event_ids: _containers.RepeatedScalarFieldContainer[str]
+    kind: EventKind
+    def __init__(self, engine: _Optional[str] = ..., through_time_ns: _Optional[int] = ..., event_ids: _Optional[_Iterable[str]] = ..., kind: _Optional[_Union[EventKind, str]] = ...) -> None: ...
+
+class SessionManifest(_message.Message):
+    __slots__ = ("session_id", "stream", "subject_root", "start_after", "config_json", "version", "created_time_ns")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_ROOT_FIELD_NUMBER: _ClassVar[int]
+    START_AFTER_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CREATED_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    stream: str
+    subject_root: str
+    start_after: int
+    config_json: str
+    version: str
+    created_time_ns: int
+    def __init__(self, session_id: _Optional[str] = ..., stream: _Optional[str] = ..., subject_root: _Optional[str] = ..., start_after: _Optional[int] = ..., config_json: _Optional[str] = ..., version: _Optional[str] = ..., created_time_ns: _Optional[int] = ...) -> None: ...
+
 class Watermark(_message.Message):
     __slots__ = ("kind", "producer", "through_time_ns", "event_count", "end_of_stream")
     KIND_FIELD_NUMBER: _ClassVar[int]

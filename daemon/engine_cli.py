@@ -1,0 +1,123 @@
+"""`utp engine NAME --session ID --nats URL`: one engine of a JetStream session in a process of its own.
+
+The daemon leaves the engines of `bus.remote_engines` to such processes (`utp core --nats URL --set
+bus.remote_engines=[risk]`). The process joins the session by its id: the session's manifest in the stream
+gives the configuration, the subject root and where the session's events start, so it needs no configuration
+of its own. It runs the engine exactly as the daemon would (the same runner: durable consumers, state and the
+stream positions it consumed committed together in its own LMDB folder, outputs published before the commit,
+acks after it), so a SIGKILL of the process, or of the daemon, loses nothing and places nothing twice: a
+restarted process resumes from its commit. A watchdog restarts the engine from its checkpoint when a step
+fails, and a step that keeps failing goes to the dead letters (bus.max_deliveries).
+
+One process per engine: symbol partitions shared by several processes of one engine are not built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from utp.core.config import REMOTE_ENGINES, ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def add_parser(sub: Any) -> None:
+    parser = sub.add_parser("engine", help="run one engine of a JetStream session in a process of its own")
+    parser.add_argument("name", choices=REMOTE_ENGINES, help="the engine (one of the session's bus.remote_engines)")
+    parser.add_argument("--session", required=True, metavar="ID", help="the session (utp ctl status names it)")
+    parser.add_argument("--nats", metavar="URL", default="nats://127.0.0.1:4222", help="the NATS server")
+    parser.add_argument("--stream", default="UTP", help="the JetStream stream (bus.stream)")
+    parser.add_argument("--data-dir", required=True, metavar="DIR", help="the engine's state folder (its own)")
+    parser.add_argument("--restart-cooldown", type=float, default=5.0, metavar="S",
+                        help="seconds between restarts of a failed engine (default 5)")  # fmt: skip
+    parser.add_argument("--log-level", default="INFO")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from utp.daemon.replay import ReplayError
+
+    try:
+        return asyncio.run(run_engine(args.name, args.session, args.nats, args.stream, Path(args.data_dir),
+                                      restart_cooldown_s=args.restart_cooldown))  # fmt: skip
+    except (ReplayError, ConfigError) as exc:
+        print(f"utp engine: {exc}", file=sys.stderr)
+        return 2
+
+
+async def run_engine(name: str, session_id: str, url: str, stream: str, data_dir: Path, *,
+                     restart_cooldown_s: float = 5.0) -> int:  # fmt: skip
+    """Run engine `name` of session `session_id` until it has processed the whole session or is told to stop."""
+    from utp.core.clock import WallClock
+    from utp.core.controls import ControlState
+    from utp.core.jetstream import JetStreamBus
+    from utp.daemon.replay import find_session
+    from utp.daemon.session import MarketData, Session, live_market_data
+    from utp.daemon.watchdog import Check, Watchdogs, failed_engines, restart_failed_engines
+    from utp.storage.state import ImmediateCheckpointer, StateStore
+    from utp.v1 import events_pb2 as pb
+
+    manifest = await find_session(url, session_id, stream)
+    from utp.core.config import load_config
+
+    config = load_config(environ={}, documents=[manifest.config_json])
+    if name not in config.bus.remote_engines:
+        raise ConfigError(f"session {session_id} runs {name} in its daemon (bus.remote_engines is "
+                          f"{config.bus.remote_engines or 'empty'}): two of one engine would both act")  # fmt: skip
+    # Execution stays in the daemon: no broker is reached from here.
+    config = msgspec.structs.replace(config, broker=msgspec.structs.replace(config.broker, name="simulated"))
+    store = StateStore(data_dir / "state", fsync=config.state.fsync)
+    identity = {"session_id": session_id, "engine": name, "stream": stream, "subject_root": manifest.subject_root}
+    recorded = store.meta("engine")
+    if recorded is None:
+        store.set_meta("engine", identity)
+    elif recorded != identity:
+        store.close()
+        raise ConfigError(f"{data_dir} holds the state of {recorded}; use another --data-dir")
+    bus = JetStreamBus(url, stream=stream, subject_root=manifest.subject_root, client_name=f"utp-engine-{name}",
+                       duplicate_window_s=config.bus.duplicate_window_s, start_after=manifest.start_after)  # fmt: skip
+    await bus.connect()
+    market_data = live_market_data(config) if config.data.primary else MarketData.from_config(config)
+    session = Session(config, bus=bus, clock=WallClock(), market_data=market_data,
+                      controls=ControlState(execution_approved=config.approve_execution_on_start),
+                      checkpointer=ImmediateCheckpointer(store), status_interval_s=config.status_interval_s)  # fmt: skip
+    runner = session.remote_runners[name]
+    await runner.start()
+    watchdogs = Watchdogs([Check("engines", failed_engines(lambda: [runner]), restart_failed_engines(lambda: [runner]),
+                                 interval_s=1.0, cooldown_s=restart_cooldown_s)],
+                          lambda alert: log.warning("%s", alert.message))  # fmt: skip
+    watching = asyncio.create_task(watchdogs.run_forever())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"utp engine {name}: session {session_id} on {url} (stream {stream}, subjects {manifest.subject_root}.>), "
+          f"state in {data_dir}", flush=True)  # fmt: skip
+
+    async def finished() -> None:
+        # A restart after a failure makes a new `finished`: done when the current one is set and not failed.
+        while not (runner.finished.is_set() and runner.state == pb.ENGINE_STATE_FINISHED):
+            await asyncio.wait([asyncio.create_task(runner.finished.wait()), asyncio.create_task(stop.wait())],
+                               return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+            if stop.is_set():
+                return
+            await asyncio.sleep(0.1)
+
+    try:
+        await finished()
+        if runner.state == pb.ENGINE_STATE_FINISHED:
+            log.info("%s processed the whole session", name)
+            print(f"utp engine {name}: the session is over; everything is processed", flush=True)
+    finally:
+        watching.cancel()
+        await runner.stop()
+        await bus.close()
+        store.close()
+    return 0
