@@ -37,12 +37,12 @@ from pathlib import Path
 
 import grpc
 import nats
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from utp.core.bus import InProcessBus
 from utp.core.clock import SimulatedClock
 from utp.core.config import load_config
 from utp.core.controls import ControlState
+from utp.core.jetstream import read_stored
 from utp.daemon.auth import client_channel, read_token, token_path
 from utp.daemon.session import Session
 from utp.v1 import core_service_pb2 as api
@@ -199,21 +199,14 @@ async def submitted_orders(url: str, stream: str, root: str) -> list[str]:
     for a bracket's leg (a leg cancelled before its entry fills is never NEW; one that works is HELD, then NEW,
     and counts once)."""
     nc = await nats.connect(url)
-    sub = await nc.jetstream().pull_subscribe(f"{root}.order.>", stream=stream,
-                                              config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE))  # fmt: skip
     held, new = [], []
-    while (await sub.consumer_info()).num_pending > 0:
-        try:
-            msgs = await sub.fetch(500, timeout=5.0)
-        except (nats.errors.TimeoutError, asyncio.TimeoutError):
-            continue
-        for m in msgs:
-            if not m.subject.endswith("._wm"):
-                order = pb.Order.FromString(m.data)
-                if order.status == pb.ORDER_STATUS_NEW:
-                    new.append(order.client_order_id)
-                elif order.status == pb.ORDER_STATUS_HELD:
-                    held.append(order.client_order_id)
+    for m in await read_stored(nc.jetstream(), stream, f"{root}.order.>"):
+        if not m.subject.endswith("._wm"):
+            order = pb.Order.FromString(m.data)
+            if order.status == pb.ORDER_STATUS_NEW:
+                new.append(order.client_order_id)
+            elif order.status == pb.ORDER_STATUS_HELD:
+                held.append(order.client_order_id)
     await nc.close()
     # Submissions per id: a leg's HELD and later NEW are one; two of either are two.
     return list((Counter(held) | Counter(new)).elements())

@@ -27,6 +27,7 @@ import os
 import resource
 import time
 import uuid
+from array import array
 from collections import Counter
 from pathlib import Path
 
@@ -80,11 +81,18 @@ def config(rate: float) -> Config:
 
 class Tap:
     """When each bar and each risk decision reached a subscriber on the bus (monotonic ns), and the memory in use
-once the first decision came (the soak's start: every engine running and its kernels compiled)."""
+once the first decision came (the soak's start: every engine running and its kernels compiled).
+
+Its own records stay small so that the soak's RSS is the session's: bar arrivals are kept for the last
+KEEP_BAR_TIMES bar times only (a decision later than that counts as `late`, its latency unknown), and each
+decision is a float and its id."""
+
+    KEEP_BAR_TIMES = 120
 
     def __init__(self) -> None:
-        self.bar_seen: dict[tuple[str, int], int] = {}
-        self.decisions: list[tuple[str, int, int]] = []  # event id, arrival of the decision, of its bar
+        self.bar_seen: dict[int, dict[str, int]] = {}  # bar time -> symbol -> arrival; oldest first
+        self.latencies_ms = array("d")
+        self.late = 0
         self.decision_ids: Counter[str] = Counter()
         self.first_bar_ns = 0
         self.rss_warm_mb = 0.0  # once the first decision is made: every engine is running and compiled
@@ -95,15 +103,22 @@ once the first decision came (the soak's start: every engine running and its ker
             if not self.first_bar_ns:
                 self.first_bar_ns = now
             for m in messages:
-                self.bar_seen.setdefault((m.header.symbol, m.header.event_time_ns), now)
+                at = self.bar_seen.get(m.header.event_time_ns)
+                if at is None:
+                    at = self.bar_seen[m.header.event_time_ns] = {}
+                    while len(self.bar_seen) > self.KEEP_BAR_TIMES:
+                        del self.bar_seen[next(iter(self.bar_seen))]
+                at.setdefault(m.header.symbol, now)
         else:
             if not self.rss_warm_mb:
                 self.rss_warm_mb = _rss_mb()
             for m in messages:
                 self.decision_ids[m.header.event_id] += 1
-                bar = self.bar_seen.get((m.header.symbol, m.header.event_time_ns))
+                bar = self.bar_seen.get(m.header.event_time_ns, {}).get(m.header.symbol)
                 if bar is not None:
-                    self.decisions.append((m.header.event_id, now, bar))
+                    self.latencies_ms.append((now - bar) / 1e6)
+                elif m.header.event_time_ns < next(iter(self.bar_seen), 0):
+                    self.late += 1
 
 
 async def run_session(market_data: MarketData, rate: float, bus: Bus, soak_s: float = 0.0) -> tuple[Tap, float, dict]:
@@ -156,7 +171,9 @@ async def drop_stream(bus: JetStreamBus, url: str) -> None:
 
 
 def latencies(tap: Tap) -> np.ndarray:
-    return np.array([(d - b) / 1e6 for _, d, b in tap.decisions], dtype=np.float64)
+    if tap.late:
+        print(f"{tap.late} decisions came over {Tap.KEEP_BAR_TIMES} bar times after their bar", flush=True)
+    return np.frombuffer(tap.latencies_ms, dtype=np.float64)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -196,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"fixed rate {args.rate:g} bar times/s ({args.rate * args.symbols:,.0f} bars/s): {ms.size} decisions, "
           f"bar -> decision p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {ms.max() if ms.size else float('nan'):.2f} ms",
           flush=True)  # fmt: skip
-    result.update(p50_ms=round(p50, 3), p99_ms=round(p99, 3), fixed_rate_bars_per_s=args.rate * args.symbols)
+    result.update(p50_ms=round(p50, 3), p99_ms=round(p99, 3), fixed_rate_bars_per_s=args.rate * args.symbols, late=fixed.late)
 
     if args.soak_minutes > 0:
         soak_times = max(1, int(args.soak_minutes * 60 * args.rate))

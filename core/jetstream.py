@@ -22,6 +22,7 @@ import re
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import nats
 import nats.errors
@@ -516,3 +517,33 @@ class JetStreamBus(Bus):
         sub = _JetStreamSubscription("tap", nats_sub=nats_sub)
         self._subscriptions.append(sub)
         return sub
+
+
+async def read_stored(js: Any, stream: str, subject: str, first: int = 1, last: int | None = None) -> list[Msg]:
+    """The stored messages on `subject` (wildcards allowed) with stream sequence in [first, last] (to the end of
+    the stream with None), through a read-only ephemeral consumer: no acks, so the server's cap on unacked
+    messages never stalls it, and nothing of a session's own consumers moves."""
+    config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=max(first, 1),
+                            ack_policy=AckPolicy.NONE)  # fmt: skip
+    sub = await js.pull_subscribe(subject, stream=stream, config=config)
+    out: list[Msg] = []
+    try:
+        while True:
+            try:
+                msgs = await sub.fetch(1000, timeout=2.0)
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                # A fetch that times out proves nothing by itself: stop when the consumer has nothing pending.
+                if (await sub.consumer_info()).num_pending == 0:
+                    return out
+                continue
+            for m in msgs:
+                if last is not None and m.metadata.sequence.stream > last:
+                    return out
+                out.append(m)
+            if msgs and (await sub.consumer_info()).num_pending == 0:
+                return out
+    finally:
+        try:
+            await sub.unsubscribe()
+        except Exception:  # noqa: BLE001, S110 - an ephemeral consumer goes by itself
+            pass

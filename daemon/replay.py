@@ -31,13 +31,13 @@ import nats.js.errors
 import numpy as np
 import polars as pl
 from google.protobuf.message import DecodeError, Message
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from utp.core.batch import END, Batch
 from utp.core.bus import InProcessBus
 from utp.core.clock import SimulatedClock
 from utp.core.config import Config, ConfigError, load_config
 from utp.core.controls import ControlState
+from utp.core.jetstream import read_stored
 from utp.core.kinds import KINDS, TIME
 from utp.core.subjects import APPLIED_TOKEN, MANIFEST_TOKEN, WATERMARK_TOKEN, Subjects
 from utp.core.universe import Universe
@@ -105,34 +105,6 @@ class ReplayReport:
 
 
 # -- reading the log ---------------------------------------------------------------------------------------
-async def _read(js: Any, stream: str, subject: str, first: int, last: int | None) -> list[Any]:
-    """Messages on `subject` with stream sequence in [first, last] (to the end of the stream with None)."""
-    config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=max(first, 1),
-                            ack_policy=AckPolicy.NONE)  # fmt: skip
-    sub = await js.pull_subscribe(subject, stream=stream, config=config)
-    out: list[Any] = []
-    try:
-        while True:
-            try:
-                msgs = await sub.fetch(1000, timeout=2.0)
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
-                # A fetch that times out proves nothing by itself: stop when the consumer has nothing pending.
-                if (await sub.consumer_info()).num_pending == 0:
-                    return out
-                continue
-            for m in msgs:
-                if last is not None and m.metadata.sequence.stream > last:
-                    return out
-                out.append(m)
-            if msgs and (await sub.consumer_info()).num_pending == 0:
-                return out
-    finally:
-        try:
-            await sub.unsubscribe()
-        except Exception:  # noqa: BLE001, S110 - an ephemeral consumer goes by itself
-            pass
-
-
 async def _manifests(js: Any, stream: str, last: int | None) -> list[pb.SessionManifest]:
     """Every session manifest in the stream up to `last`, oldest first (one subject root per stream subject)."""
     info = await js.stream_info(stream)
@@ -141,7 +113,7 @@ async def _manifests(js: Any, stream: str, last: int | None) -> list[pb.SessionM
         root = subject[:-2] if subject.endswith(".>") else ""
         if not root or "." in root or "*" in root:
             continue
-        for m in await _read(js, stream, f"{root}.{MANIFEST_TOKEN}", 1, last):
+        for m in await read_stored(js, stream, f"{root}.{MANIFEST_TOKEN}", 1, last):
             try:
                 found.append((m.metadata.sequence.stream, pb.SessionManifest.FromString(m.data)))
             except DecodeError as exc:
@@ -200,7 +172,7 @@ async def read_session(url: str, session_id: str, stream: str = "UTP") -> Record
                  and m.start_after > manifest.start_after]  # fmt: skip
         last = min(later) if later else end
         subjects = Subjects(manifest.subject_root)
-        messages = await _read(js, stream, subjects.everything(), manifest.start_after + 1, last)
+        messages = await read_stored(js, stream, subjects.everything(), manifest.start_after + 1, last)
     finally:
         await nc.close()
     return _decode(manifest, last, subjects, messages)

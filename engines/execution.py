@@ -478,6 +478,7 @@ def _execute(  # noqa: PLR0912, PLR0913, PLR0915
     i, d, lg = cursor[C_BAR], cursor[C_DEC], cursor[C_LEG]
     n, r, ns = 0, 0, 0
     table_size = fo.shape[0]
+    bars_of = np.zeros(pos.shape[0], np.int64)  # bars of each symbol at the bar time being sized
     while i < n_bars or d < n_dec or lg < n_leg:
         # The next bar time (decisions and legs after the last bar are placed at their own times).
         j = i
@@ -497,7 +498,17 @@ def _execute(  # noqa: PLR0912, PLR0913, PLR0915
             ll += 1
         n_open = olist[0]
         most_open = n_open + 2 * (dd - d) + (ll - lg)
-        need_events = (j - i) * (3 * n_open + 3) + (dd - d) * (most_open + 4) + (ll - lg)
+        # An order moves only on a bar of its own symbol: room for the open orders of the symbols at this time
+        # (once per bar of theirs), not for every open order on every bar, which grew the event buffer with
+        # bars x open orders in a long live session (and past its largest size: a step that never fitted).
+        for b in range(i, j):
+            bars_of[b_sym[b]] += 1
+        at_t = 0
+        for o in range(1, n_open + 1):
+            at_t += bars_of[io[olist[o], I_SYM]]
+        for b in range(i, j):
+            bars_of[b_sym[b]] = 0
+        need_events = 3 * at_t + 3 * (j - i) + (dd - d) * (most_open + 4) + (ll - lg)
         need_rows = 2 * (dd - d) + (ll - lg)
         if j > i and (gp[GP_DRAWDOWN] > 0.0 or gp[GP_TRAIL] > 0.0 or gp[GP_MAX_HOLD_NS] > 0.0):  # closing them all
             n_held = 0

@@ -7,9 +7,9 @@ import signal
 import time
 
 import nats
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from utp.core.config import load_config
+from utp.core.jetstream import read_stored
 from utp.daemon.session import Session
 from utp.v1 import core_service_pb2 as api
 from utp.v1 import events_pb2 as pb
@@ -50,24 +50,10 @@ def reference(session: Session) -> tuple[list[tuple], list[tuple]]:
 async def new_order_events(url: str, stream: str, root: str) -> list[pb.Order]:
     """Every NEW order event stored in the stream: what was submitted, as the bus recorded it."""
     nc = await nats.connect(url)
-    js = nc.jetstream()
-    # A read-only consumer: no acks, so the server's cap on unacked messages never stalls it.
-    config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE)
-    sub = await js.pull_subscribe(f"{root}.order.>", stream=stream, config=config)
-    events = []
-    # Read until the consumer has nothing pending: a fetch that times out proves nothing by itself.
-    while (await sub.consumer_info()).num_pending > 0:
-        try:
-            msgs = await sub.fetch(500, timeout=5.0)
-        except (nats.errors.TimeoutError, asyncio.TimeoutError):
-            continue
-        for m in msgs:
-            if not m.subject.endswith("._wm"):
-                order = pb.Order.FromString(m.data)
-                if order.status == pb.ORDER_STATUS_NEW:
-                    events.append(order)
+    stored = await read_stored(nc.jetstream(), stream, f"{root}.order.>")
     await nc.close()
-    return events
+    orders = (pb.Order.FromString(m.data) for m in stored if not m.subject.endswith("._wm"))
+    return [order for order in orders if order.status == pb.ORDER_STATUS_NEW]
 
 
 def test_a_session_killed_with_sigkill_ends_as_if_uninterrupted(daemon_factory, nats_url, stream_names) -> None:  # noqa: ANN001
