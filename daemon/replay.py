@@ -26,7 +26,6 @@ from typing import Any
 
 import msgspec
 import nats
-import nats.errors
 import nats.js.errors
 import numpy as np
 import polars as pl
