@@ -478,7 +478,10 @@ def _execute(  # noqa: PLR0912, PLR0913, PLR0915
     i, d, lg = cursor[C_BAR], cursor[C_DEC], cursor[C_LEG]
     n, r, ns = 0, 0, 0
     table_size = fo.shape[0]
-    bars_of = np.zeros(pos.shape[0], np.int64)  # bars of each symbol at the bar time being sized
+    # Scratch counts per symbol for sizing a bar time (zeroed again after each use).
+    bars_of = np.zeros(pos.shape[0], np.int64)
+    open_of = np.zeros(pos.shape[0], np.int64)
+    dec_of = np.zeros(pos.shape[0], np.int64)
     while i < n_bars or d < n_dec or lg < n_leg:
         # The next bar time (decisions and legs after the last bar are placed at their own times).
         j = i
@@ -497,18 +500,33 @@ def _execute(  # noqa: PLR0912, PLR0913, PLR0915
         while ll < n_leg and l_time[ll] <= t:
             ll += 1
         n_open = olist[0]
-        most_open = n_open + 2 * (dd - d) + (ll - lg)
-        # An order moves only on a bar of its own symbol: room for the open orders of the symbols at this time
-        # (once per bar of theirs), not for every open order on every bar, which grew the event buffer with
-        # bars x open orders in a long live session (and past its largest size: a step that never fitted).
+        # An order moves only on a bar of its own symbol, and a decision cancels only its own symbol's orders:
+        # room for the open orders of the symbols at this time (once per bar or decision of theirs), not for
+        # every open order on every bar and decision. That grew the event buffer with bars x open orders in a
+        # long live session, and with decisions x (open orders + new orders) when hundreds of entries came at
+        # one time (past the buffer's largest size: a step that never fitted).
         for b in range(i, j):
             bars_of[b_sym[b]] += 1
+        for o in range(1, n_open + 1):
+            open_of[io[olist[o], I_SYM]] += 1
+        for k in range(d, dd):
+            dec_of[d_sym[k]] += 1
         at_t = 0
         for o in range(1, n_open + 1):
             at_t += bars_of[io[olist[o], I_SYM]]
+        # A decision cancels what its symbol has open: what was open before, what earlier decisions for it
+        # placed this time (a close and an entry each), a risk close and a slice with its two legs; then
+        # it places a close and an entry, and may write a risk event or a skip.
+        at_d = 0
+        for k in range(d, dd):
+            at_d += open_of[d_sym[k]] + 2 * dec_of[d_sym[k]] + 8
         for b in range(i, j):
             bars_of[b_sym[b]] = 0
-        need_events = 3 * at_t + 3 * (j - i) + (dd - d) * (most_open + 4) + (ll - lg)
+        for o in range(1, n_open + 1):
+            open_of[io[olist[o], I_SYM]] = 0
+        for k in range(d, dd):
+            dec_of[d_sym[k]] = 0
+        need_events = 3 * at_t + 3 * (j - i) + at_d + (ll - lg)
         need_rows = 2 * (dd - d) + (ll - lg)
         if j > i and (gp[GP_DRAWDOWN] > 0.0 or gp[GP_TRAIL] > 0.0 or gp[GP_MAX_HOLD_NS] > 0.0):  # closing them all
             n_held = 0
@@ -882,7 +900,9 @@ class ExecutionEngine(Engine):
                 cursor[C_ROWS] = broker.n_rows
             else:  # a buffer filled up: grow the ones that did (they were drained above)
                 if n_events > self._events.shape[0] // 2 or int(cursor[C_NEED_EVENTS]) > self._events.shape[0] // 2:
-                    size = min(max(2 * self._events.shape[0], 2 * int(cursor[C_NEED_EVENTS])), 1 << 20)
+                    # Doubling stops at 1M rows, but never below what the bar time needs (or it would never fit).
+                    need = int(cursor[C_NEED_EVENTS])
+                    size = min(max(2 * self._events.shape[0], 2 * need), max(1 << 20, need))
                     self._events, self._fills = np.zeros((size, N_E)), np.zeros(size + 1, np.int64)
                 if n_snaps > self._snaps.shape[0] // 2:
                     self._snaps = np.zeros((2 * self._snaps.shape[0], self._snaps.shape[1]))

@@ -346,6 +346,24 @@ def test_a_bar_time_of_many_symbols_with_many_resting_legs_fits_the_event_buffer
     assert engine._events.shape[0] == after_entries  # 3 per open order of the bar time's symbols, 3 per bar
 
 
+def test_hundreds_of_entries_with_their_legs_at_one_bar_time_fit_the_event_buffer() -> None:
+    # A decision cancels only its own symbol's orders: room for each decision is its symbol's open and new
+    # orders. Sized by every open and new order per decision (700 x 2,800), the step needed more than the
+    # buffer's largest size (1M rows) and never ended.
+    symbols = tuple(f"S{i:03d}" for i in range(700))
+    engine, ctx = execution(symbols=symbols, initial_cash=1e9), FakeContext()
+    risk = RiskConfig(max_position_pct=0.001, max_positions=1000, max_total_exposure=1e12, max_symbol_exposure=1e12,
+                      max_orders_per_minute=0, max_orders_per_symbol_day=0)  # fmt: skip
+    targets = PortfolioConstructionEngine(PortfolioConfig(), risk, Universe(symbols)).fixed_targets(
+        scored([(s, DAY, pb.DIRECTION_UP, 10.0) for s in symbols]))  # fmt: skip
+    decisions = RiskEngine(risk, APPROVED).decide(targets)
+    legs = ExitEngine(ExitConfig(take_profit_pct=0.5, stop_loss_pct=0.5)).legs_for(decisions)
+    engine.on_step(ctx, DAY, {"bar": bars([(DAY, s, 10, 10, 10, 10) for s in symbols]), "risk_decision": decisions,
+                              "order_intent": legs})  # fmt: skip
+    assert len(ctx.messages("order")) == 700 * 3  # each entry and its two legs
+    assert engine._events.shape[0] <= 1 << 14
+
+
 def test_a_new_target_cancels_the_resting_legs() -> None:
     engine, ctx = execution(), FakeContext()
     exits = ExitConfig(take_profit_pct=0.5, stop_loss_pct=0.5)
