@@ -324,11 +324,9 @@ def test_a_bracket_guards_the_entry_and_its_legs_cancel_each_other() -> None:
     assert engine.portfolio.positions == {} and engine.broker.open_orders() == []
 
 
-def test_a_bar_time_of_many_symbols_with_many_resting_legs_fits_the_event_buffer() -> None:
-    # Room for a bar time's events is sized by the open orders of the symbols at that time. Sized by every open
-    # order on every bar (300 bars x 900 open orders), the buffer grew past what the entries' step needed, and
-    # with bars x open orders in a long session (past its largest size, the step never ended).
-    symbols = tuple(f"S{i:03d}" for i in range(300))
+def _entries_with_legs(n: int) -> tuple[ExecutionEngine, FakeContext, tuple[str, ...]]:
+    """An execution engine after one bar time with an entry and its two legs for each of `n` symbols."""
+    symbols = tuple(f"S{i:03d}" for i in range(n))
     engine, ctx = execution(symbols=symbols, initial_cash=1e9), FakeContext()
     risk = RiskConfig(max_position_pct=0.001, max_positions=1000, max_total_exposure=1e12, max_symbol_exposure=1e12,
                       max_orders_per_minute=0, max_orders_per_symbol_day=0)  # fmt: skip
@@ -336,9 +334,17 @@ def test_a_bar_time_of_many_symbols_with_many_resting_legs_fits_the_event_buffer
         scored([(s, DAY, pb.DIRECTION_UP, 10.0) for s in symbols]))  # fmt: skip
     decisions = RiskEngine(risk, APPROVED).decide(targets)
     legs = ExitEngine(ExitConfig(take_profit_pct=0.5, stop_loss_pct=0.5)).legs_for(decisions)
-    assert decisions.height == 300 and legs.height == 600
+    assert decisions.height == n and legs.height == 2 * n
     engine.on_step(ctx, DAY, {"bar": bars([(DAY, s, 10, 10, 10, 10) for s in symbols]), "risk_decision": decisions,
                               "order_intent": legs})  # fmt: skip
+    return engine, ctx, symbols
+
+
+def test_a_bar_time_of_many_symbols_with_many_resting_legs_fits_the_event_buffer() -> None:
+    # Room for a bar time's events is sized by the open orders of the symbols at that time. Sized by every open
+    # order on every bar (300 bars x 900 open orders), the buffer grew past what the entries' step needed, and
+    # with bars x open orders in a long session (past its largest size, the step never ended).
+    engine, ctx, symbols = _entries_with_legs(300)
     after_entries = engine._events.shape[0]
     for day in (2, 3):  # the entries fill at the first open; their legs rest through the second bar time
         engine.on_step(ctx, day * DAY, {"bar": bars([(day * DAY, s, 10, 10.5, 9.5, 10) for s in symbols])})
@@ -350,16 +356,7 @@ def test_hundreds_of_entries_with_their_legs_at_one_bar_time_fit_the_event_buffe
     # A decision cancels only its own symbol's orders: room for each decision is its symbol's open and new
     # orders. Sized by every open and new order per decision (700 x 2,800), the step needed more than the
     # buffer's largest size (1M rows) and never ended.
-    symbols = tuple(f"S{i:03d}" for i in range(700))
-    engine, ctx = execution(symbols=symbols, initial_cash=1e9), FakeContext()
-    risk = RiskConfig(max_position_pct=0.001, max_positions=1000, max_total_exposure=1e12, max_symbol_exposure=1e12,
-                      max_orders_per_minute=0, max_orders_per_symbol_day=0)  # fmt: skip
-    targets = PortfolioConstructionEngine(PortfolioConfig(), risk, Universe(symbols)).fixed_targets(
-        scored([(s, DAY, pb.DIRECTION_UP, 10.0) for s in symbols]))  # fmt: skip
-    decisions = RiskEngine(risk, APPROVED).decide(targets)
-    legs = ExitEngine(ExitConfig(take_profit_pct=0.5, stop_loss_pct=0.5)).legs_for(decisions)
-    engine.on_step(ctx, DAY, {"bar": bars([(DAY, s, 10, 10, 10, 10) for s in symbols]), "risk_decision": decisions,
-                              "order_intent": legs})  # fmt: skip
+    engine, ctx, _ = _entries_with_legs(700)
     assert len(ctx.messages("order")) == 700 * 3  # each entry and its two legs
     assert engine._events.shape[0] <= 1 << 14
 
