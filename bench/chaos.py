@@ -136,9 +136,11 @@ class Daemon:
             self._alive()
             try:
                 return self.stub.GetStatus(api.GetStatusRequest(), timeout=5)
-            except grpc.RpcError:
+            except grpc.RpcError as exc:
                 if time.monotonic() > deadline:
-                    raise
+                    # The daemon is up but does not answer: its log says what it was doing.
+                    raise SystemExit(f"chaos: the daemon gave no status for {wait:g} s ({exc.code()}):\n"
+                                     f"{self.log_path.read_text()[-4000:]}") from exc  # fmt: skip
                 time.sleep(0.1)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
