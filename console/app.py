@@ -25,6 +25,7 @@ from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.command import DiscoveryHit, Hit, Hits, Provider
+from textual.css.query import NoMatches
 from textual.widgets import ContentSwitcher, Footer, Header, Input
 from textual.worker import Worker
 
@@ -178,13 +179,15 @@ class ConsoleApp(App[None]):
             await self.poll_once()
             view = self.active_view
             if view.LIVE and self.state.connected and not self.state.problem:
-                await view.load()
+                await self._load(view)
             await asyncio.sleep(self.poll_seconds if self.state.connected else RETRY_SECONDS)
 
     async def poll_once(self) -> None:
         """Fetch status (the dashboard), positions and orders once; redraw the status bar and the screen."""
         async with self._poll_lock:
             await self._poll()
+        if self.closing:
+            return  # its screens are being taken down under the answer that just came
         self._show_status()
         self.active_view.show_state(self.state)
 
@@ -268,7 +271,21 @@ class ConsoleApp(App[None]):
         return self.reload_view(view)
 
     def reload_view(self, view: View) -> Worker:
-        return self.run_worker(view.load(), group=f"load-{view.NAME}", exclusive=True)
+        return self.run_worker(self._load(view), group=f"load-{view.NAME}", exclusive=True)
+
+    @property
+    def closing(self) -> bool:
+        """The console is shutting down (exit sets `_exit`; a test's shutdown only stops the app's loop)."""
+        return not self.is_running or not self.active_view.is_attached
+
+    async def _load(self, view: View) -> None:
+        # A read in flight when the operator quits answers after Textual has removed the screen's widgets, but
+        # before it cancels the app's workers: that is no error. While the console runs, a missing widget is.
+        try:
+            await view.load()
+        except NoMatches:
+            if not self.closing:
+                raise
 
     def on_tab_bar_selected(self, event: TabBar.Selected) -> None:
         if event.bar.id == "tabs":

@@ -12,6 +12,7 @@ from textual.pilot import Pilot
 from textual.widgets import Input
 
 from utp.console.app import ConsoleApp, StatusBar, default_actor, status_line
+from utp.console.source import GrpcSource
 from utp.console.screens.models import RetrainScreen
 from utp.console.widgets import ConfirmScreen, Table
 from utp.daemon.auth import read_token, token_path
@@ -243,6 +244,38 @@ async def test_approval_mode_switches_from_the_console(daemon_factory) -> None: 
         await pilot.press("g")
         await confirm(app, pilot)
         await wait_until(lambda: daemon.status().execution_approved)
+
+
+class _AnswersAfterTeardown(GrpcSource):
+    """The daemon over gRPC, except that, once armed, a ListApprovals answer is held until the approvals
+    screen's widgets have been removed: the order of events when the operator quits during a slow read."""
+
+    def __init__(self, app_of: Callable[[], ConsoleApp], *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.app_of, self.armed, self.answered_after_teardown = app_of, False, False
+
+    async def call(self, method: str, request, timeout: float = 10.0):  # noqa: ANN001, ANN201
+        answer = await super().call(method, request, timeout)
+        if self.armed and method == "ListApprovals":
+            view = self.app_of().views["approvals"]
+            while view.query("#pending"):
+                await asyncio.sleep(0)
+            self.answered_after_teardown = True
+        return answer
+
+
+async def test_quitting_while_a_screen_loads_is_no_error(daemon_factory) -> None:  # noqa: ANN001
+    daemon = daemon_factory().start()
+    source = _AnswersAfterTeardown(lambda: app, daemon.target, daemon.token)
+    app = ConsoleApp(source=source, poll_seconds=3600)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("5")
+        await wait_until(lambda: "approval" in str(app.views["approvals"].query_one("#approval-mode").render()))
+        source.armed = True
+        app.reload_view(app.views["approvals"])
+        await pilot.pause()
+    # Leaving run_test re-raises what the app died of: with the answer landing on a removed table, NoMatches.
+    assert source.answered_after_teardown
 
 
 async def test_close_all_positions_while_halted(daemon_factory) -> None:  # noqa: ANN001
