@@ -42,7 +42,8 @@ from utp.core.bus import InProcessBus
 from utp.core.clock import SimulatedClock
 from utp.core.config import load_config
 from utp.core.controls import ControlState
-from utp.core.jetstream import read_stored
+from utp.core.jetstream import events_in, read_stored
+from utp.core.kinds import KINDS
 from utp.daemon.auth import client_channel, read_token, token_path
 from utp.daemon.session import Session
 from utp.v1 import core_service_pb2 as api
@@ -203,8 +204,7 @@ async def submitted_orders(url: str, stream: str, root: str) -> list[str]:
     nc = await nats.connect(url)
     held, new = [], []
     for m in await read_stored(nc.jetstream(), stream, f"{root}.order.>"):
-        if not m.subject.endswith("._wm"):
-            order = pb.Order.FromString(m.data)
+        for order in events_in(KINDS["order"], m):
             if order.status == pb.ORDER_STATUS_NEW:
                 new.append(order.client_order_id)
             elif order.status == pb.ORDER_STATUS_HELD:

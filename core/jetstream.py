@@ -1,9 +1,13 @@
 """The bus on NATS JetStream, for sessions whose engines may live in other processes or machines.
 
-Wire format: every event is one protobuf message on `<root>.<kind>.<symbol>` with header
-`Nats-Msg-Id: <event id>`, so the server drops a re-published event (after a crash) within the stream's
-duplicate window. A batch ends with a `Watermark` message on `<root>.<kind>._wm`; subscribers rebuild
-the batch from the events before it, check its event count, and hand it over as one columnar batch.
+Wire format: a batch of a watermarked kind is one columnar protobuf message (`EventBatch`, `utp.core.wire`)
+on `<root>.<kind>._batch`, or several parts in order when it is too large for one; the last part carries
+the `Watermark`, which counts the rows of every part. Each part has a `Nats-Msg-Id` made of the batch's
+producer, kind, watermark, row count, last event id and the part's index, so the server drops a
+re-published part (after a crash) within the stream's duplicate window. Subscribers join the parts, check
+the count, and hand the batch over as one frame. Events of the kinds without watermarks (commands,
+status, alerts) are one protobuf message each on `<root>.<kind>.<symbol>`, with their event id as
+`Nats-Msg-Id`.
 
 Delivery: one stream (`UTP` by default) holds every subject under the root. Each engine input is a
 durable pull consumer filtered on its kind, created idempotently. The engine commits the stream sequence
@@ -28,6 +32,7 @@ from typing import Any
 import nats
 import nats.errors
 import nats.js.errors
+import polars as pl
 from google.protobuf.message import DecodeError, Message
 from nats.aio.msg import Msg
 from nats.js.api import (
@@ -40,11 +45,12 @@ from nats.js.api import (
     StreamConfig,
 )
 
+from utp.core import wire
 from utp.core.batch import END, Batch
 from utp.core.bus import BatchHandler, Bus, KindFilter, Subscription, TapHandler
-from utp.core.kinds import KIND_BY_NUMBER, KINDS, TIME, Kind
+from utp.core.kinds import KINDS, TIME, Kind
 from utp.core.runtime import DeadLetter
-from utp.core.subjects import Subjects
+from utp.core.subjects import BATCH_TOKEN, Subjects
 from utp.v1 import events_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -64,8 +70,7 @@ class _BatchAssembler:
         self.kind = kind
         self.subjects = subjects
         self.quarantine = quarantine
-        self.events: list[Message] = []
-        self.ids: set[str] = set()
+        self.parts: list[pl.DataFrame] = []
 
     def add(self, msg: Msg) -> Batch | None:
         position = msg.metadata.sequence.stream
@@ -78,43 +83,46 @@ class _BatchAssembler:
             self.quarantine(msg.subject, msg.data, f"expected kind {self.kind.name}")
             return None
         if symbol is None:
-            return self._close(msg, position)
+            return self._part(msg, position) if self.kind.watermarked else self._refuse(msg, "a batch of a kind without")
+        if self.kind.watermarked:
+            return self._refuse(msg, "a single event of a kind with")
         try:
             event = self.kind.message.FromString(msg.data)
         except DecodeError as exc:
             self.quarantine(msg.subject, msg.data, f"not a {self.kind.message.DESCRIPTOR.name}: {exc}")
             return None
-        event_id = event.header.event_id  # type: ignore[attr-defined]
-        if not self.kind.watermarked:
-            return Batch(self.kind.name, "", self.kind.to_frame([event]), None, position)
-        if event_id in self.ids:  # re-published beyond the server's duplicate window
-            return None
-        self.ids.add(event_id)
-        self.events.append(event)
-        return None
+        return Batch(self.kind.name, "", self.kind.to_frame([event]), None, position)
 
-    def _close(self, msg: Msg, position: int) -> Batch | None:
+    def _refuse(self, msg: Msg, what: str) -> None:
+        self.quarantine(msg.subject, msg.data, f"{what} watermarks ({self.kind.name})")
+
+    def _part(self, msg: Msg, position: int) -> Batch | None:
         try:
-            watermark = pb.Watermark.FromString(msg.data)
-        except DecodeError as exc:
-            self.quarantine(msg.subject, msg.data, f"not a Watermark: {exc}")
+            part = pb.EventBatch.FromString(msg.data)
+            if part.kind != self.kind.number:
+                raise ValueError(f"a batch of kind {part.kind} on {self.kind.name}")
+            frame = wire.to_frame(part)
+        except (DecodeError, ValueError) as exc:
+            # The part's rows are lost to this batch; the watermark's count says so when it closes.
+            self.quarantine(msg.subject, msg.data, f"not a usable EventBatch: {exc}")
             return None
-        if KIND_BY_NUMBER.get(watermark.kind) is not self.kind:
-            self.quarantine(msg.subject, msg.data, f"watermark of kind {watermark.kind} on {self.kind.name}")
-            return None
-        if len(self.events) < watermark.event_count:
+        if frame.height:
+            self.parts.append(frame)
+        if not part.HasField("watermark"):
+            return None  # acked with the part that closes its batch
+        watermark = part.watermark
+        frame = pl.concat(self.parts, how="vertical") if len(self.parts) > 1 else (
+            self.parts[0] if self.parts else self.kind.empty_frame())  # fmt: skip
+        self.parts = []
+        if frame.height > watermark.event_count:  # a part re-published beyond the server's duplicate window
+            frame = frame.unique("event_id", keep="first", maintain_order=True)
+        if frame.height < watermark.event_count:
             log.error(
                 "%s batch from %s through %d: %d events announced, %d received",
-                self.kind.name, watermark.producer, watermark.through_time_ns, watermark.event_count, len(self.events),
+                self.kind.name, watermark.producer, watermark.through_time_ns, watermark.event_count, frame.height,
             )  # fmt: skip
-        try:
-            frame = self.kind.to_frame(self.events)
-        except ValueError as exc:
-            self.quarantine(msg.subject, msg.data, f"batch of {len(self.events)} events unusable: {exc}")
-            frame = self.kind.empty_frame()
         if frame.height and not frame[TIME].is_sorted():
             frame = frame.sort(TIME, maintain_order=True)
-        self.events, self.ids = [], set()
         through = END if watermark.end_of_stream else watermark.through_time_ns
         return Batch(self.kind.name, watermark.producer, frame, through, position)
 
@@ -304,35 +312,34 @@ class JetStreamBus(Bus):
     # -- publishing --------------------------------------------------------------------------------
     async def publish(self, batch: Batch) -> None:
         kind = KINDS[batch.kind]
-        messages = kind.to_messages(batch.frame) if batch.frame.height else []
         pending = []
-        for message in messages:
-            header = message.header  # type: ignore[attr-defined]
-            pending.append(
-                await self._js.publish_async(
-                    self.subjects.event(kind.name, header.symbol),
-                    message.SerializeToString(),
-                    headers={"Nats-Msg-Id": header.event_id},
-                )
-            )
-        if kind.watermarked:
+        if not kind.watermarked:
+            for message in kind.to_messages(batch.frame) if batch.frame.height else []:
+                header = message.header  # type: ignore[attr-defined]
+                pending.append(await self._js.publish_async(
+                    self.subjects.event(kind.name, header.symbol), message.SerializeToString(),
+                    headers={"Nats-Msg-Id": header.event_id}))  # fmt: skip
+        else:
             assert batch.through_ns is not None
-            watermark = pb.Watermark(
-                kind=kind.number,
-                producer=batch.producer,
-                through_time_ns=batch.through_ns,
-                event_count=len(messages),
-                end_of_stream=batch.end_of_stream,
-            )
-            last_id = messages[-1].header.event_id if messages else ""  # type: ignore[attr-defined]
-            msg_id = f"wm/{batch.producer}/{kind.name}/{batch.through_ns}/{len(messages)}/{last_id}"
-            pending.append(
-                await self._js.publish_async(
-                    self.subjects.watermark(kind.name), watermark.SerializeToString(), headers={"Nats-Msg-Id": msg_id}
-                )
-            )
+            frame = batch.frame
+            watermark = pb.Watermark(kind=kind.number, producer=batch.producer, through_time_ns=batch.through_ns,
+                                     event_count=frame.height, end_of_stream=batch.end_of_stream)  # fmt: skip
+            last_id = frame["event_id"][-1] if frame.height else ""
+            batch_id = f"{batch.producer}/{kind.name}/{batch.through_ns}/{frame.height}/{last_id}"
+            subject = self.subjects.batch(kind.name)
+            parts = list(wire.parts(kind, frame, self._part_budget()))
+            for index, part in enumerate(parts):
+                data = wire.with_watermark(part, index, watermark if index == len(parts) - 1 else None)
+                pending.append(await self._js.publish_async(subject, data,
+                                                            headers={"Nats-Msg-Id": f"b/{batch_id}/{index}"}))
         if pending:
             await asyncio.gather(*pending)
+
+    def _part_budget(self) -> int:
+        # A quarter of what the server takes in one message: room for headers, and for a part whose rows are
+        # longer than the schema suggests before it is halved.
+        limit = self._nc.max_payload if self._nc is not None and self._nc.max_payload else 1 << 20
+        return max(1 << 12, min(1 << 18, limit // 4))
 
     async def record_applied(self, engine: str, kind: str, event_ids: list[str], through_ns: int) -> None:
         record = pb.CommandsApplied(engine=engine, through_time_ns=through_ns, event_ids=event_ids,
@@ -508,14 +515,21 @@ class JetStreamBus(Bus):
                 kind_name, symbol = self.subjects.parse(msg.subject)
             except ValueError:
                 return
-            if symbol is None or kind_name not in KINDS or not wants(kind_name):
+            if kind_name not in KINDS or not wants(kind_name):
+                return
+            kind = KINDS[kind_name]
+            try:
+                if symbol is None:
+                    frame = wire.to_frame(pb.EventBatch.FromString(msg.data))
+                    events = kind.to_messages(frame) if frame.height else []
+                else:
+                    events = [kind.message.FromString(msg.data)]
+            except (DecodeError, ValueError):
+                return
+            if not events:
                 return
             try:
-                event = KINDS[kind_name].message.FromString(msg.data)
-            except DecodeError:
-                return
-            try:
-                await handler(kind_name, [event])
+                await handler(kind_name, events)
             except Exception:  # a watcher must never break the bus
                 log.exception("tap handler failed on %s", kind_name)
 
@@ -553,3 +567,12 @@ async def read_stored(js: Any, stream: str, subject: str, first: int = 1, last: 
             await sub.unsubscribe()
         except Exception:  # noqa: BLE001, S110 - an ephemeral consumer goes by itself
             pass
+
+
+def events_in(kind: Kind, msg: Msg) -> list[Message]:
+    """The events of `kind` a stored message on the kind's subjects holds: the rows of a batch part, or the one
+    event of a kind without watermarks. DecodeError or ValueError if it holds neither."""
+    if msg.subject.endswith("." + BATCH_TOKEN):
+        frame = wire.to_frame(pb.EventBatch.FromString(msg.data))
+        return kind.to_messages(frame) if frame.height else []
+    return [kind.message.FromString(msg.data)]

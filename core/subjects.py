@@ -1,8 +1,9 @@
 """Every bus subject is built here, and nowhere else.
 
-Events go to `<root>.<kind>.<symbol>`; portfolio-wide events use the symbol token `_`; the watermark that
-closes a batch of a kind goes to `<root>.<kind>._wm`, inside the kind's subject space, so one consumer
-filtered on `<root>.<kind>.>` sees events and watermarks in publish order. `<root>._applied.<engine>` and
+A batch of a watermarked kind goes to `<root>.<kind>._batch` as one columnar `EventBatch` (or several parts,
+the last with the watermark), inside the kind's subject space, so one consumer filtered on `<root>.<kind>.>`
+sees batches in publish order. Events of the other kinds (commands, status, alerts) and dead letters go one
+by one to `<root>.<kind>.<symbol>`; portfolio-wide events use the symbol token `_`. `<root>._applied.<engine>` and
 `<root>._session` hold what a replay needs besides the events (where commands took effect, the session). Characters that NATS does
 not allow in a token (".", "*", ">", whitespace, ...) are percent-encoded: "BRK.B" -> "BRK%2EB".
 """
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 
 _SAFE = re.compile(r"[A-Za-z0-9_\-]")
 PORTFOLIO_TOKEN = "_"
-WATERMARK_TOKEN = "_wm"
+BATCH_TOKEN = "_batch"
 #: Tokens in the kind position that are not kinds: records for `utp replay`, which no consumer of a kind sees.
 APPLIED_TOKEN = "_applied"
 MANIFEST_TOKEN = "_session"
@@ -44,8 +45,9 @@ class Subjects:
     def event(self, kind: str, symbol: str) -> str:
         return f"{self.root}.{kind}.{symbol_token(symbol)}"
 
-    def watermark(self, kind: str) -> str:
-        return f"{self.root}.{kind}.{WATERMARK_TOKEN}"
+    def batch(self, kind: str) -> str:
+        """Where the batches of a watermarked kind go (`EventBatch` parts; the last carries the watermark)."""
+        return f"{self.root}.{kind}.{BATCH_TOKEN}"
 
     def of_kind(self, kind: str) -> str:
         return f"{self.root}.{kind}.>"
@@ -69,8 +71,8 @@ class Subjects:
         return f"{self.root}.>"
 
     def parse(self, subject: str) -> tuple[str, str | None]:
-        """subject -> (kind, symbol); symbol is None for a watermark subject."""
+        """subject -> (kind, symbol); symbol is None for a batch subject."""
         root, kind, token = subject.split(".", 2)
         if root != self.root:
             raise ValueError(f"subject {subject!r} is not under {self.root!r}")
-        return kind, (None if token == WATERMARK_TOKEN else token_symbol(token))
+        return kind, (None if token == BATCH_TOKEN else token_symbol(token))

@@ -36,9 +36,9 @@ from utp.core.bus import InProcessBus
 from utp.core.clock import SimulatedClock
 from utp.core.config import Config, ConfigError, load_config
 from utp.core.controls import ControlState
-from utp.core.jetstream import read_stored
+from utp.core.jetstream import events_in, read_stored
 from utp.core.kinds import KINDS, TIME
-from utp.core.subjects import APPLIED_TOKEN, MANIFEST_TOKEN, WATERMARK_TOKEN, Subjects
+from utp.core.subjects import APPLIED_TOKEN, MANIFEST_TOKEN, Subjects
 from utp.core.universe import Universe
 from utp.v1 import events_pb2 as pb
 
@@ -185,7 +185,7 @@ def _decode(manifest: pb.SessionManifest, last: int, subjects: Subjects, message
     events: dict[str, dict[str, bytes]] = {k: {} for k in DECISION_KINDS}
     for m in messages:
         parts = m.subject.split(".", 2)
-        if len(parts) < 3 or parts[2] == WATERMARK_TOKEN:
+        if len(parts) < 3:
             continue
         token = parts[1]
         try:
@@ -193,17 +193,17 @@ def _decode(manifest: pb.SessionManifest, last: int, subjects: Subjects, message
                 record = pb.CommandsApplied.FromString(m.data)
                 applied[record.engine].append((record.through_time_ns, list(record.event_ids)))
             elif token == "bar":
-                bar = pb.Bar.FromString(m.data)
-                if bar.header.event_id not in seen_bars:
-                    seen_bars.add(bar.header.event_id)
-                    bars.append(bar)
+                for bar in events_in(KINDS[token], m):
+                    if bar.header.event_id not in seen_bars:  # type: ignore[attr-defined]
+                        seen_bars.add(bar.header.event_id)  # type: ignore[attr-defined]
+                        bars.append(bar)
             elif token == "control_command":
-                command = pb.ControlCommand.FromString(m.data)
-                commands.setdefault(command.header.event_id, command)
+                for command in events_in(KINDS[token], m):
+                    commands.setdefault(command.header.event_id, command)  # type: ignore[attr-defined]
             elif token in events:
-                event = KINDS[token].message.FromString(m.data)
-                events[token].setdefault(event.header.event_id, m.data)  # type: ignore[attr-defined]
-        except DecodeError as exc:
+                for event in events_in(KINDS[token], m):
+                    events[token].setdefault(event.header.event_id, event.SerializeToString())  # type: ignore[attr-defined]
+        except (DecodeError, ValueError) as exc:
             log.error("replay: unreadable message on %s at %d: %s", m.subject, m.metadata.sequence.stream, exc)
     frame = KINDS["bar"].to_frame(bars) if bars else KINDS["bar"].empty_frame()
     frame = frame.sort(TIME, maintain_order=True)

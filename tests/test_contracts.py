@@ -107,4 +107,4 @@ def test_symbol_tokens_are_reversible_nats_tokens(symbol: str) -> None:
     assert token_symbol(token) == symbol
     subjects = Subjects("utp")
     assert subjects.parse(subjects.event("bar", symbol)) == ("bar", symbol)
-    assert subjects.parse(subjects.watermark("bar")) == ("bar", None)
+    assert subjects.parse(subjects.batch("bar")) == ("bar", None)

@@ -12,7 +12,9 @@ import pytest
 from utp.core.clock import WallClock
 from utp.core.config import Config, load_config
 from utp.core.controls import ControlState
+from utp.core import wire
 from utp.core.jetstream import JetStreamBus
+from utp.core.kinds import KINDS
 from utp.core.bus import InProcessBus
 from utp.core.runtime import Checkpointer, EngineFailure
 from utp.daemon.watchdog import Alert, Check, Watchdogs, failed_engines, restart_failed_engines
@@ -118,11 +120,18 @@ def test_malformed_messages_are_quarantined_and_the_run_goes_on(nats_url: str, s
                            quarantine=lambda subject, data, reason: quarantined.append((subject, reason)))  # fmt: skip
         await bus.connect()
         js = bus._js
-        await js.publish(f"{root}.bar.GOOG", b"\xff\x00garbage", headers={"Nats-Msg-Id": "garbage-1"})
-        stranger = pb.Bar(header=pb.EventHeader(event_id="bar/ZZZ@1", correlation_id="ZZZ@1", event_time_ns=1, symbol="ZZZ"),
-                          open=1, high=1, low=1, close=1, volume=1)  # fmt: skip
-        await js.publish(f"{root}.bar.ZZZ", stranger.SerializeToString(), headers={"Nats-Msg-Id": "stranger"})
-        await js.publish(f"{root}.bar._wm", b"not a watermark", headers={"Nats-Msg-Id": "bad-wm"})
+        await js.publish(f"{root}.bar._batch", b"\xff\x00garbage", headers={"Nats-Msg-Id": "garbage-1"})
+        lone = pb.Bar(header=pb.EventHeader(event_id="bar/GOOG@1", correlation_id="GOOG@1", event_time_ns=1,
+                                            symbol="GOOG"), open=1, high=1, low=1, close=1, volume=1)  # fmt: skip
+        await js.publish(f"{root}.bar.GOOG", lone.SerializeToString(), headers={"Nats-Msg-Id": "lone"})
+        # A part of a batch whose watermark comes with the first real one: its unknown symbol must not stop it.
+        stranger = KINDS["bar"].to_frame([pb.Bar(header=pb.EventHeader(
+            event_id="bar/ZZZ@1", correlation_id="ZZZ@1", event_time_ns=1, symbol="ZZZ"), open=1, high=1, low=1,
+            close=1, volume=1)])  # fmt: skip
+        await js.publish(f"{root}.bar._batch", wire.to_event_batch(KINDS["bar"], stranger).SerializeToString(),
+                         headers={"Nats-Msg-Id": "stranger"})  # fmt: skip
+        columns_missing = pb.EventBatch(kind=pb.EVENT_KIND_BAR, rows=1)
+        await js.publish(f"{root}.bar._batch", columns_missing.SerializeToString(), headers={"Nats-Msg-Id": "no-cols"})
         session = Session(cfg, bus=bus, clock=WallClock(), controls=ControlState(execution_approved=True),
                           collect_results=True)  # fmt: skip
         await session.start()
@@ -137,7 +146,9 @@ def test_malformed_messages_are_quarantined_and_the_run_goes_on(nats_url: str, s
 
     assert asyncio.run(go()) == reference
     reasons = [reason for _, reason in quarantined]
-    assert any("not a Bar" in r for r in reasons) and any("not a Watermark" in r for r in reasons)
+    assert any("not a usable EventBatch: Error parsing" in r for r in reasons)
+    assert any("a single event of a kind with watermarks" in r for r in reasons)
+    assert any("bar batch lacks columns" in r for r in reasons)
 
 
 def test_a_failed_engine_restarts_from_its_checkpoint_and_the_orders_do_not_change(

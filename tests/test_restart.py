@@ -9,7 +9,8 @@ import time
 import nats
 
 from utp.core.config import load_config
-from utp.core.jetstream import read_stored
+from utp.core.jetstream import events_in, read_stored
+from utp.core.kinds import KINDS
 from utp.daemon.session import Session
 from utp.v1 import core_service_pb2 as api
 from utp.v1 import events_pb2 as pb
@@ -52,7 +53,7 @@ async def new_order_events(url: str, stream: str, root: str) -> list[pb.Order]:
     nc = await nats.connect(url)
     stored = await read_stored(nc.jetstream(), stream, f"{root}.order.>")
     await nc.close()
-    orders = (pb.Order.FromString(m.data) for m in stored if not m.subject.endswith("._wm"))
+    orders = (order for m in stored for order in events_in(KINDS["order"], m))
     return [order for order in orders if order.status == pb.ORDER_STATUS_NEW]
 
 

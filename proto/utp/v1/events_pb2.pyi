@@ -928,3 +928,115 @@ class Watermark(_message.Message):
     event_count: int
     end_of_stream: bool
     def __init__(self, kind: _Optional[_Union[EventKind, str]] = ..., producer: _Optional[str] = ..., through_time_ns: _Optional[int] = ..., event_count: _Optional[int] = ..., end_of_stream: _Optional[bool] = ...) -> None: ...
+
+class EventBatch(_message.Message):
+    __slots__ = ("kind", "rows", "columns", "part", "watermark")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    PART_FIELD_NUMBER: _ClassVar[int]
+    WATERMARK_FIELD_NUMBER: _ClassVar[int]
+    kind: EventKind
+    rows: int
+    columns: _containers.RepeatedCompositeFieldContainer[Column]
+    part: int
+    watermark: Watermark
+    def __init__(self, kind: _Optional[_Union[EventKind, str]] = ..., rows: _Optional[int] = ..., columns: _Optional[_Iterable[_Union[Column, _Mapping]]] = ..., part: _Optional[int] = ..., watermark: _Optional[_Union[Watermark, _Mapping]] = ...) -> None: ...
+
+class Column(_message.Message):
+    __slots__ = ("name", "valid", "doubles", "floats", "int64s", "uint64s", "int32s", "uint32s", "bools", "strings", "binaries", "structs", "lists")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALID_FIELD_NUMBER: _ClassVar[int]
+    DOUBLES_FIELD_NUMBER: _ClassVar[int]
+    FLOATS_FIELD_NUMBER: _ClassVar[int]
+    INT64S_FIELD_NUMBER: _ClassVar[int]
+    UINT64S_FIELD_NUMBER: _ClassVar[int]
+    INT32S_FIELD_NUMBER: _ClassVar[int]
+    UINT32S_FIELD_NUMBER: _ClassVar[int]
+    BOOLS_FIELD_NUMBER: _ClassVar[int]
+    STRINGS_FIELD_NUMBER: _ClassVar[int]
+    BINARIES_FIELD_NUMBER: _ClassVar[int]
+    STRUCTS_FIELD_NUMBER: _ClassVar[int]
+    LISTS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    valid: _containers.RepeatedScalarFieldContainer[bool]
+    doubles: DoubleValues
+    floats: FloatValues
+    int64s: Int64Values
+    uint64s: UInt64Values
+    int32s: Int32Values
+    uint32s: UInt32Values
+    bools: BoolValues
+    strings: StringValues
+    binaries: BytesValues
+    structs: StructValues
+    lists: ListValues
+    def __init__(self, name: _Optional[str] = ..., valid: _Optional[_Iterable[bool]] = ..., doubles: _Optional[_Union[DoubleValues, _Mapping]] = ..., floats: _Optional[_Union[FloatValues, _Mapping]] = ..., int64s: _Optional[_Union[Int64Values, _Mapping]] = ..., uint64s: _Optional[_Union[UInt64Values, _Mapping]] = ..., int32s: _Optional[_Union[Int32Values, _Mapping]] = ..., uint32s: _Optional[_Union[UInt32Values, _Mapping]] = ..., bools: _Optional[_Union[BoolValues, _Mapping]] = ..., strings: _Optional[_Union[StringValues, _Mapping]] = ..., binaries: _Optional[_Union[BytesValues, _Mapping]] = ..., structs: _Optional[_Union[StructValues, _Mapping]] = ..., lists: _Optional[_Union[ListValues, _Mapping]] = ...) -> None: ...
+
+class DoubleValues(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class FloatValues(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class Int64Values(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, values: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class UInt64Values(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, values: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class Int32Values(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, values: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class UInt32Values(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, values: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class BoolValues(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[bool]
+    def __init__(self, values: _Optional[_Iterable[bool]] = ...) -> None: ...
+
+class StringValues(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, values: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class BytesValues(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, values: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class StructValues(_message.Message):
+    __slots__ = ("fields",)
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
+    fields: _containers.RepeatedCompositeFieldContainer[Column]
+    def __init__(self, fields: _Optional[_Iterable[_Union[Column, _Mapping]]] = ...) -> None: ...
+
+class ListValues(_message.Message):
+    __slots__ = ("offsets", "items")
+    OFFSETS_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    offsets: _containers.RepeatedScalarFieldContainer[int]
+    items: Column
+    def __init__(self, offsets: _Optional[_Iterable[int]] = ..., items: _Optional[_Union[Column, _Mapping]] = ...) -> None: ...
