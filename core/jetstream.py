@@ -127,6 +127,18 @@ class _BatchAssembler:
         return Batch(self.kind.name, watermark.producer, frame, through, position)
 
 
+def _joined(first: Batch, then: Batch) -> Batch:
+    """Two consecutive batches of one producer as one: the rows of both, the later watermark and position."""
+    if not then.frame.height or not first.frame.height:
+        frame = first.frame if first.frame.height else then.frame
+    else:
+        frame = pl.concat([first.frame, then.frame], how="vertical")
+        if not frame[TIME].is_sorted():
+            frame = frame.sort(TIME, maintain_order=True)
+    through = max(first.through_ns, then.through_ns)  # type: ignore[type-var]
+    return Batch(first.kind, first.producer, frame, through, then.position)
+
+
 class _ContinuousPull:
     """Keeps one pull request of `batch` messages outstanding on a durable consumer and yields messages
     as they arrive (the JetStream pull protocol: $JS.API.CONSUMER.MSG.NEXT). Unlike `fetch`, it never
@@ -180,6 +192,18 @@ class _ContinuousPull:
                 return msg
             if status != "100":  # 404/408 no messages or expired, 409 exceeded/deleted: ask again
                 self.outstanding = 0
+
+    def has_message(self) -> bool:
+        """Whether a message is here already, to be had from `next` without waiting (status messages in front
+        of it are taken in on the way: a request's expiry must not look like a message)."""
+        while self.arrived:
+            status = (self.arrived[0].headers or {}).get("Status")
+            if status is None:
+                return True
+            self.arrived.popleft()
+            if status != "100":
+                self.outstanding = 0
+        return False
 
     async def close(self) -> None:
         if self.sub is not None:
@@ -245,6 +269,7 @@ class JetStreamBus(Bus):
         duplicate_window_s: float = 600.0,
         start_after: int = 0,
         fetch_batch: int = 512,
+        coalesce_rows: int = 50_000,
         ack_wait_s: float = 60.0,
         client_name: str = "utp",
         quarantine: QuarantineHandler = _log_quarantine,
@@ -256,6 +281,8 @@ class JetStreamBus(Bus):
         #: Stream sequence after which a session's consumers start when they have committed nothing yet.
         self.start_after = start_after
         self.fetch_batch = fetch_batch
+        #: Most rows a backlog's batches are joined into before an engine is handed them.
+        self.coalesce_rows = coalesce_rows
         self.ack_wait_s = ack_wait_s
         self.client_name = client_name
         self.quarantine = quarantine
@@ -477,7 +504,17 @@ class JetStreamBus(Bus):
         assembler = _BatchAssembler(KINDS[kind], self.subjects, self.quarantine)
         watermarked = KINDS[kind].watermarked
         highest = 0
+        # A batch not handed over yet: while more messages are already here (a backlog), the next batches of its
+        # producer join it, so that an engine behind steps once over many bar times instead of once per bar
+        # time. Nothing waits for this: it is handed over as soon as nothing more has arrived.
+        held: Batch | None = None
+        held_msg: Msg | None = None
         while not sub.closed:
+            if held is not None and not pull.has_message():
+                if not await self._hand_over(sub, handler, held, held_msg):
+                    return
+                held = held_msg = None
+                continue
             try:
                 msg = await pull.next()
             except asyncio.CancelledError:
@@ -493,21 +530,42 @@ class JetStreamBus(Bus):
                 continue
             highest = sequence
             batch = assembler.add(msg)
-            if batch is not None:
+            if batch is None:
+                if watermarked:
+                    continue  # acked with the part that closes its batch
                 try:
-                    await handler(batch)
-                except Exception as exc:
-                    # Nothing of this batch was committed or acked; a restart resumes before it.
-                    log.error("%s: handler failed, consumer stopped: %s", sub.name, exc)
-                    sub.error = exc
+                    await msg.ack()  # quarantined
+                except nats.errors.ConnectionClosedError:
                     return
-            elif watermarked:
-                continue  # acked with the watermark that closes its batch
-            try:
-                await msg.ack()
-            except nats.errors.ConnectionClosedError:
-                # Committed already; a restart re-creates the consumer at the committed position.
-                return
+                continue
+            if not watermarked:
+                if not await self._hand_over(sub, handler, batch, msg):
+                    return
+                continue
+            if held is not None:
+                if (held.producer == batch.producer and held.frame.height + batch.frame.height <= self.coalesce_rows
+                        and (held.frame.schema == batch.frame.schema or not held.frame.height or not batch.frame.height)):
+                    held, held_msg = _joined(held, batch), msg
+                    continue
+                if not await self._hand_over(sub, handler, held, held_msg):
+                    return
+            held, held_msg = batch, msg
+
+    async def _hand_over(self, sub: _JetStreamSubscription, handler: BatchHandler, batch: Batch, msg: Msg) -> bool:
+        """Handle a batch, then ack through its last message (AckPolicy.ALL); False when the consumer must stop."""
+        try:
+            await handler(batch)
+        except Exception as exc:
+            # Nothing of this batch was committed or acked; a restart resumes before it.
+            log.error("%s: handler failed, consumer stopped: %s", sub.name, exc)
+            sub.error = exc
+            return False
+        try:
+            await msg.ack()
+        except nats.errors.ConnectionClosedError:
+            # Committed already; a restart re-creates the consumer at the committed position.
+            return False
+        return True
 
     async def tap(self, handler: TapHandler, wants: KindFilter) -> Subscription:
         async def on_message(msg: Msg) -> None:

@@ -79,8 +79,8 @@ def _read(column: pb.Column, dtype: pl.DataType, rows: int, where: str) -> pl.Se
         offsets = np.asarray(column.lists.offsets, dtype=np.int64)
         if offsets.size != rows + 1 or offsets[0] != 0 or np.any(np.diff(offsets) < 0):
             raise ValueError(f"list column {where} has bad offsets")
-        items = _read(column.lists.items, dtype.inner, int(offsets[-1]), f"{where}[]").to_list()
-        series = pl.Series(name, [items[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)], dtype=dtype)
+        items = _read(column.lists.items, dtype.inner, int(offsets[-1]), f"{where}[]")
+        series = _lists(name, items, offsets, rows, dtype)
     else:
         oneof, np_type = _SCALARS[type(dtype)]
         if which != oneof:
@@ -94,6 +94,15 @@ def _read(column: pb.Column, dtype: pl.DataType, rows: int, where: str) -> pl.Se
             raise ValueError(f"column {where} has {len(column.valid)} validity entries for {rows} rows")
         series = series.zip_with(pl.Series(list(column.valid), dtype=pl.Boolean), pl.Series([None] * rows, dtype=dtype))
     return series.alias(name)
+
+
+def _lists(name: str, items: pl.Series, offsets: np.ndarray, rows: int, dtype: pl.DataType) -> pl.Series:
+    """Row i = items[offsets[i]:offsets[i + 1]], sliced by polars (a Python list per row is ~20x slower)."""
+    if not rows:
+        return pl.Series(name, [], dtype=dtype)
+    bounds = pl.DataFrame({"offset": offsets[:-1], "length": np.diff(offsets)})
+    whole = pl.lit(items.implode(), dtype=dtype)
+    return bounds.select(whole.list.slice(pl.col("offset"), pl.col("length")).alias(name)).to_series()
 
 
 def to_event_batch(kind: Kind, frame: pl.DataFrame) -> pb.EventBatch:

@@ -144,3 +144,43 @@ def test_a_batch_of_several_parts_arrives_whole_and_once(nats_url: str, stream_n
     assert stored > 1 and after == stored  # several parts, none stored twice
     (batch,) = got
     assert batch.frame.equals(frame) and batch.through_ns == 7 and batch.producer == "md"
+
+
+def test_a_backlog_reaches_a_consumer_in_fewer_larger_batches_never_across_producers(
+    nats_url: str, stream_names: tuple[str, str]
+) -> None:
+    stream, root = stream_names
+    frame = _bars(100)
+    sent = [("md" if i % 7 else "other", i) for i in range(1, 43)]  # a batch per bar time; "other" now and then
+
+    async def go() -> list[Batch]:
+        bus = JetStreamBus(nats_url, stream=stream, subject_root=root, coalesce_rows=450)
+        await bus.connect()
+        try:
+            for producer, t in sent:  # all stored before anyone reads: a backlog
+                await bus.publish(Batch("bar", producer, frame.with_columns(event_time_ns=pl.lit(t, pl.Int64),
+                                        event_id=pl.col("event_id") + f"/{t}"), t))  # fmt: skip
+            got: list[Batch] = []
+
+            async def keep(batch: Batch) -> None:
+                got.append(batch)
+
+            await bus.subscribe("bar", "reader", keep)
+            for _ in range(400):
+                if sum(b.frame.height for b in got) == 100 * len(sent):
+                    break
+                await asyncio.sleep(0.05)
+            return got
+        finally:
+            await bus.close()
+
+    got = asyncio.run(go())
+    assert sum(b.frame.height for b in got) == 100 * len(sent)
+    assert len(got) < len(sent) and all(b.frame.height <= 450 for b in got)  # joined, within the cap
+    for producer in ("md", "other"):
+        times = [t for b in got if b.producer == producer for t in b.frame["event_time_ns"].unique(maintain_order=True)]
+        assert times == [t for p, t in sent if p == producer]  # every bar time once, in order
+        for b in got:  # a batch holds one producer's rows only, up to its watermark
+            if b.producer == producer:
+                assert set(b.frame["event_time_ns"]) <= {t for p, t in sent if p == producer}
+                assert b.through_ns == b.frame["event_time_ns"].max()
