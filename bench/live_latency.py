@@ -224,7 +224,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"soak: {soak_times} bar times over {soak_elapsed / 60:.1f} min; RSS {rss['start_rss_mb']} MB at the first decision, "
               f"{rss['end_rss_mb']} MB at the end; p99 {np.percentile(soak_ms, 99) if soak_ms.size else float('nan'):.2f} ms",
               flush=True)  # fmt: skip
-        result.update(soak_minutes=round(soak_elapsed / 60, 1), **rss)
+        soak_p99 = float(np.percentile(soak_ms, 99)) if soak_ms.size else float("nan")
+        result.update(soak_minutes=round(soak_elapsed / 60, 1), soak_p99_ms=round(soak_p99, 3), soak_late=soak.late, **rss)
     print(json.dumps(result), flush=True)
     return result
 

@@ -12,6 +12,8 @@ import time
 
 import nats
 
+from utp.core import wire
+from utp.core.kinds import KINDS
 from utp.core.subjects import Subjects
 from utp.daemon.cli import main as utp
 from utp.daemon.replay import DECISION_KINDS, ReplayError, list_sessions, read_session, replay
@@ -120,7 +122,8 @@ def test_replay_says_what_differs_and_what_is_unknown(nats_url, stream_names, da
         nc = await nats.connect(nats_url)
         forged = pb.Order(header=pb.EventHeader(event_id="order/forged", event_time_ns=1, symbol="GOOG"),
                           client_order_id="forged", quantity=1)  # fmt: skip
-        await nc.jetstream().publish(Subjects(root).event("order", "GOOG"), forged.SerializeToString(), stream=stream)
+        part = wire.to_event_batch(KINDS["order"], KINDS["order"].to_frame([forged]))
+        await nc.jetstream().publish(Subjects(root).batch("order"), part.SerializeToString(), stream=stream)
         await nc.close()
 
     asyncio.run(forge())
