@@ -270,6 +270,7 @@ class JetStreamBus(Bus):
         start_after: int = 0,
         fetch_batch: int = 512,
         coalesce_rows: int = 50_000,
+        coalesce_batches: int = 16,
         ack_wait_s: float = 60.0,
         client_name: str = "utp",
         quarantine: QuarantineHandler = _log_quarantine,
@@ -281,8 +282,11 @@ class JetStreamBus(Bus):
         #: Stream sequence after which a session's consumers start when they have committed nothing yet.
         self.start_after = start_after
         self.fetch_batch = fetch_batch
-        #: Most rows a backlog's batches are joined into before an engine is handed them.
+        #: Most rows, and most batches, a backlog's batches are joined into before an engine is handed them. The
+        #: batches bound how long one hand-over keeps the event loop (an engine that steps one bar time at a time
+        #: runs every step of it in one go; the daemon's gRPC server shares the loop).
         self.coalesce_rows = coalesce_rows
+        self.coalesce_batches = coalesce_batches
         self.ack_wait_s = ack_wait_s
         self.client_name = client_name
         self.quarantine = quarantine
@@ -509,6 +513,7 @@ class JetStreamBus(Bus):
         # time. Nothing waits for this: it is handed over as soon as nothing more has arrived.
         held: Batch | None = None
         held_msg: Msg | None = None
+        joined = 0
         while not sub.closed:
             if held is not None and not pull.has_message():
                 if not await self._hand_over(sub, handler, held, held_msg):
@@ -543,13 +548,14 @@ class JetStreamBus(Bus):
                     return
                 continue
             if held is not None:
-                if (held.producer == batch.producer and held.frame.height + batch.frame.height <= self.coalesce_rows
+                if (held.producer == batch.producer and joined < self.coalesce_batches
+                        and held.frame.height + batch.frame.height <= self.coalesce_rows
                         and (held.frame.schema == batch.frame.schema or not held.frame.height or not batch.frame.height)):
-                    held, held_msg = _joined(held, batch), msg
+                    held, held_msg, joined = _joined(held, batch), msg, joined + 1
                     continue
                 if not await self._hand_over(sub, handler, held, held_msg):
                     return
-            held, held_msg = batch, msg
+            held, held_msg, joined = batch, msg, 1
 
     async def _hand_over(self, sub: _JetStreamSubscription, handler: BatchHandler, batch: Batch, msg: Msg) -> bool:
         """Handle a batch, then ack through its last message (AckPolicy.ALL); False when the consumer must stop."""
