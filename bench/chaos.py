@@ -42,7 +42,7 @@ from utp.core.bus import InProcessBus
 from utp.core.clock import SimulatedClock
 from utp.core.config import load_config
 from utp.core.controls import ControlState
-from utp.core.jetstream import events_in, read_stored
+from utp.core.jetstream import distinct_events, read_stored
 from utp.core.kinds import KINDS
 from utp.daemon.auth import client_channel, read_token, token_path
 from utp.daemon.session import Session
@@ -200,15 +200,14 @@ def reference(overrides: dict) -> tuple[list[tuple], list[tuple]]:
 async def submitted_orders(url: str, stream: str, root: str) -> list[str]:
     """The client order id of every order event that submitted an order, as the bus recorded it: NEW, or HELD
     for a bracket's leg (a leg cancelled before its entry fills is never NEW; one that works is HELD, then NEW,
-    and counts once)."""
+    and counts once). A stored event published again after a restart is the same event (`distinct_events`)."""
     nc = await nats.connect(url)
     held, new = [], []
-    for m in await read_stored(nc.jetstream(), stream, f"{root}.order.>"):
-        for order in events_in(KINDS["order"], m):
-            if order.status == pb.ORDER_STATUS_NEW:
-                new.append(order.client_order_id)
-            elif order.status == pb.ORDER_STATUS_HELD:
-                held.append(order.client_order_id)
+    for order in distinct_events(KINDS["order"], await read_stored(nc.jetstream(), stream, f"{root}.order.>")):
+        if order.status == pb.ORDER_STATUS_NEW:
+            new.append(order.client_order_id)
+        elif order.status == pb.ORDER_STATUS_HELD:
+            held.append(order.client_order_id)
     await nc.close()
     # Submissions per id: a leg's HELD and later NEW are one; two of either are two.
     return list((Counter(held) | Counter(new)).elements())

@@ -25,7 +25,7 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,7 +128,22 @@ class _BatchAssembler:
 
 
 def _joined(first: Batch, then: Batch) -> Batch:
-    """Two consecutive batches of one producer as one: the rows of both, the later watermark and position."""
+    """Two consecutive batches of one producer as one: the rows of both, the later watermark and position.
+
+    Rows of `then` that `first` covers are re-deliveries, dropped here as the runner drops them between
+    batches (by time up to the watermark, by event id beyond it): a producer restarted from an older
+    checkpoint publishes again what it had published, in batches cut elsewhere (so with other message ids,
+    which the server's duplicate window does not catch).
+    """
+    then_frame = then.frame
+    if first.through_ns is not None and then_frame.height:
+        if then_frame[TIME][0] <= first.through_ns:
+            then_frame = then_frame.filter(pl.col(TIME) > first.through_ns)
+        if first.frame.height and first.frame[TIME][-1] > first.through_ns and then_frame.height:
+            # Rows of `first` beyond its watermark (early) may be in `then` again: those go by their event id.
+            early = first.frame.filter(pl.col(TIME) > first.through_ns)["event_id"]
+            then_frame = then_frame.filter(~pl.col("event_id").is_in(early.implode()))
+    then = Batch(then.kind, then.producer, then_frame, then.through_ns, then.position)
     if not then.frame.height or not first.frame.height:
         frame = first.frame if first.frame.height else then.frame
     else:
@@ -631,6 +646,20 @@ async def read_stored(js: Any, stream: str, subject: str, first: int = 1, last: 
             await sub.unsubscribe()
         except Exception:  # noqa: BLE001, S110 - an ephemeral consumer goes by itself
             pass
+
+
+def distinct_events(kind: Kind, stored: Iterable[Msg]) -> list[Message]:
+    """The events of `kind` in stored messages, each once, in stream order. A producer restarted from an older
+    checkpoint publishes again what it had published, cut into other batches: the server's duplicate window
+    keys on the batch, so the stream may hold an event twice, and the second is the same event."""
+    seen: set[str] = set()
+    events: list[Message] = []
+    for msg in stored:
+        for event in events_in(kind, msg):
+            if event.header.event_id not in seen:  # type: ignore[attr-defined]
+                seen.add(event.header.event_id)  # type: ignore[attr-defined]
+                events.append(event)
+    return events
 
 
 def events_in(kind: Kind, msg: Msg) -> list[Message]:

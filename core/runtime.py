@@ -178,6 +178,9 @@ class _InputState:
     watermark: int = NOTHING
     pending: pl.DataFrame | None = None
     position: int | None = None
+    #: (event_id, time) of rows taken in beyond the watermark, until it passes them: a re-publication of such a
+    #: row (a producer restarted from an older checkpoint cuts its batches elsewhere) is not caught by time.
+    early: pl.DataFrame | None = None
 
 
 def _split_through(frame: pl.DataFrame, through_ns: int) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -473,13 +476,22 @@ class EngineRunner(_RunnerBase):
     def _accept(self, state: _InputState, batch: Batch) -> None:
         frame = batch.frame
         if frame.height:
-            # Rows at or before what this input already declared complete are re-deliveries.
+            # Rows at or before what this input already declared complete are re-deliveries, and so are rows
+            # beyond it that were taken in already.
             if frame[TIME][0] <= state.watermark:
                 frame = frame.filter(pl.col(TIME) > state.watermark)
+            if state.early is not None and frame.height:
+                frame = frame.filter(~pl.col("event_id").is_in(state.early["event_id"].implode()))
             if frame.height:
                 state.pending = frame if state.pending is None else pl.concat([state.pending, frame])
         if batch.through_ns is not None and batch.through_ns > state.watermark:
             state.watermark = batch.through_ns
+        if state.early is not None or (frame.height and frame[TIME][-1] > state.watermark):
+            early = frame.select("event_id", TIME)
+            if state.early is not None:
+                early = pl.concat([state.early, early])
+            early = early.filter(pl.col(TIME) > state.watermark)
+            state.early = early if early.height else None
 
     def _advance(self) -> None:
         for fb in self._feedback:
@@ -593,7 +605,7 @@ class EngineRunner(_RunnerBase):
 
     def _runner_state(self) -> dict[str, Any]:
         state = super()._runner_state()
-        state["inputs"] = {k: (s.watermark, s.pending) for k, s in self._inputs.items()}
+        state["inputs"] = {k: (s.watermark, s.pending, s.early) for k, s in self._inputs.items()}
         state["finish_called"] = self._finish_called
         state["replayed"] = set(self._replayed)
         return state
@@ -602,10 +614,11 @@ class EngineRunner(_RunnerBase):
         super()._restore_runner_state(state)
         self._finish_called = state["finish_called"]
         self._replayed = set(state.get("replayed", ()))
-        for kind, (watermark, pending) in state["inputs"].items():
+        for kind, (watermark, pending, *early) in state["inputs"].items():
             if kind in self._inputs:
                 self._inputs[kind].watermark = watermark
                 self._inputs[kind].pending = pending
+                self._inputs[kind].early = early[0] if early else None  # checkpoints before it had none
 
     def _restore(self) -> dict[str, int]:
         positions = super()._restore()

@@ -9,7 +9,7 @@ import time
 import nats
 
 from utp.core.config import load_config
-from utp.core.jetstream import events_in, read_stored
+from utp.core.jetstream import distinct_events, read_stored
 from utp.core.kinds import KINDS
 from utp.daemon.session import Session
 from utp.v1 import core_service_pb2 as api
@@ -53,8 +53,7 @@ async def new_order_events(url: str, stream: str, root: str) -> list[pb.Order]:
     nc = await nats.connect(url)
     stored = await read_stored(nc.jetstream(), stream, f"{root}.order.>")
     await nc.close()
-    orders = (order for m in stored for order in events_in(KINDS["order"], m))
-    return [order for order in orders if order.status == pb.ORDER_STATUS_NEW]
+    return [order for order in distinct_events(KINDS["order"], stored) if order.status == pb.ORDER_STATUS_NEW]
 
 
 def test_a_session_killed_with_sigkill_ends_as_if_uninterrupted(daemon_factory, nats_url, stream_names) -> None:  # noqa: ANN001

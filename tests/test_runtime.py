@@ -105,6 +105,29 @@ def test_feedback_inputs_gate_each_step_and_hold_back_their_outputs_watermark() 
     assert ("order", 1) in marks and ("order", 2) not in marks  # orders wait for the feedback of step 2
 
 
+def test_rows_published_again_in_batches_cut_elsewhere_are_taken_once() -> None:
+    # A producer restarted from an older checkpoint publishes again what it had published, cut into other
+    # batches: rows at or before the watermark are caught by time, rows that were early by their event id.
+    def decisions(times: list[int]) -> pl.DataFrame:
+        return KINDS["risk_decision"].to_frame(
+            [pb.RiskDecision(header=pb.EventHeader(event_id=f"d/{t}", event_time_ns=t, symbol="A")) for t in times]
+        )
+
+    async def go() -> Recorder:
+        engine = Recorder((Input("bar"), Input("risk_decision", InputMode.FEEDBACK)))
+        bus, runner, _ = await started(engine)
+        await bus.publish(Batch("bar", "p", bars([1, 2, 3, 4]), 4))
+        await bus.publish(Batch("risk_decision", "risk", decisions([1, 2]), 1))  # 2 is early
+        await bus.publish(Batch("risk_decision", "risk", decisions([1, 2, 3]), 2))  # again, cut elsewhere
+        await bus.publish(Batch("risk_decision", "risk", decisions([2, 3, 4]), 4))
+        assert runner._inputs["risk_decision"].early is None  # nothing is early once the watermark passed it
+        return engine
+
+    engine = asyncio.run(go())
+    handed = [t for _, frames in engine.calls for t in frames.get("risk_decision", [])]
+    assert handed == [1, 2, 3, 4]
+
+
 def test_commands_are_applied_on_arrival_and_never_wait() -> None:
     async def go() -> Recorder:
         engine = Recorder((Input("bar"), Input("control_command", InputMode.COMMAND)))

@@ -185,3 +185,41 @@ def test_a_backlog_reaches_a_consumer_in_fewer_larger_batches_never_across_produ
             if b.producer == producer:
                 assert set(b.frame["event_time_ns"]) <= {t for p, t in sent if p == producer}
                 assert b.through_ns == b.frame["event_time_ns"].max()
+
+
+def test_a_backlog_joined_after_a_producer_restart_holds_each_row_once(nats_url: str, stream_names: tuple[str, str]) -> None:
+    # The producer published bar times 1, 2 and 3 (with a row of 4 early in 3's batch), was killed, and from an
+    # older checkpoint published 2 to 5 again in one batch: other message ids, so the server stores both.
+    stream, root = stream_names
+
+    def rows(times: list[int]) -> pl.DataFrame:
+        frame = _bars(10)
+        return pl.concat([frame.with_columns(event_time_ns=pl.lit(t, pl.Int64), event_id=pl.col("event_id") + f"/{t}")
+                          for t in times])  # fmt: skip
+
+    sent = [(rows([1]), 1), (rows([2]), 2), (rows([3, 4]), 3), (rows([2, 3, 4, 5]), 5)]
+
+    async def go() -> list[Batch]:
+        bus = JetStreamBus(nats_url, stream=stream, subject_root=root)
+        await bus.connect()
+        try:
+            for frame, through in sent:
+                await bus.publish(Batch("bar", "md", frame, through))
+            got: list[Batch] = []
+
+            async def keep(batch: Batch) -> None:
+                got.append(batch)
+
+            await bus.subscribe("bar", "reader", keep)
+            for _ in range(200):
+                if got and got[-1].through_ns == 5:
+                    break
+                await asyncio.sleep(0.05)
+            return got
+        finally:
+            await bus.close()
+
+    got = asyncio.run(go())
+    assert len(got) < len(sent)  # joined
+    delivered = pl.concat([b.frame for b in got])
+    assert delivered["event_id"].is_unique().all() and delivered.height == 50
