@@ -19,6 +19,9 @@ class Universe:
         self.symbols: tuple[str, ...] = tuple(symbols)
         self._index = {s: i for i, s in enumerate(self.symbols)}
         self._enum = pl.Enum(self.symbols)
+        # The last symbol column looked up and its indices: a bar time's frames pass the same symbols in the
+        # same order from engine to engine, and comparing two columns costs far less than mapping one.
+        self._last: tuple[pl.Series, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.symbols)
@@ -31,8 +34,16 @@ class Universe:
 
     def indices(self, symbols: pl.Series) -> np.ndarray:
         """int32 index of each symbol; -1 for a symbol outside the universe."""
+        last = self._last
+        if last is not None and symbols.equals(last[0], check_names=False):
+            return last[1].copy()
+        out = self._map(symbols)
+        self._last = (symbols.clone(), out)
+        return out.copy()
+
+    def _map(self, symbols: pl.Series) -> np.ndarray:
         n = symbols.len()
-        if n <= 256:  # a live batch: a dict lookup beats any columnar call's fixed cost
+        if n <= 2048:  # a dict lookup beats a cast to the enum (~0.3 ms whatever the size) up to ~2,400 rows
             return np.fromiter((self._index.get(s, -1) for s in symbols.to_list()), np.int32, n)
         if len(self._index) <= 32:  # a few symbols: one vectorised comparison each beats a cast
             out = np.full(n, -1, np.int32)

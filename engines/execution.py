@@ -47,6 +47,7 @@ decisions come from this one kernel either way; the broker's reports are the ord
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -691,6 +692,7 @@ class ExecutionEngine(Engine):
         self.controls = controls
         self.universe = universe
         self.guard = guard or RiskGuard.disabled(universe.symbols)
+        self._risk_logged: set[str] = set()  # the risk messages logged at the last step (see _log_risk)
         self._exits = np.zeros(len(universe.symbols) + 1, np.int64)
         empty_f, empty_i = np.empty(0), np.empty(0, np.int64)
         self._no_bars = (empty_i, empty_i, empty_f, empty_f, empty_f, empty_f, empty_f)
@@ -1024,6 +1026,7 @@ class ExecutionEngine(Engine):
         if n_snaps:
             out.snaps.append(self._snaps[:n_snaps].copy())
         if not n_events:
+            self._risk_logged = set()
             return
         ev = self._events[:n_events]
         kind = ev[:, E_KIND].astype(np.int64)
@@ -1037,6 +1040,8 @@ class ExecutionEngine(Engine):
         risk = kind == EV_RISK
         if risk.any():
             out.risk.append(self._risk_events(ctx, ev[risk], decisions))
+        else:
+            self._risk_logged = set()
         created = ((kind == EV_NEW) | (kind == EV_HELD)) & (role > 0)
         if created.any():
             meta = self._created_meta(ev[created, E_SLOT].astype(np.int64), role[created], aux[created], decisions, legs,
@@ -1206,6 +1211,16 @@ class ExecutionEngine(Engine):
             "replaces_client_order_id": [""] * slot.size,
         })  # fmt: skip
 
+    def _log_risk(self, ctx: EngineContext, messages: list[str]) -> None:
+        # Each message once per step, with its count, and not again while it repeats step after step: a rule that
+        # holds all day (entries paused after losses) refused an entry per symbol and bar time, a log line each.
+        # The risk events themselves all go on the bus.
+        counts = Counter(messages)
+        for message, count in counts.items():
+            if message not in self._risk_logged:
+                ctx.log.warning("risk: %s%s", message, f" ({count} times)" if count > 1 else "")
+        self._risk_logged = set(counts)
+
     def _risk_events(self, ctx: EngineContext, ev: np.ndarray, decisions: pl.DataFrame) -> pl.DataFrame:
         """RiskEvent rows of the kernel's risk events (layout: `utp.core.risk_guard.guard_event`)."""
         time = ev[:, E_TIME].astype(np.int64)
@@ -1219,8 +1234,7 @@ class ExecutionEngine(Engine):
         intent = [decisions["intent_id"][int(k)] if k >= 0 else "" for k in decision.tolist()]
         messages = [risk_message(int(r), int(a), sy, float(v), float(th))
                     for r, a, sy, v, th in zip(reason, action, symbols, value, threshold, strict=True)]  # fmt: skip
-        for m in messages:
-            ctx.log.warning("risk: %s", m)
+        self._log_risk(ctx, messages)
         correlation = [f"{sy}@{t}" for sy, t in zip(symbols, time.tolist(), strict=True)]
         frame = pl.DataFrame({
             "event_id": [f"risk_event/{pb.RiskReason.Name(int(r)).removeprefix('RISK_REASON_').lower()}/{c}/{i}"

@@ -402,3 +402,19 @@ def test_portfolio_average_price_realized_pnl_and_crossing_zero() -> None:
     assert p.equity == pytest.approx(p.cash - 5 * 12.0)
     assert p.unrealized_pnl == pytest.approx(5.0) and p.commissions == 3.0
     assert p.gross_exposure == pytest.approx(60.0) and p.net_exposure == pytest.approx(-60.0)
+
+
+@pytest.mark.parametrize("size", [3, 500, 3000])
+def test_universe_indices_stay_right_when_the_same_symbol_column_comes_again(size: int) -> None:
+    # The last column looked up is remembered (engines pass a bar time's symbols along unchanged); a column that
+    # differs in any way, or the remembered answer modified by a caller, must not give stale indices.
+    symbols = [f"S{i:04d}" for i in range(size)]
+    universe = Universe(symbols)
+    column = pl.Series("symbol", symbols)
+    first = universe.indices(column)
+    assert first.tolist() == list(range(size))
+    first[:] = -7  # a caller's copy, not the remembered one
+    assert universe.indices(column.alias("other")).tolist() == list(range(size))
+    reordered = pl.Series("symbol", [*symbols[1:], "NOPE", symbols[0]])
+    assert universe.indices(reordered).tolist() == [*range(1, size), -1, 0]
+    assert universe.indices(column).tolist() == list(range(size))
