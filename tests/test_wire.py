@@ -4,6 +4,7 @@ time, refused with the reason when malformed; and over JetStream, a batch of sev
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import numpy as np
 import polars as pl
@@ -146,36 +147,44 @@ def test_a_batch_of_several_parts_arrives_whole_and_once(nats_url: str, stream_n
     assert batch.frame.equals(frame) and batch.through_ns == 7 and batch.producer == "md"
 
 
+def _at(frame: pl.DataFrame, t: int) -> pl.DataFrame:
+    """`frame`'s rows at bar time `t`, with ids of their own."""
+    return frame.with_columns(event_time_ns=pl.lit(t, pl.Int64), event_id=pl.col("event_id") + f"/{t}")
+
+
+async def _read_backlog(nats_url: str, stream_names: tuple[str, str], backlog: list[Batch],
+                        done: Callable[[list[Batch]], object], **bus_options: int) -> list[Batch]:
+    """What a consumer that subscribes after all of `backlog` was stored is handed, once `done` says so (or 20 s)."""
+    stream, root = stream_names
+    bus = JetStreamBus(nats_url, stream=stream, subject_root=root, **bus_options)
+    await bus.connect()
+    try:
+        for batch in backlog:
+            await bus.publish(batch)
+        got: list[Batch] = []
+
+        async def keep(batch: Batch) -> None:
+            got.append(batch)
+
+        await bus.subscribe("bar", "reader", keep)
+        for _ in range(400):
+            if done(got):
+                break
+            await asyncio.sleep(0.05)
+        return got
+    finally:
+        await bus.close()
+
+
 @pytest.mark.parametrize(("rows", "batches", "largest"), [(450, 16, 400), (50_000, 3, 300)])
 def test_a_backlog_reaches_a_consumer_in_fewer_larger_batches_never_across_producers(
     nats_url: str, stream_names: tuple[str, str], rows: int, batches: int, largest: int
 ) -> None:
-    stream, root = stream_names
     frame = _bars(100)
     sent = [("md" if i % 7 else "other", i) for i in range(1, 43)]  # a batch per bar time; "other" now and then
-
-    async def go() -> list[Batch]:
-        bus = JetStreamBus(nats_url, stream=stream, subject_root=root, coalesce_rows=rows, coalesce_batches=batches)
-        await bus.connect()
-        try:
-            for producer, t in sent:  # all stored before anyone reads: a backlog
-                await bus.publish(Batch("bar", producer, frame.with_columns(event_time_ns=pl.lit(t, pl.Int64),
-                                        event_id=pl.col("event_id") + f"/{t}"), t))  # fmt: skip
-            got: list[Batch] = []
-
-            async def keep(batch: Batch) -> None:
-                got.append(batch)
-
-            await bus.subscribe("bar", "reader", keep)
-            for _ in range(400):
-                if sum(b.frame.height for b in got) == 100 * len(sent):
-                    break
-                await asyncio.sleep(0.05)
-            return got
-        finally:
-            await bus.close()
-
-    got = asyncio.run(go())
+    backlog = [Batch("bar", producer, _at(frame, t), t) for producer, t in sent]
+    got = asyncio.run(_read_backlog(nats_url, stream_names, backlog, lambda got: sum(b.frame.height for b in got)
+                                    == 100 * len(sent), coalesce_rows=rows, coalesce_batches=batches))  # fmt: skip
     assert sum(b.frame.height for b in got) == 100 * len(sent)
     assert len(got) < len(sent) and 100 < max(b.frame.height for b in got) <= largest  # joined, within the caps
     for producer in ("md", "other"):
@@ -190,36 +199,10 @@ def test_a_backlog_reaches_a_consumer_in_fewer_larger_batches_never_across_produ
 def test_a_backlog_joined_after_a_producer_restart_holds_each_row_once(nats_url: str, stream_names: tuple[str, str]) -> None:
     # The producer published bar times 1, 2 and 3 (with a row of 4 early in 3's batch), was killed, and from an
     # older checkpoint published 2 to 5 again in one batch: other message ids, so the server stores both.
-    stream, root = stream_names
-
-    def rows(times: list[int]) -> pl.DataFrame:
-        frame = _bars(10)
-        return pl.concat([frame.with_columns(event_time_ns=pl.lit(t, pl.Int64), event_id=pl.col("event_id") + f"/{t}")
-                          for t in times])  # fmt: skip
-
-    sent = [(rows([1]), 1), (rows([2]), 2), (rows([3, 4]), 3), (rows([2, 3, 4, 5]), 5)]
-
-    async def go() -> list[Batch]:
-        bus = JetStreamBus(nats_url, stream=stream, subject_root=root)
-        await bus.connect()
-        try:
-            for frame, through in sent:
-                await bus.publish(Batch("bar", "md", frame, through))
-            got: list[Batch] = []
-
-            async def keep(batch: Batch) -> None:
-                got.append(batch)
-
-            await bus.subscribe("bar", "reader", keep)
-            for _ in range(200):
-                if got and got[-1].through_ns == 5:
-                    break
-                await asyncio.sleep(0.05)
-            return got
-        finally:
-            await bus.close()
-
-    got = asyncio.run(go())
+    frame = _bars(10)
+    sent = [([1], 1), ([2], 2), ([3, 4], 3), ([2, 3, 4, 5], 5)]
+    backlog = [Batch("bar", "md", pl.concat([_at(frame, t) for t in times]), through) for times, through in sent]
+    got = asyncio.run(_read_backlog(nats_url, stream_names, backlog, lambda got: got and got[-1].through_ns == 5))
     assert len(got) < len(sent)  # joined
     delivered = pl.concat([b.frame for b in got])
     assert delivered["event_id"].is_unique().all() and delivered.height == 50
