@@ -35,3 +35,16 @@ class Batch:
 
     def __len__(self) -> int:
         return self.frame.height
+
+
+def not_yet_taken(frame: pl.DataFrame, through_ns: int, early_ids: pl.Series | None) -> pl.DataFrame:
+    """The rows of a producer's time-sorted batch that its earlier batches did not carry: those after their
+    watermark `through_ns`, less the ones they carried early (beyond it), whose ids are `early_ids`.
+
+    A producer restarted from an older checkpoint publishes again what it had published, cut into other batches:
+    other message ids, so the server's duplicate window lets them through, and consumers drop them here."""
+    if frame.height and frame["event_time_ns"][0] <= through_ns:
+        frame = frame.filter(pl.col("event_time_ns") > through_ns)
+    if early_ids is not None and early_ids.len() and frame.height:
+        frame = frame.filter(~pl.col("event_id").is_in(early_ids.implode()))
+    return frame

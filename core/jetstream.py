@@ -46,7 +46,7 @@ from nats.js.api import (
 )
 
 from utp.core import wire
-from utp.core.batch import END, Batch
+from utp.core.batch import END, Batch, not_yet_taken
 from utp.core.bus import BatchHandler, Bus, KindFilter, Subscription, TapHandler
 from utp.core.kinds import KINDS, TIME, Kind
 from utp.core.runtime import DeadLetter
@@ -129,21 +129,14 @@ class _BatchAssembler:
 
 def _joined(first: Batch, then: Batch) -> Batch:
     """Two consecutive batches of one producer as one: the rows of both, the later watermark and position.
-
-    Rows of `then` that `first` covers are re-deliveries, dropped here as the runner drops them between
-    batches (by time up to the watermark, by event id beyond it): a producer restarted from an older
-    checkpoint publishes again what it had published, in batches cut elsewhere (so with other message ids,
-    which the server's duplicate window does not catch).
-    """
-    then_frame = then.frame
-    if first.through_ns is not None and then_frame.height:
-        if then_frame[TIME][0] <= first.through_ns:
-            then_frame = then_frame.filter(pl.col(TIME) > first.through_ns)
-        if first.frame.height and first.frame[TIME][-1] > first.through_ns and then_frame.height:
-            # Rows of `first` beyond its watermark (early) may be in `then` again: those go by their event id.
+    Rows of `then` that `first` carried already (re-published after a restart) are dropped, as the runner drops
+    them between batches."""
+    if first.through_ns is not None and then.frame.height:
+        early = None
+        if first.frame.height and first.frame[TIME][-1] > first.through_ns:
             early = first.frame.filter(pl.col(TIME) > first.through_ns)["event_id"]
-            then_frame = then_frame.filter(~pl.col("event_id").is_in(early.implode()))
-    then = Batch(then.kind, then.producer, then_frame, then.through_ns, then.position)
+        then = Batch(then.kind, then.producer, not_yet_taken(then.frame, first.through_ns, early), then.through_ns,
+                     then.position)  # fmt: skip
     if not then.frame.height or not first.frame.height:
         frame = first.frame if first.frame.height else then.frame
     else:

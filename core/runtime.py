@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import numpy as np
 import polars as pl
 
-from utp.core.batch import END, NOTHING, Batch
+from utp.core.batch import END, NOTHING, Batch, not_yet_taken
 from utp.core.bus import Bus, Subscription
 from utp.core.clock import Clock
 from utp.core.ids import event_id
@@ -476,12 +476,7 @@ class EngineRunner(_RunnerBase):
     def _accept(self, state: _InputState, batch: Batch) -> None:
         frame = batch.frame
         if frame.height:
-            # Rows at or before what this input already declared complete are re-deliveries, and so are rows
-            # beyond it that were taken in already.
-            if frame[TIME][0] <= state.watermark:
-                frame = frame.filter(pl.col(TIME) > state.watermark)
-            if state.early is not None and frame.height:
-                frame = frame.filter(~pl.col("event_id").is_in(state.early["event_id"].implode()))
+            frame = not_yet_taken(frame, state.watermark, None if state.early is None else state.early["event_id"])
             if frame.height:
                 state.pending = frame if state.pending is None else pl.concat([state.pending, frame])
         if batch.through_ns is not None and batch.through_ns > state.watermark:
