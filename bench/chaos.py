@@ -252,8 +252,10 @@ def main(argv: list[str] | None = None) -> dict:
     kills = nats_restarts = 0
     restart_nats_at = -1 if args.no_nats_restart else args.kills // 2
     engine: EngineProcess | None = None
+    daemon: Daemon | None = None
     try:
-        daemon = Daemon(data_dir, daemon_args, log).start()
+        daemon = Daemon(data_dir, daemon_args, log)
+        daemon.start()
         if args.kill_engine:
             engine = EngineProcess(args.kill_engine, daemon.status().session_id, server.url, stream,
                                    scratch / args.kill_engine, scratch / f"{args.kill_engine}.log").start()  # fmt: skip
@@ -285,7 +287,8 @@ def main(argv: list[str] | None = None) -> dict:
             daemon.kill(signal.SIGKILL)
             kills += 1
             print(f"kill {kills}: SIGKILL with {orders} orders placed", flush=True)
-            daemon = Daemon(data_dir, daemon_args, log).start()
+            daemon = Daemon(data_dir, daemon_args, log)
+        daemon.start()
         deadline = time.monotonic() + 1800
         while daemon.status().session_state != api.SESSION_STATE_COMPLETED:
             if time.monotonic() > deadline:
@@ -299,8 +302,10 @@ def main(argv: list[str] | None = None) -> dict:
         if engine is not None and engine.process is not None and engine.process.wait(60) != 0:
             raise SystemExit(f"chaos: the engine process ended with {engine.process.returncode}")
     finally:
-        if engine is not None and engine.process is not None and engine.process.poll() is None:
-            engine.process.kill()
+        # A failed run leaves no process behind to load the machine (the test suite goes on beside it).
+        for process in (engine and engine.process, daemon and daemon.process):
+            if process is not None and process.poll() is None:
+                process.kill()
         server.stop()
     expected_ids = {row[0] for row in expected_orders}
     result = {

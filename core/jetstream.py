@@ -176,7 +176,11 @@ class _ContinuousPull:
     async def _next_arrival(self, timeout_s: float) -> Msg:
         while not self.arrived:
             self.wake.clear()
-            await asyncio.wait_for(self.wake.wait(), timeout_s)
+            # Not wait_for: on Python 3.11 it returns normally when the wake and a cancellation land together,
+            # and the consumer, whose loop only ends by cancellation here, went on pulling: a daemon told to stop
+            # kept running, idle, for ever.
+            async with asyncio.timeout(timeout_s):
+                await self.wake.wait()
         return self.arrived.popleft()
 
     async def next(self) -> Msg:
@@ -216,6 +220,10 @@ class _ContinuousPull:
     async def close(self) -> None:
         if self.sub is not None:
             await self.sub.unsubscribe()
+
+
+class PublishNotAcked(RuntimeError):
+    """The server did not ack a publish in time: the connection may have lost it."""
 
 
 @dataclass(eq=False)
@@ -280,6 +288,7 @@ class JetStreamBus(Bus):
         coalesce_rows: int = 50_000,
         coalesce_batches: int = 16,
         ack_wait_s: float = 60.0,
+        ack_timeout_s: float = 10.0,
         client_name: str = "utp",
         quarantine: QuarantineHandler = _log_quarantine,
     ) -> None:
@@ -290,6 +299,8 @@ class JetStreamBus(Bus):
         #: Stream sequence after which a session's consumers start when they have committed nothing yet.
         self.start_after = start_after
         self.fetch_batch = fetch_batch
+        #: How long a publish waits for the server's acks before it fails (see `_acked`).
+        self.ack_timeout_s = ack_timeout_s
         #: Most rows, and most batches, a backlog's batches are joined into before an engine is handed them. The
         #: batches bound how long one hand-over keeps the event loop (an engine that steps one bar time at a time
         #: runs every step of it in one go; the daemon's gRPC server shares the loop).
@@ -371,8 +382,22 @@ class JetStreamBus(Bus):
                 data = wire.with_watermark(part, index, watermark if index == len(parts) - 1 else None)
                 pending.append(await self._js.publish_async(subject, data,
                                                             headers={"Nats-Msg-Id": f"b/{batch_id}/{index}"}))
-        if pending:
-            await asyncio.gather(*pending)
+        await self._acked(pending)
+
+    async def _acked(self, pending: list[asyncio.Future]) -> None:
+        """Wait for the server's acks of what was just published. nats-py's async publishes have no deadline of
+        their own: a message lost with the connection (nats-server restarted) is never acked, and its engine
+        waited for ever. After `ack_timeout_s` the publish fails instead; the engine restarts from its checkpoint
+        and publishes again (the same message ids, or rows its consumers drop as carried already)."""
+        if not pending:
+            return
+        try:
+            async with asyncio.timeout(self.ack_timeout_s):
+                await asyncio.gather(*pending)
+        except TimeoutError:
+            unacked = sum(not f.done() or f.cancelled() for f in pending)
+            raise PublishNotAcked(f"JetStream acked {len(pending) - unacked} of {len(pending)} messages within "
+                           f"{self.ack_timeout_s:g} s") from None
 
     def _part_budget(self) -> int:
         # A quarter of what the server takes in one message: room for headers, and for a part whose rows are
@@ -407,8 +432,7 @@ class JetStreamBus(Bus):
                          "Utp-Engine": letter.engine, "Utp-Error": error or "unknown error",
                          "Utp-Deliveries": str(letter.deliveries)},
             ))  # fmt: skip
-        if pending:
-            await asyncio.gather(*pending)
+        await self._acked(pending)
         log.error("dead letters: %d %s row(s) %s failed on %d times: %s", letter.frame.height, kind.name,
                   letter.engine, letter.deliveries, error)  # fmt: skip
 

@@ -206,3 +206,51 @@ def test_an_engine_on_the_in_process_bus_refuses_to_restart_in_place() -> None:
         return str(refused.value)
 
     assert "restart the daemon" in asyncio.run(go())
+
+
+def test_a_consumer_told_to_stop_as_a_message_arrives_stops() -> None:
+    # A message and the cancellation landing in the same turn of the loop: asyncio.wait_for (Python 3.11) returned
+    # the message and dropped the cancellation, and the consumer pulled on for ever (a daemon that would not stop).
+    from collections import deque
+
+    from utp.core.jetstream import _ContinuousPull
+
+    async def go() -> bool:
+        pull = _ContinuousPull.__new__(_ContinuousPull)  # only its arrivals: no connection needed
+        pull.arrived, pull.wake = deque(), asyncio.Event()
+        waiting = asyncio.create_task(pull._next_arrival(5.0))
+        await asyncio.sleep(0.01)
+        pull.arrived.append("a message")
+        pull.wake.set()
+        waiting.cancel()
+        try:
+            await waiting
+        except asyncio.CancelledError:
+            return True
+        return False
+
+    assert asyncio.run(go()), "the cancellation was swallowed"
+
+
+def test_a_publish_the_server_never_acks_fails_instead_of_waiting_for_ever(nats_url: str, stream_names) -> None:  # noqa: ANN001
+    # A stream that acks nothing stands for a connection that lost the messages: the engine's publish must end.
+    import dataclasses
+
+    from utp.core.batch import Batch
+    from utp.core.jetstream import PublishNotAcked
+
+    stream, root = stream_names
+
+    async def go() -> None:
+        bus = JetStreamBus(nats_url, stream=stream, subject_root=root, ack_timeout_s=0.5)
+        await bus.connect()
+        try:
+            info = await bus._js.stream_info(stream)
+            await bus._js.update_stream(dataclasses.replace(info.config, no_ack=True))
+            frame = KINDS["bar"].to_frame([pb.Bar(header=pb.EventHeader(event_id="b/1", event_time_ns=1, symbol="A"))])
+            with pytest.raises(PublishNotAcked, match="acked 0 of 1 messages within 0.5 s"):
+                await bus.publish(Batch("bar", "md", frame, 1))
+        finally:
+            await bus.close()
+
+    asyncio.run(go())
