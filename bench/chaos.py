@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> dict:
             kills += 1
             print(f"kill {kills}: SIGKILL with {orders} orders placed", flush=True)
             daemon = Daemon(data_dir, daemon_args, log)
-        daemon.start()
+            daemon.start()
         deadline = time.monotonic() + 1800
         while daemon.status().session_state != api.SESSION_STATE_COMPLETED:
             if time.monotonic() > deadline:
