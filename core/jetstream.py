@@ -288,7 +288,7 @@ class JetStreamBus(Bus):
         coalesce_rows: int = 50_000,
         coalesce_batches: int = 16,
         ack_wait_s: float = 60.0,
-        ack_timeout_s: float = 10.0,
+        ack_timeout_s: float = 120.0,
         client_name: str = "utp",
         quarantine: QuarantineHandler = _log_quarantine,
     ) -> None:
@@ -299,7 +299,9 @@ class JetStreamBus(Bus):
         #: Stream sequence after which a session's consumers start when they have committed nothing yet.
         self.start_after = start_after
         self.fetch_batch = fetch_batch
-        #: How long a publish waits for the server's acks before it fails (see `_acked`).
+        #: How long a publish waits for the server's acks before it fails (see `_acked`). Generous: on a loaded
+        #: machine the event loop is at times held for tens of seconds (numba compiling a kernel in a new
+        #: process), and 10 s failed healthy publishes in a fresh-clone run.
         self.ack_timeout_s = ack_timeout_s
         #: Most rows, and most batches, a backlog's batches are joined into before an engine is handed them. The
         #: batches bound how long one hand-over keeps the event loop (an engine that steps one bar time at a time
