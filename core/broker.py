@@ -54,6 +54,7 @@ import numpy as np
 import polars as pl
 from numba import njit
 
+from utp.core.kernels import entry
 from utp.v1 import events_pb2 as pb
 
 DAY_NS = 86_400 * 10**9
@@ -523,6 +524,7 @@ def match_bar(t, s, open_, high, low, volume, fo, io, olist, active, state, para
     return n
 
 
+@entry
 @njit(cache=True)
 def _match(time, sym, open_, high, low, close, volume, fo, io, olist, active, state, params, events, fills, start):  # noqa: ANN001
     """Bars [start, n) against the order tables; returns (next bar, events written). Stops before a bar whose
@@ -537,6 +539,7 @@ def _match(time, sym, open_, high, low, close, volume, fo, io, olist, active, st
     return time.shape[0], n
 
 
+@entry
 @njit(cache=True)
 def _advance_state(sym, high, low, close, state, params):  # noqa: ANN001
     for i in range(sym.shape[0]):

@@ -40,6 +40,7 @@ from numba import njit
 
 from utp.core import indicators as ind
 from utp.core.config import FeaturesConfig
+from utp.core.kernels import entry
 from utp.core.universe import Universe
 
 # Indicator name -> (batch function, streaming class). A provider call `ind(key, name, *inputs, **params)`
@@ -178,6 +179,7 @@ def _define(ind_: Provider, c: FeaturesConfig, bar: Columns) -> dict[str, np.nda
     return f
 
 
+@entry
 @njit(cache=True)
 def _percentile_ranks(times, values, out):  # noqa: ANN001
     """Rank of each value among the values of its bar time, as a percentile in [0, 1] (ties get their

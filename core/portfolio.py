@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
+from utp.core.kernels import entry
+
 DAY_NS = 86_400 * 10**9
 YEAR_NS = 365 * DAY_NS
 
@@ -114,6 +116,7 @@ def account_row(pos, acct, t, r):  # noqa: ANN001
     return equity
 
 
+@entry
 @njit(cache=True)
 def _run(time, sym, close, f_time, f_sym, f_qty, f_price, f_comm, pos, acct, borrow_rate, rows, touched):  # noqa: ANN001
     """Book fills and mark closes over bars sorted by time; one row per bar time into `rows`. `touched[s]`

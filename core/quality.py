@@ -26,6 +26,8 @@ import numpy as np
 import polars as pl
 from numba import njit
 
+from utp.core.kernels import entry
+
 DAY_NS = 86_400 * 10**9
 MINUTE_NS = 60 * 10**9
 DEFAULT_MAX_AGE_NS = 30 * MINUTE_NS
@@ -398,6 +400,7 @@ def _push(buf, n, s, value):  # noqa: ANN001, ANN202
     n[s] += 1
 
 
+@entry
 @njit(cache=True)
 def _check_outliers(sid, close, volume, last_close, abs_ret, ret_n, vol_buf, vol_n, pending_close, streak,
                     max_move_sigma, min_move, max_volume_multiple, warmup_max_move, confirm_bars,

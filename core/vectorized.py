@@ -43,6 +43,7 @@ from numba import njit
 
 from utp.core.broker import affordable as _affordable
 from utp.core.indicators import ema
+from utp.core.kernels import entry
 from utp.core.performance import Metrics, compute_metrics, simple_returns
 
 # Kernel status codes (the kernel cannot raise with a message cheaply).
@@ -50,6 +51,7 @@ _OK = 0
 _OPEN_CLOSE_DISAGREE = 1
 
 
+@entry
 @njit(cache=True)
 def _simulate(  # noqa: PLR0913, PLR0915
     open_, close, entries, exits, initial_cash, weight, fractional, slippage, per_share, minimum, rate,

@@ -42,6 +42,7 @@ from numba import njit
 
 from utp.core.config import AlphaConfig
 from utp.core.indicators import Adx, Atr, Ema, Macd, Rsi, SessionVwap, Stddev
+from utp.core.kernels import entry
 from utp.core.kinds import KINDS
 from utp.core.runtime import Engine, EngineContext, Input
 from utp.core.universe import Universe
@@ -52,6 +53,7 @@ _UP, _DOWN, _FLAT = pb.DIRECTION_UP, pb.DIRECTION_DOWN, pb.DIRECTION_FLAT
 _CANCEL = -1  # kernel output: withdraw the model's open insight
 
 
+@entry
 @njit(cache=True)
 def _rsi_insights(sid, rsi, ready, state, upper, lower, upper_reset, lower_reset, out):  # noqa: ANN001
     for i in range(rsi.shape[0]):
@@ -77,6 +79,7 @@ def _rsi_insights(sid, rsi, ready, state, upper, lower, upper_reset, lower_reset
         state[s] = current
 
 
+@entry
 @njit(cache=True)
 def _ema_cross_insights(sid, fast, fast_ready, slow, slow_ready, fast_over_slow, started, lean, out):  # noqa: ANN001
     for i in range(fast.shape[0]):
@@ -94,6 +97,7 @@ def _ema_cross_insights(sid, fast, fast_ready, slow, slow_ready, fast_over_slow,
             started[s] = started[s] or both_ready
 
 
+@entry
 @njit(cache=True)
 def _macd_insights(sid, signal, close, previous, open_insight, threshold, out):  # noqa: ANN001
     for i in range(signal.shape[0]):
@@ -119,6 +123,7 @@ def _macd_insights(sid, signal, close, previous, open_insight, threshold, out): 
         open_insight[s] = True
 
 
+@entry
 @njit(cache=True)
 def _mean_reversion_insights(  # noqa: ANN001, PLR0913
     sid, close, z, rsi, atr, flatten, position, entry, stop, entry_z, exit_z, rsi_upper, rsi_lower, stop_atr, out
@@ -149,6 +154,7 @@ def _mean_reversion_insights(  # noqa: ANN001, PLR0913
         stop[s] = stop_atr * atr[i]
 
 
+@entry
 @njit(cache=True)
 def _trend_following_insights(  # noqa: ANN001, PLR0913
     sid, close, high, low, fast, slow, adx, atr, fast_over_slow, armed, position, extreme, adx_min, trail_atr, out

@@ -28,6 +28,7 @@ from google.protobuf.message import Message
 from numba import njit
 
 from utp.core.features import Benchmark
+from utp.core.kernels import entry
 from utp.core.kinds import KINDS
 from utp.core.performance import compute_metrics, simple_returns
 from utp.core.runtime import Engine, EngineContext, Input, InputMode
@@ -35,6 +36,7 @@ from utp.v1 import core_service_pb2 as api
 from utp.v1 import events_pb2 as pb
 
 
+@entry
 @njit(cache=True)
 def _round_trips(sym, qty, price, commission, time, strategy, n_symbols, last_close, last_time, out_f, out_i):  # noqa: ANN001
     """Round trips from fills in time order (qty signed). Rows of out_f: quantity, entry price, exit price,
@@ -113,6 +115,7 @@ def _varint_size(value):  # noqa: ANN001
     return n
 
 
+@entry
 @njit(cache=True)
 def _pack_curve(time_key, times, equity_key, equity):  # noqa: ANN001
     """`api.EquityCurve` in wire form: the packed varint field of `times`, then the packed double field of
@@ -129,6 +132,7 @@ def _pack_curve(time_key, times, equity_key, equity):  # noqa: ANN001
     return out[: n + equity.shape[0]]
 
 
+@entry
 @njit(cache=True)
 def _pack_messages(key, doubles, double_keys, varints, varint_keys, texts, text_blob, text_starts, out):  # noqa: ANN001
     """Rows as one repeated message field (`key` = field number << 3 | 2) of flat messages: per row the

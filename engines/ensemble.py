@@ -26,6 +26,7 @@ import polars as pl
 from numba import njit
 
 from utp.core.config import EnsembleConfig
+from utp.core.kernels import entry
 from utp.core.kinds import KINDS
 from utp.core.runtime import Engine, EngineContext, Input
 from utp.core.universe import Universe
@@ -72,6 +73,7 @@ def _activate(j, asid, acomp, asign, aconf, aperiod, acancel, active, sign, conf
         expires[s, m] = bars_seen[s] + aperiod[j]
 
 
+@entry
 @njit(cache=True)
 def _vote(  # noqa: ANN001, PLR0913 - a kernel takes its state as arrays
     ftime, fsid, fclose_to_slow, ffast_to_slow, fvolatility, max_volatility,

@@ -122,6 +122,7 @@ from utp.core.broker import (
     update_symbol_state,
 )
 from utp.core.config import ExecutionConfig
+from utp.core.kernels import entry
 from utp.core.venue import ExternalVenue, fill_frame, order_frame
 from utp.core.controls import ControlState
 from utp.core.ids import client_order_id
@@ -461,6 +462,7 @@ def _risk_close(t, s, reason, tif, fo, io, olist, active, pos, events, n, cursor
     return order_event(events, n, EV_NEW, k, t, fo, 0.0, 0.0, 0.0, 0.0, reason, ROLE_RISK)
 
 
+@entry
 @njit(cache=True)
 def _execute(  # noqa: PLR0912, PLR0913, PLR0915
     b_time, b_sym, b_open, b_high, b_low, b_close, b_volume,  # noqa: ANN001

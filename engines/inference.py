@@ -26,6 +26,7 @@ import polars as pl
 from numba import njit
 
 from utp.core.config import DriftConfig
+from utp.core.kernels import entry, writable
 from utp.core.kinds import KINDS, feature_columns
 from utp.core.ml.drift import DriftMonitor
 from utp.core.ml.serving import ServedModel, platt_scale, raw_confidence
@@ -35,6 +36,7 @@ from utp.core.universe import Universe
 from utp.v1 import events_pb2 as pb
 
 
+@entry
 @njit(cache=True)
 def _push(sid, values, history, head, run):  # noqa: ANN001
     """Append each row's vector to its symbol's ring; count consecutive complete vectors."""
@@ -51,6 +53,7 @@ def _push(sid, values, history, head, run):  # noqa: ANN001
         run[s] = run[s] + 1 if complete else 0
 
 
+@entry
 @njit(cache=True)
 def _gather(sid, columns, history, head, out):  # noqa: ANN001
     """out[i] = the last `lookback` vectors (the model's columns) of symbol sid[i], oldest first."""
@@ -111,7 +114,8 @@ class InferenceEngine(Engine):
         if not vectors.height:
             return
         self._ensure_history(feature_columns(vectors))
-        values = vectors.select(self.vector_names).to_numpy().astype(np.float64, copy=False)
+        # C order: a frame's to_numpy is Fortran-ordered, and a slice of it a new kernel signature (layout 'A')
+        values = writable(vectors.select(self.vector_names).to_numpy(), np.float64)
         times = vectors["event_time_ns"].to_numpy()
         starts = np.flatnonzero(np.r_[True, times[1:] != times[:-1]])
         ends = np.r_[starts[1:], times.size]

@@ -31,6 +31,7 @@ from utp.core.batch import NOTHING
 from utp.core.config import ConfigError, DataConfig
 from utp.core.filters import exchange_sessions
 from utp.core.ids import correlation_id_expr
+from utp.core.kernels import entry
 from utp.core.kinds import KINDS
 from utp.core.quality import OutlierDetector, OutlierReason
 from utp.core.runtime import EngineContext, SourceEngine
@@ -52,6 +53,7 @@ _REASON_TEXT = {
 }
 
 
+@entry
 @njit(cache=True)
 def _validate(sid, times, o, h, lo, c, v, last_time, floor, out_reason):  # noqa: ANN001
     """Reject reason per row, the first failing check naming it (0 = accepted); advances each symbol's last

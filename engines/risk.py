@@ -51,6 +51,7 @@ from numba import njit
 from utp.core.config import ConfigError, RiskConfig
 from utp.core.controls import ControlState
 from utp.core.filters import DAY_NS, FilterReason, MarketHours, SignalFilters, load_earnings
+from utp.core.kernels import entry
 from utp.core.kinds import KINDS
 from utp.core.runtime import Engine, EngineContext, Input, InputMode
 from utp.core.screening import UniverseRefresh, screen_universe
@@ -76,6 +77,7 @@ _FILTER_REASON = {
 _KEY_SEPARATOR = "\x1f"
 
 
+@entry
 @njit(cache=True)
 def _walk(b_sid, b_time, b_close, b_high, b_low, b_volume, b_interval,  # noqa: ANN001 - numba kernel
           r_time, r_close, r_high, r_low, r_volume, count, interval,

@@ -19,7 +19,7 @@ def rsi_directions(values: list[float], ready: list[bool] | None = None) -> list
     n = len(values)
     out = np.empty(n, np.int64)
     _rsi_insights(
-        np.zeros(n, np.int32), np.array(values), np.array(ready or [True] * n), np.zeros(1, np.int64),
+        np.zeros(n, np.int32), np.array(values, float), np.array(ready or [True] * n), np.zeros(1, np.int64),
         70.0, 30.0, 65.0, 35.0, out,
     )  # fmt: skip
     return out.tolist()
@@ -57,7 +57,7 @@ def ema_cross(fast: list[float], slow: list[float], fast_ready: list[bool], slow
     n = len(fast)
     out = np.empty(n, np.int64)
     _ema_cross_insights(
-        np.zeros(n, np.int32), np.array(fast), np.array(fast_ready), np.array(slow), np.array(slow_ready),
+        np.zeros(n, np.int32), np.array(fast, float), np.array(fast_ready), np.array(slow, float), np.array(slow_ready),
         np.zeros(1, np.bool_), np.zeros(1, np.bool_), lean, out,
     )  # fmt: skip
     return out.tolist()
@@ -143,7 +143,7 @@ def mean_reversion(z: list[float], rsi: list[float], close: list[float], flatten
     n = len(z)
     out = np.empty(n, np.int64)
     _mean_reversion_insights(
-        np.zeros(n, np.int32), np.array(close), np.array(z), np.array(rsi), np.full(n, 2.0),
+        np.zeros(n, np.int32), np.array(close, float), np.array(z, float), np.array(rsi, float), np.full(n, 2.0),
         np.array(flatten or [False] * n), np.zeros(1, np.int64), np.zeros(1), np.zeros(1),
         2.0, 0.5, 70.0, 30.0, 1.5, out,
     )  # fmt: skip
@@ -168,8 +168,8 @@ def trend_following(fast: list[float], slow: list[float], close: list[float], lo
     n = len(fast)
     out = np.empty(n, np.int64)
     _trend_following_insights(
-        np.zeros(n, np.int32), np.array(close), np.array(high), np.array(low), np.array(fast), np.array(slow),
-        np.array(adx), np.full(n, 1.0), np.zeros(1, np.bool_), np.zeros(1, np.int64), np.zeros(1, np.int64),
+        np.zeros(n, np.int32), np.array(close, float), np.array(high, float), np.array(low, float), np.array(fast, float),
+        np.array(slow, float), np.array(adx, float), np.full(n, 1.0), np.zeros(1, np.bool_), np.zeros(1, np.int64), np.zeros(1, np.int64),
         np.zeros(1), 20.0, 3.0, out,
     )  # fmt: skip
     return out.tolist()

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from utp.core.kernels import writable
+
 #: Flags of every indicator kernel: compiled once and cached on disk; fused multiply-add allowed (TA-Lib's
 #: C build contracts too, so where both do, results are equal to the bit, and twice as fast on serial
 #: chains like the EMA) and nothing else relaxed: no reassociation, so results stay deterministic.
@@ -53,8 +55,9 @@ class IndicatorUpdate:
 
 
 def series(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Inputs of a batch call as contiguous float64 arrays of one length."""
-    out = tuple(np.ascontiguousarray(a, dtype=np.float64) for a in arrays)
+    """Inputs of a batch call as contiguous, writable float64 arrays of one length (writable so that each
+    kernel keeps one signature: see `utp.core.kernels`)."""
+    out = tuple(writable(np.asarray(a), np.float64) for a in arrays)
     if any(a.ndim != 1 or a.shape != out[0].shape for a in out):
         raise ValueError("indicator inputs must be 1-d arrays of the same length")
     return out
@@ -62,7 +65,7 @@ def series(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
 
 def rows(n_symbols: int, sid: np.ndarray, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
     """Inputs of a streaming call: int64 symbol indices within the universe and float64 values."""
-    sid = np.ascontiguousarray(sid, dtype=np.int64)
+    sid = writable(np.asarray(sid), np.int64)
     values = series(*arrays) if arrays else ()
     if values and values[0].shape != sid.shape:
         raise ValueError("symbol indices and values differ in length")

@@ -46,6 +46,7 @@ import numpy as np
 from numba import njit
 
 from utp.core.indicators._base import KERNEL, STEP, IndicatorUpdate, check_period, mask_warmup, rows, series
+from utp.core.kernels import writable
 
 #: Rolling windows are recomputed from their ring every this many bars, or the smallest power of two above
 #: the period (a power of two, so that the test is a bit mask, not a division). The running update's error
@@ -561,7 +562,7 @@ def _times(event_time_ns: np.ndarray, n: int) -> np.ndarray:
         t = t.astype("datetime64[ns]").view(np.int64)
     elif t.dtype.kind not in "iu":
         raise ValueError(f"event_time_ns must be integer nanoseconds or datetime64, not {t.dtype}")
-    t = np.ascontiguousarray(t, np.int64)
+    t = writable(t, np.int64)  # writable, as `rows` makes the values: one kernel signature
     if t.shape != (n,):
         raise ValueError("event_time_ns and the bars differ in length")
     return t

@@ -24,6 +24,7 @@ from numba import njit
 
 from utp.core.config import FeaturesConfig
 from utp.core.features import Benchmark, FeatureSpec, compute_features
+from utp.core.kernels import entry
 
 
 #: Features the models do not see: the raw price level is not comparable across symbols or years (a model
@@ -110,6 +111,7 @@ class LabelledDataset:
         return self.frame["symbol"].cast(pl.Categorical).to_physical().to_numpy().astype(np.int64)
 
 
+@entry
 @njit(cache=True)
 def _finite_runs(codes, finite, out):  # noqa: ANN001
     """Consecutive finite rows up to and including each row, per symbol (rows grouped by symbol)."""
