@@ -28,6 +28,9 @@ class Batch:
     # Transport cursor of the message that closed the batch (the JetStream stream sequence);
     # None on the in-process bus. Engines store it to resume exactly there after a restart.
     position: int | None = None
+    # The producer is one partition of its engine (processes sharing its symbols): its batches go to their own
+    # subject. None: the engine's only producer.
+    partition: str | None = None
 
     @property
     def end_of_stream(self) -> bool:

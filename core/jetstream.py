@@ -50,7 +50,7 @@ from utp.core.batch import END, Batch, not_yet_taken
 from utp.core.bus import BatchHandler, Bus, KindFilter, Subscription, TapHandler
 from utp.core.kinds import KINDS, TIME, Kind
 from utp.core.runtime import DeadLetter
-from utp.core.subjects import BATCH_TOKEN, Subjects
+from utp.core.subjects import Subjects, is_batch_token
 from utp.v1 import events_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,9 @@ class _BatchAssembler:
         self.kind = kind
         self.subjects = subjects
         self.quarantine = quarantine
-        self.parts: list[pl.DataFrame] = []
+        # Parts of the batch in progress, per subject: partitions of one engine publish at once, each on its own
+        # subject, so their parts interleave in the stream.
+        self.parts: dict[str, list[pl.DataFrame]] = {}
 
     def add(self, msg: Msg) -> Batch | None:
         position = msg.metadata.sequence.stream
@@ -106,14 +108,14 @@ class _BatchAssembler:
             # The part's rows are lost to this batch; the watermark's count says so when it closes.
             self.quarantine(msg.subject, msg.data, f"not a usable EventBatch: {exc}")
             return None
+        parts = self.parts.setdefault(msg.subject, [])
         if frame.height:
-            self.parts.append(frame)
+            parts.append(frame)
         if not part.HasField("watermark"):
             return None  # acked with the part that closes its batch
         watermark = part.watermark
-        frame = pl.concat(self.parts, how="vertical") if len(self.parts) > 1 else (
-            self.parts[0] if self.parts else self.kind.empty_frame())  # fmt: skip
-        self.parts = []
+        frame = pl.concat(parts, how="vertical") if len(parts) > 1 else (parts[0] if parts else self.kind.empty_frame())
+        del self.parts[msg.subject]
         if frame.height > watermark.event_count:  # a part re-published beyond the server's duplicate window
             frame = frame.unique("event_id", keep="first", maintain_order=True)
         if frame.height < watermark.event_count:
@@ -378,7 +380,7 @@ class JetStreamBus(Bus):
                                      event_count=frame.height, end_of_stream=batch.end_of_stream)  # fmt: skip
             last_id = frame["event_id"][-1] if frame.height else ""
             batch_id = f"{batch.producer}/{kind.name}/{batch.through_ns}/{frame.height}/{last_id}"
-            subject = self.subjects.batch(kind.name)
+            subject = self.subjects.batch(kind.name, batch.partition)
             parts = list(wire.parts(kind, frame, self._part_budget()))
             for index, part in enumerate(parts):
                 data = wire.with_watermark(part, index, watermark if index == len(parts) - 1 else None)
@@ -684,7 +686,7 @@ def distinct_events(kind: Kind, stored: Iterable[Msg]) -> list[Message]:
 def events_in(kind: Kind, msg: Msg) -> list[Message]:
     """The events of `kind` a stored message on the kind's subjects holds: the rows of a batch part, or the one
     event of a kind without watermarks. DecodeError or ValueError if it holds neither."""
-    if msg.subject.endswith("." + BATCH_TOKEN):
+    if is_batch_token(msg.subject.split(".", 2)[2]):
         frame = wire.to_frame(pb.EventBatch.FromString(msg.data))
         return kind.to_messages(frame) if frame.height else []
     return [kind.message.FromString(msg.data)]

@@ -24,7 +24,7 @@ import enum
 import logging
 import pickle
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -173,14 +173,81 @@ class SourceEngine(Engine):
 
 
 @dataclass(slots=True)
-class _InputState:
-    spec: Input
+class _ProducerState:
+    """What one producer of an input has delivered: its watermark, its rows not stepped yet, and the ids of rows
+    it carried beyond its watermark."""
+
     watermark: int = NOTHING
     pending: pl.DataFrame | None = None
-    position: int | None = None
     #: (event_id, time) of rows taken in beyond the watermark, until it passes them: a re-publication of such a
     #: row (a producer restarted from an older checkpoint cuts its batches elsewhere) is not caught by time.
     early: pl.DataFrame | None = None
+
+    def accept(self, batch: Batch) -> None:
+        """Take a batch's rows that earlier batches did not carry, and its watermark."""
+        frame = batch.frame
+        if frame.height:
+            frame = not_yet_taken(frame, self.watermark, None if self.early is None else self.early["event_id"])
+            if frame.height:
+                self.pending = frame if self.pending is None else pl.concat([self.pending, frame])
+        if batch.through_ns is not None and batch.through_ns > self.watermark:
+            self.watermark = batch.through_ns
+        if self.early is not None or (frame.height and frame[TIME][-1] > self.watermark):
+            early = frame.select("event_id", TIME)
+            if self.early is not None:
+                early = pl.concat([self.early, early])
+            early = early.filter(pl.col(TIME) > self.watermark)
+            self.early = early if early.height else None
+
+    def take_through(self, through_ns: int) -> pl.DataFrame | None:
+        if self.pending is None:
+            return None
+        head, tail = _split_through(self.pending, through_ns)
+        self.pending = tail if tail.height else None
+        return head if head.height else None
+
+
+#: The producer of rows restored from a checkpoint written before inputs kept their producers apart: the
+#: first producer that delivers takes them over.
+_UNNAMED = "\x00restored"
+
+
+@dataclass(slots=True)
+class _InputState:
+    spec: Input
+    position: int | None = None
+    #: Per producer, by name. Several processes may share the producing engine's symbols (partitions): each
+    #: publishes its own batches and watermarks, and the input is complete through a time only once each is.
+    producers: dict[str, _ProducerState] = field(default_factory=dict)
+    #: The producers the input waits for; empty: whichever have delivered (one producer per kind).
+    expected: tuple[str, ...] = ()
+
+    @property
+    def watermark(self) -> int:
+        if self.expected:
+            return min(self.producers[p].watermark if p in self.producers else NOTHING for p in self.expected)
+        return max((p.watermark for p in self.producers.values()), default=NOTHING)
+
+    def producer(self, name: str) -> _ProducerState:
+        state = self.producers.get(name)
+        if state is None:
+            state = self.producers[name] = self.producers.pop(_UNNAMED, None) or _ProducerState()
+        return state
+
+    def next_time(self) -> int | None:
+        times = [p.pending[TIME][0] for p in self.producers.values() if p.pending is not None]
+        return min(times) if times else None
+
+    def take_through(self, through_ns: int) -> pl.DataFrame | None:
+        """Every producer's rows up to `through_ns`, in time order; rows of one time by producer name, so the
+        engine sees the same order however the producers' batches interleaved on the way."""
+        heads = [h for _, p in sorted(self.producers.items()) if (h := p.take_through(through_ns)) is not None]
+        if len(heads) <= 1:
+            return heads[0] if heads else None
+        return pl.concat(heads, how="vertical").sort(TIME, maintain_order=True)
+
+    def take_all(self) -> pl.DataFrame | None:
+        return self.take_through(END)
 
 
 def _split_through(frame: pl.DataFrame, through_ns: int) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -198,11 +265,16 @@ class _RunnerBase:
         checkpointer: Checkpointer | None = None,
         *,
         status_interval_s: float | None = None,
+        partition: str | None = None,
     ) -> None:
         for kind in engine.outputs:
             if kind not in KINDS:
                 raise ValueError(f"{engine.name}: unknown output kind {kind!r}")
         self.engine = engine
+        #: This runner's engine is one partition of several processes sharing the engine's symbols: it publishes
+        #: as producer `<engine>.<partition>` on the partition's subjects, with its own checkpoint and consumers.
+        self.partition = partition
+        self.producer = engine.name if partition is None else f"{engine.name}.{partition}"
         self.bus = bus
         self.clock = clock
         self.checkpointer = checkpointer
@@ -236,7 +308,7 @@ class _RunnerBase:
             rows = concat(frames) if frames else KINDS[kind].empty_frame()
             if not KINDS[kind].watermarked:
                 if rows.height:
-                    await self.bus.publish(Batch(kind, self.engine.name, rows, None))
+                    await self.bus.publish(Batch(kind, self.producer, rows, None, partition=self.partition))
                     self.events_out += rows.height
                 continue
             watermark = self._output_watermark(kind)
@@ -251,7 +323,7 @@ class _RunnerBase:
                         f"{self.engine.name} emitted {kind} at {rows[TIME][0]}, not after its watermark {previous}"
                     )
             watermark = max(watermark, previous)
-            await self.bus.publish(Batch(kind, self.engine.name, rows, watermark))
+            await self.bus.publish(Batch(kind, self.producer, rows, watermark, partition=self.partition))
             self._published_wm[kind] = watermark
             self.events_out += rows.height
 
@@ -278,13 +350,13 @@ class _RunnerBase:
         blob = pickle.dumps(
             {"runner": self._runner_state(), "engine": self.engine.snapshot()}, protocol=pickle.HIGHEST_PROTOCOL
         )
-        self.checkpointer.save(Checkpoint(self.engine.name, blob, self._positions(), list(self._records)))
+        self.checkpointer.save(Checkpoint(self.producer, blob, self._positions(), list(self._records)))
         self._records.clear()
 
     def _restore(self) -> dict[str, int]:
         if self.checkpointer is None:
             return {}
-        checkpoint = self.checkpointer.load(self.engine.name)
+        checkpoint = self.checkpointer.load(self.producer)
         if checkpoint is None:
             return {}
         state = pickle.loads(checkpoint.state)  # our own checkpoint, written by _checkpoint
@@ -348,8 +420,13 @@ class EngineRunner(_RunnerBase):
         *,
         status_interval_s: float | None = None,
         max_deliveries: int | None = None,
+        producers: Mapping[str, Sequence[str]] | None = None,
+        partition: str | None = None,
     ) -> None:
-        super().__init__(engine, bus, clock, checkpointer, status_interval_s=status_interval_s)
+        super().__init__(engine, bus, clock, checkpointer, status_interval_s=status_interval_s, partition=partition)
+        #: Per input kind, the producers whose watermarks must all pass a time before that input's does (the
+        #: partitions of an engine that several processes share); a kind not named: whichever producer delivers.
+        self.producers = {kind: tuple(sorted(names)) for kind, names in (producers or {}).items()}
         #: Failed deliveries of one step (or command batch) after which its rows go to the dead letters instead
         #: of the engine; None: a step that keeps failing keeps the engine failed.
         self.max_deliveries = max_deliveries
@@ -367,7 +444,7 @@ class EngineRunner(_RunnerBase):
         self._replayed: set[str] = set()
         if not engine.inputs:
             raise ValueError(f"{engine.name} has no inputs; run it with SourceRunner")
-        self._inputs = {i.kind: _InputState(i) for i in engine.inputs}
+        self._inputs = self._new_inputs()
         self._joined = [s for s in self._inputs.values() if s.spec.mode is InputMode.JOINED]
         self._feedback = [s for s in self._inputs.values() if s.spec.mode is InputMode.FEEDBACK]
         if not self._joined:
@@ -378,11 +455,14 @@ class EngineRunner(_RunnerBase):
         #: Times `restart` ran.
         self.restarts = 0
 
+    def _new_inputs(self) -> dict[str, _InputState]:
+        return {i.kind: _InputState(i, expected=self.producers.get(i.kind, ())) for i in self.engine.inputs}
+
     async def start(self) -> None:
         positions = self._restore()
         self.engine.start(self.ctx)
         for state in self._inputs.values():
-            consumer = f"{self.engine.name}-{state.spec.kind}"
+            consumer = f"{self.producer}-{state.spec.kind}"
             handler = self._handler(state)
             sub = await self.bus.subscribe(
                 state.spec.kind, consumer, handler, resume_after=positions.get(state.spec.kind)
@@ -406,14 +486,14 @@ class EngineRunner(_RunnerBase):
         if not self.bus.durable:
             raise EngineFailure(f"{self.engine.name} cannot restart in place: the {self.bus.name} bus keeps nothing "
                                 "to deliver again; restart the daemon (every engine resumes from its checkpoint)")  # fmt: skip
-        if self.checkpointer is None or self.checkpointer.load(self.engine.name) is None:
+        if self.checkpointer is None or self.checkpointer.load(self.producer) is None:
             # Its state after the failed step is undefined, and there is no committed one to go back to.
             raise EngineFailure(f"{self.engine.name} cannot restart in place: it has no checkpoint yet")
         async with self._lock:
             for sub in self._subscriptions:
                 await sub.close()
             self._subscriptions.clear()
-            self._inputs = {i.kind: _InputState(i) for i in self.engine.inputs}
+            self._inputs = self._new_inputs()
             self._joined = [s for s in self._inputs.values() if s.spec.mode is InputMode.JOINED]
             self._feedback = [s for s in self._inputs.values() if s.spec.mode is InputMode.FEEDBACK]
             self._emitted.clear()
@@ -474,24 +554,12 @@ class EngineRunner(_RunnerBase):
             await self._set_state(pb.ENGINE_STATE_FINISHED)
 
     def _accept(self, state: _InputState, batch: Batch) -> None:
-        frame = batch.frame
-        if frame.height:
-            frame = not_yet_taken(frame, state.watermark, None if state.early is None else state.early["event_id"])
-            if frame.height:
-                state.pending = frame if state.pending is None else pl.concat([state.pending, frame])
-        if batch.through_ns is not None and batch.through_ns > state.watermark:
-            state.watermark = batch.through_ns
-        if state.early is not None or (frame.height and frame[TIME][-1] > state.watermark):
-            early = frame.select("event_id", TIME)
-            if state.early is not None:
-                early = pl.concat([state.early, early])
-            early = early.filter(pl.col(TIME) > state.watermark)
-            state.early = early if early.height else None
+        state.producer(batch.producer).accept(batch)
 
     def _advance(self) -> None:
         for fb in self._feedback:
-            if fb.pending is not None and fb.pending.height:
-                rows, fb.pending = fb.pending, None
+            rows = fb.take_all()
+            if rows is not None:
                 self.engine.on_step(self.ctx, self.through, {fb.spec.kind: rows})
         while True:
             frontier = min(s.watermark for s in self._joined)
@@ -502,16 +570,13 @@ class EngineRunner(_RunnerBase):
             target = frontier
             if self._feedback or self.through < self._narrow_until:
                 # One step at a time: the next step needs the feedback this one will cause.
-                next_times = [s.pending[TIME][0] for s in self._joined if s.pending is not None and s.pending.height]
+                next_times = [t for s in self._joined if (t := s.next_time()) is not None]
                 if next_times:
                     target = min(frontier, min(next_times))
             frames: dict[str, pl.DataFrame] = {}
             for s in self._joined:
-                if s.pending is None or not s.pending.height:
-                    continue
-                head, tail = _split_through(s.pending, target)
-                s.pending = tail if tail.height else None
-                if head.height:
+                head = s.take_through(target)
+                if head is not None:
                     frames[s.spec.kind] = head
             if frames and not self._dead_letter_if_exhausted(("step", target), frames):
                 self._step = (("step", target), frames)
@@ -600,7 +665,8 @@ class EngineRunner(_RunnerBase):
 
     def _runner_state(self) -> dict[str, Any]:
         state = super()._runner_state()
-        state["inputs"] = {k: (s.watermark, s.pending, s.early) for k, s in self._inputs.items()}
+        state["inputs"] = {k: {name: (p.watermark, p.pending, p.early) for name, p in s.producers.items()}
+                           for k, s in self._inputs.items()}  # fmt: skip
         state["finish_called"] = self._finish_called
         state["replayed"] = set(self._replayed)
         return state
@@ -609,11 +675,13 @@ class EngineRunner(_RunnerBase):
         super()._restore_runner_state(state)
         self._finish_called = state["finish_called"]
         self._replayed = set(state.get("replayed", ()))
-        for kind, (watermark, pending, *early) in state["inputs"].items():
-            if kind in self._inputs:
-                self._inputs[kind].watermark = watermark
-                self._inputs[kind].pending = pending
-                self._inputs[kind].early = early[0] if early else None  # checkpoints before it had none
+        for kind, producers in state["inputs"].items():
+            if kind not in self._inputs:
+                continue
+            if isinstance(producers, tuple):  # a checkpoint from before inputs kept their producers apart
+                watermark, pending, *early = producers
+                producers = {_UNNAMED: (watermark, pending, early[0] if early else None)}
+            self._inputs[kind].producers = {name: _ProducerState(*p) for name, p in producers.items()}
 
     def _restore(self) -> dict[str, int]:
         positions = super()._restore()

@@ -22,6 +22,11 @@ MANIFEST_TOKEN = "_session"
 DEAD_LETTER_TOKEN = "dlq"
 
 
+def is_batch_token(token: str) -> bool:
+    """Whether the subject tokens after the kind name a batch subject (of the whole kind or of a partition)."""
+    return token == BATCH_TOKEN or token.startswith(BATCH_TOKEN + ".")
+
+
 def symbol_token(symbol: str) -> str:
     if not symbol:
         return PORTFOLIO_TOKEN
@@ -45,9 +50,13 @@ class Subjects:
     def event(self, kind: str, symbol: str) -> str:
         return f"{self.root}.{kind}.{symbol_token(symbol)}"
 
-    def batch(self, kind: str) -> str:
-        """Where the batches of a watermarked kind go (`EventBatch` parts; the last carries the watermark)."""
-        return f"{self.root}.{kind}.{BATCH_TOKEN}"
+    def batch(self, kind: str, partition: str | None = None) -> str:
+        """Where the batches of a watermarked kind go (`EventBatch` parts; the last carries the watermark). A
+        producer that is one partition of an engine (several processes share its symbols) publishes under its own
+        `<root>.<kind>._batch.<partition>`: its parts never interleave with another partition's, and a consumer of
+        the whole kind (`of_kind`) still sees them all."""
+        base = f"{self.root}.{kind}.{BATCH_TOKEN}"
+        return base if partition is None else f"{base}.{symbol_token(partition)}"
 
     def of_kind(self, kind: str) -> str:
         return f"{self.root}.{kind}.>"
@@ -75,4 +84,4 @@ class Subjects:
         root, kind, token = subject.split(".", 2)
         if root != self.root:
             raise ValueError(f"subject {subject!r} is not under {self.root!r}")
-        return kind, (None if token == BATCH_TOKEN else token_symbol(token))
+        return kind, (None if is_batch_token(token) else token_symbol(token))

@@ -108,3 +108,5 @@ def test_symbol_tokens_are_reversible_nats_tokens(symbol: str) -> None:
     subjects = Subjects("utp")
     assert subjects.parse(subjects.event("bar", symbol)) == ("bar", symbol)
     assert subjects.parse(subjects.batch("bar")) == ("bar", None)
+    assert subjects.batch("bar", "p3") == subjects.batch("bar") + ".p3"  # a partition's own batch subject
+    assert subjects.parse(subjects.batch("bar", "p3")) == ("bar", None)

@@ -50,9 +50,10 @@ class Recorder(Engine):
         self.commands.append(frame.height)
 
 
-async def started(engine: Engine) -> tuple[InProcessBus, EngineRunner, list[Batch]]:
+async def started(engine: Engine, producers: dict[str, tuple[str, ...]] | None = None,
+                  ) -> tuple[InProcessBus, EngineRunner, list[Batch]]:  # fmt: skip
     bus = InProcessBus()
-    runner = EngineRunner(engine, bus, SimulatedClock())
+    runner = EngineRunner(engine, bus, SimulatedClock(), producers=producers)
     await runner.start()
     published: list[Batch] = []
 
@@ -120,12 +121,67 @@ def test_rows_published_again_in_batches_cut_elsewhere_are_taken_once() -> None:
         await bus.publish(Batch("risk_decision", "risk", decisions([1, 2]), 1))  # 2 is early
         await bus.publish(Batch("risk_decision", "risk", decisions([1, 2, 3]), 2))  # again, cut elsewhere
         await bus.publish(Batch("risk_decision", "risk", decisions([2, 3, 4]), 4))
-        assert runner._inputs["risk_decision"].early is None  # nothing is early once the watermark passed it
+        assert runner._inputs["risk_decision"].producers["risk"].early is None  # nothing is early once the watermark passed it
         return engine
 
     engine = asyncio.run(go())
     handed = [t for _, frames in engine.calls for t in frames.get("risk_decision", [])]
     assert handed == [1, 2, 3, 4]
+
+
+class SymbolRecorder(Engine):
+    """Records the (time, symbol) rows of each step."""
+
+    name = "symbols"
+    outputs = ("scored_signal",)
+    inputs = (Input("bar"),)
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[int, list[tuple[int, str]]]] = []
+
+    def on_step(self, ctx: EngineContext, through_ns: int, frames: Mapping[str, pl.DataFrame]) -> None:
+        bar = frames["bar"]
+        self.steps.append((through_ns, list(zip(bar["event_time_ns"].to_list(), bar["symbol"].to_list(), strict=True))))
+
+
+def test_an_input_of_several_producers_steps_when_each_is_complete_in_one_order_whatever_arrives_first() -> None:
+    # Two processes share the producing engine's symbols (partitions p0: A, p1: B), each with its own batches and
+    # watermark; the consumer steps through a time once both have passed it, and takes each row once.
+    def both(first: str) -> list[tuple[int, list[tuple[int, str]]]]:
+        async def go() -> SymbolRecorder:
+            engine = SymbolRecorder()
+            bus, runner, _ = await started(engine, producers={"bar": ("f.p0", "f.p1")})
+            batches = {"f.p0": Batch("bar", "f.p0", bars([1, 2], "A"), 2), "f.p1": Batch("bar", "f.p1", bars([1], "B"), 1)}
+            await bus.publish(batches[first])
+            assert engine.steps == []  # the other producer has said nothing yet
+            await bus.publish(batches["f.p1" if first == "f.p0" else "f.p0"])
+            await bus.publish(Batch("bar", "f.p1", bars([1, 2], "B"), 2))  # p1 restarted: its 1 again, cut elsewhere
+            await bus.publish(Batch("bar", "f.p0", bars([3], "A"), END))
+            assert runner.state == pb.ENGINE_STATE_RUNNING  # p1 is not done
+            await bus.publish(Batch("bar", "f.p1", bars([3], "B"), END))
+            assert runner.state == pb.ENGINE_STATE_FINISHED
+            return engine
+
+        return asyncio.run(go()).steps
+
+    steps = both("f.p0")
+    assert steps == [(1, [(1, "A"), (1, "B")]), (2, [(2, "A"), (2, "B")]), (END, [(3, "A"), (3, "B")])]
+    assert both("f.p1") == steps
+
+
+def test_a_checkpoint_from_before_inputs_kept_their_producers_apart_restores_to_the_first_producer() -> None:
+    async def go() -> Recorder:
+        engine = Recorder((Input("bar"),))
+        bus, runner, _ = await started(engine)
+        pending = bars([3])  # taken early, beyond the watermark 2
+        legacy = (2, pending, pending.select("event_id", "event_time_ns"))
+        runner._restore_runner_state({**runner._runner_state(), "inputs": {"bar": legacy}})
+        runner.through = 2
+        await bus.publish(Batch("bar", "md", bars([2, 3, 4]), 4))  # 2 and 3 were taken before the checkpoint
+        return engine
+
+    engine = asyncio.run(go())
+    assert engine.calls == [(4, {"bar": [3, 4]})]
 
 
 def test_commands_are_applied_on_arrival_and_never_wait() -> None:

@@ -206,3 +206,41 @@ def test_a_backlog_joined_after_a_producer_restart_holds_each_row_once(nats_url:
     assert len(got) < len(sent)  # joined
     delivered = pl.concat([b.frame for b in got])
     assert delivered["event_id"].is_unique().all() and delivered.height == 50
+
+
+def test_partitions_publishing_at_once_arrive_as_their_own_batches(nats_url: str, stream_names: tuple[str, str]) -> None:
+    # Two processes share an engine's symbols; each publishes its multi-part batches on its partition's subject at
+    # the same time as the other, so their parts interleave in the stream. A consumer of the whole kind gets each
+    # producer's batch whole.
+    stream, root = stream_names
+    frames = {p: _bars(20_000).with_columns(symbol=pl.col("symbol") + f"-{p}", event_id=pl.col("event_id") + f"-{p}")
+              for p in ("p0", "p1")}  # fmt: skip
+
+    async def go() -> tuple[list[Batch], list[str]]:
+        buses = [JetStreamBus(nats_url, stream=stream, subject_root=root) for _ in frames]
+        for bus in buses:
+            await bus.connect()
+        try:
+            got: list[Batch] = []
+
+            async def keep(batch: Batch) -> None:
+                got.append(batch)
+
+            await buses[0].subscribe("bar", "reader", keep)
+            await asyncio.gather(*(bus.publish(Batch("bar", f"f.{p}", frame, 7, partition=p))
+                                   for bus, (p, frame) in zip(buses, frames.items(), strict=True)))  # fmt: skip
+            for _ in range(200):
+                if len(got) == 2:
+                    break
+                await asyncio.sleep(0.05)
+            info = await buses[0]._js.stream_info(stream, subjects_filter=f"{root}.bar.>")
+            return got, sorted(info.state.subjects or {})
+        finally:
+            for bus in buses:
+                await bus.close()
+
+    got, subjects = asyncio.run(go())
+    assert subjects == [f"{root}.bar._batch.p0", f"{root}.bar._batch.p1"]
+    assert sorted(b.producer for b in got) == ["f.p0", "f.p1"]
+    for batch in got:
+        assert batch.frame.equals(frames[batch.producer.removeprefix("f.")]) and batch.through_ns == 7
