@@ -536,6 +536,12 @@ class BusConfig(_Section):
     #: Engines the daemon leaves to `utp engine NAME` processes (JetStream only): features, alpha, ensemble,
     #: portfolio, risk, exit.
     remote_engines: list[str] = msgspec.field(default_factory=list)
+    #: Remote engines whose symbols several `utp engine NAME` processes share: engine -> partitions (alpha, and
+    #: features without cross-sectional ranks). The processes lease the partitions among themselves.
+    partitions: dict[str, int] = msgspec.field(default_factory=dict)
+    #: Seconds a partition's lease lasts unless its process renews it: how long a dead process's partitions
+    #: wait before another takes them over (a process that stops gives them back at once).
+    partition_lease_s: float = 5.0
 
 
 class StateConfig(_Section):
@@ -746,6 +752,22 @@ def validate(config: Config) -> None:
     if unknown:
         raise ConfigError(f"bus.remote_engines: {', '.join(unknown)} cannot run in a process of its own; "
                           f"these can: {', '.join(REMOTE_ENGINES)}")  # fmt: skip
+    for engine, count in config.bus.partitions.items():
+        from utp.core.partitions import PARTITIONABLE_ENGINES
+
+        if engine not in PARTITIONABLE_ENGINES:
+            raise ConfigError(f"bus.partitions: {engine} keeps state across symbols and cannot be partitioned; "
+                              f"these can: {', '.join(PARTITIONABLE_ENGINES)}")  # fmt: skip
+        if engine not in config.bus.remote_engines:
+            raise ConfigError(f"bus.partitions: {engine} is not among bus.remote_engines (partitions run in "
+                              "`utp engine` processes)")  # fmt: skip
+        if not 1 <= count <= 256:
+            raise ConfigError(f"bus.partitions: {engine} needs 1 to 256 partitions, not {count}")
+        if engine == "features" and config.features.rank_features:
+            raise ConfigError("bus.partitions: features ranks symbols against each other (features.rank_features); "
+                              "empty it to partition features")  # fmt: skip
+    if config.bus.partition_lease_s <= 0:
+        raise ConfigError("bus.partition_lease_s must be > 0")
     if config.bus.remote_engines and not config.bus.nats_url:
         raise ConfigError("bus.remote_engines needs the JetStream bus (bus.nats_url, --nats): other processes "
                           "cannot reach the in-process bus")  # fmt: skip

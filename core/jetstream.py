@@ -318,6 +318,11 @@ class JetStreamBus(Bus):
         self._subscriptions: list[_JetStreamSubscription] = []
 
     # -- connection and stream ---------------------------------------------------------------------
+    @property
+    def js(self) -> Any:
+        """The JetStream context (for key-value buckets beside the stream); None before `connect`."""
+        return self._js
+
     async def connect(self) -> None:
         self._nc = await nats.connect(
             self.url,

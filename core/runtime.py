@@ -25,7 +25,7 @@ import logging
 import pickle
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -36,6 +36,7 @@ from utp.core.bus import Bus, Subscription
 from utp.core.clock import Clock
 from utp.core.ids import event_id
 from utp.core.kinds import KINDS, TIME, concat
+from utp.core.partitions import Partition
 from utp.v1 import events_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -265,7 +266,7 @@ class _RunnerBase:
         checkpointer: Checkpointer | None = None,
         *,
         status_interval_s: float | None = None,
-        partition: str | None = None,
+        partition: Partition | None = None,
     ) -> None:
         for kind in engine.outputs:
             if kind not in KINDS:
@@ -274,7 +275,8 @@ class _RunnerBase:
         #: This runner's engine is one partition of several processes sharing the engine's symbols: it publishes
         #: as producer `<engine>.<partition>` on the partition's subjects, with its own checkpoint and consumers.
         self.partition = partition
-        self.producer = engine.name if partition is None else f"{engine.name}.{partition}"
+        self.producer = engine.name if partition is None else f"{engine.name}.{partition.name}"
+        self._partition_name = None if partition is None else partition.name
         self.bus = bus
         self.clock = clock
         self.checkpointer = checkpointer
@@ -308,7 +310,7 @@ class _RunnerBase:
             rows = concat(frames) if frames else KINDS[kind].empty_frame()
             if not KINDS[kind].watermarked:
                 if rows.height:
-                    await self.bus.publish(Batch(kind, self.producer, rows, None, partition=self.partition))
+                    await self.bus.publish(Batch(kind, self.producer, rows, None, partition=self._partition_name))
                     self.events_out += rows.height
                 continue
             watermark = self._output_watermark(kind)
@@ -323,7 +325,7 @@ class _RunnerBase:
                         f"{self.engine.name} emitted {kind} at {rows[TIME][0]}, not after its watermark {previous}"
                     )
             watermark = max(watermark, previous)
-            await self.bus.publish(Batch(kind, self.producer, rows, watermark, partition=self.partition))
+            await self.bus.publish(Batch(kind, self.producer, rows, watermark, partition=self._partition_name))
             self._published_wm[kind] = watermark
             self.events_out += rows.height
 
@@ -421,7 +423,7 @@ class EngineRunner(_RunnerBase):
         status_interval_s: float | None = None,
         max_deliveries: int | None = None,
         producers: Mapping[str, Sequence[str]] | None = None,
-        partition: str | None = None,
+        partition: Partition | None = None,
     ) -> None:
         super().__init__(engine, bus, clock, checkpointer, status_interval_s=status_interval_s, partition=partition)
         #: Per input kind, the producers whose watermarks must all pass a time before that input's does (the
@@ -554,6 +556,8 @@ class EngineRunner(_RunnerBase):
             await self._set_state(pb.ENGINE_STATE_FINISHED)
 
     def _accept(self, state: _InputState, batch: Batch) -> None:
+        if self.partition is not None:  # the partition's symbols only (the producer's watermark holds for them)
+            batch = replace(batch, frame=self.partition.keep(batch.frame))
         state.producer(batch.producer).accept(batch)
 
     def _advance(self) -> None:

@@ -9,7 +9,9 @@ acks after it), so a SIGKILL of the process, or of the daemon, loses nothing and
 restarted process resumes from its commit. A watchdog restarts the engine from its checkpoint when a step
 fails, and a step that keeps failing goes to the dead letters (bus.max_deliveries).
 
-One process per engine: symbol partitions shared by several processes of one engine are not built.
+An engine of `bus.partitions` (alpha, features) may run in several such processes at once: they share its
+symbol partitions through leases in the NATS server (`core.partitions`), each running its partitions as engines
+of their own, and a process that stops or dies hands its partitions to the others.
 """
 
 from __future__ import annotations
@@ -17,14 +19,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import re
 import signal
+import socket
 import sys
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from utp.core.config import REMOTE_ENGINES, ConfigError
+from utp.core.partitions import Partition, PartitionLeases
+from utp.core.runtime import EngineRunner
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +97,20 @@ async def run_engine(name: str, session_id: str, url: str, stream: str, data_dir
     session = Session(config, bus=bus, clock=WallClock(), market_data=market_data,
                       controls=ControlState(execution_approved=config.approve_execution_on_start),
                       checkpointer=ImmediateCheckpointer(store), status_interval_s=config.status_interval_s)  # fmt: skip
+    if name in config.bus.partitions:
+        try:
+            # Leases per session: a later session starts with every partition free and none done.
+            bucket = "utp-partitions-" + re.sub(r"[^A-Za-z0-9_-]", "_", session_id)
+            return await run_partitions(name, config, bus, bucket,
+                                        lambda partition: Session(
+                                            config, bus=bus, clock=WallClock(), market_data=market_data,
+                                            controls=ControlState(execution_approved=config.approve_execution_on_start),
+                                            checkpointer=ImmediateCheckpointer(store),
+                                            status_interval_s=config.status_interval_s, partition=partition,
+                                        ).remote_runners[name], restart_cooldown_s=restart_cooldown_s)  # fmt: skip
+        finally:
+            await bus.close()
+            store.close()
     runner = session.remote_runners[name]
     await runner.start()
     watchdogs = Watchdogs([Check("engines", failed_engines(lambda: [runner]), restart_failed_engines(lambda: [runner]),
@@ -120,4 +143,68 @@ async def run_engine(name: str, session_id: str, url: str, stream: str, data_dir
         await runner.stop()
         await bus.close()
         store.close()
+    return 0
+
+
+async def run_partitions(name: str, config: Any, bus: Any, bucket: str,
+                         make_runner: Callable[[Partition], EngineRunner], *, restart_cooldown_s: float = 5.0) -> int:  # fmt: skip
+    """Run the partitions of engine `name` this process leases, until every partition has processed the whole
+    session or the process is told to stop (it then gives its partitions back)."""
+    from utp.daemon.watchdog import Check, Watchdogs, failed_engines, restart_failed_engines
+    from utp.v1 import events_pb2 as pb
+
+    count = config.bus.partitions[name]
+    lease_s = config.bus.partition_lease_s
+    worker = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    leases = PartitionLeases(bus.js, bucket, name, count, worker, lease_s)
+    await leases.open()
+    runners: dict[int, EngineRunner] = {}
+    marked: set[int] = set()
+    watchdogs = Watchdogs([Check("engines", failed_engines(lambda: list(runners.values())),
+                                 restart_failed_engines(lambda: list(runners.values())), interval_s=1.0,
+                                 cooldown_s=restart_cooldown_s)],
+                          lambda alert: log.warning("%s", alert.message))  # fmt: skip
+    watching = asyncio.create_task(watchdogs.run_forever())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"utp engine {name}: worker {worker} shares {count} partitions (leases of {lease_s:g} s)", flush=True)
+
+    async def give_up(k: int) -> None:
+        runner = runners.pop(k, None)
+        if runner is not None:
+            await runner.stop()
+            log.info("%s: stopped partition %d", name, k)
+
+    try:
+        while not stop.is_set():
+            turn = await leases.rebalance()
+            for k in turn.lost:
+                await give_up(k)
+            for k in turn.surplus:
+                await give_up(k)
+                await leases.release(k)
+                print(f"utp engine {name}: gave partition {k} back", flush=True)
+            for k in turn.gained:
+                runner = runners[k] = make_runner(Partition(k, count))
+                await runner.start()
+                print(f"utp engine {name}: took partition {k} (through={runner.through})", flush=True)
+            for k, runner in runners.items():
+                if k not in marked and runner.state == pb.ENGINE_STATE_FINISHED:
+                    await leases.mark_done(k)
+                    marked.add(k)
+            if len(await leases.done()) == count:
+                print(f"utp engine {name}: the session is over; every partition is processed", flush=True)
+                break
+            try:
+                async with asyncio.timeout(lease_s / 3):
+                    await stop.wait()
+            except TimeoutError:
+                pass
+    finally:
+        watching.cancel()
+        for k in list(runners):
+            await give_up(k)
+        await leases.leave()
     return 0

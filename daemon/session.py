@@ -37,6 +37,7 @@ from utp.core.controls import ControlState
 from utp.core.features import Benchmark, FeatureSpec
 from utp.core.feeds import FailoverFeed, empty_bars
 from utp.core.ml.sources import ModelSource
+from utp.core.partitions import Partition, producers_of
 from utp.core.risk_guard import RiskGuard
 from utp.core.venue import ExternalVenue
 from utp.core.runtime import Checkpointer, Engine, EngineRunner, SourceRunner
@@ -162,8 +163,12 @@ class Session:
         model_sources: Sequence[ModelSource] | None = None,
         environ: Mapping[str, str] | None = None,
         approval: Callable[[], bool] | None = None,
+        partition: Partition | None = None,
     ) -> None:
-        """`model_sources`: the models the inference engine serves (see `daemon.models.model_sources`);
+        """`partition`: this process runs that partition of each engine of `bus.partitions` (a `utp engine`
+        process; see `core.partitions`).
+
+        `model_sources`: the models the inference engine serves (see `daemon.models.model_sources`);
         None serves the models of `inference.model_files` (and the packaged TFT with
         `inference.packaged_fallback`). Only models with an
         ensemble weight are served; with none, the graph has no inference engine.
@@ -249,10 +254,17 @@ class Session:
         self.execution = next(e for e in engines if isinstance(e, ExecutionEngine))
         # Only a bus that delivers again can retry a failing step, and so tell a poison step from a passing fault.
         max_deliveries = config.bus.max_deliveries if bus.durable else None
+        # Consumers of a partitioned engine's outputs wait for the watermark of each of its partitions.
+        producers: dict[str, tuple[str, ...]] = {}
+        for e in engines:
+            if count := config.bus.partitions.get(e.name):
+                producers.update(dict.fromkeys(e.outputs, producers_of(e.name, count)))
         runners = [
-            EngineRunner(e, bus, clock, checkpointer, status_interval_s=status_interval_s, max_deliveries=max_deliveries)
+            EngineRunner(e, bus, clock, checkpointer, status_interval_s=status_interval_s, max_deliveries=max_deliveries,
+                         producers=producers,
+                         partition=partition if partition is not None and e.name in config.bus.partitions else None)
             for e in engines
-        ]
+        ]  # fmt: skip
         remote = set(config.bus.remote_engines)
         #: The runners this session runs; those of bus.remote_engines are `utp engine` processes' (`remote_runners`).
         self.runners = [r for r in runners if r.engine.name not in remote]
