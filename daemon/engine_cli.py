@@ -69,7 +69,6 @@ async def run_engine(name: str, session_id: str, url: str, stream: str, data_dir
     from utp.core.jetstream import JetStreamBus
     from utp.daemon.replay import find_session
     from utp.daemon.session import MarketData, Session, live_market_data
-    from utp.daemon.watchdog import Check, Watchdogs, failed_engines, restart_failed_engines
     from utp.storage.state import ImmediateCheckpointer, StateStore
     from utp.v1 import events_pb2 as pb
 
@@ -94,33 +93,24 @@ async def run_engine(name: str, session_id: str, url: str, stream: str, data_dir
                        duplicate_window_s=config.bus.duplicate_window_s, start_after=manifest.start_after)  # fmt: skip
     await bus.connect()
     market_data = live_market_data(config) if config.data.primary else MarketData.from_config(config)
-    session = Session(config, bus=bus, clock=WallClock(), market_data=market_data,
-                      controls=ControlState(execution_approved=config.approve_execution_on_start),
-                      checkpointer=ImmediateCheckpointer(store), status_interval_s=config.status_interval_s)  # fmt: skip
+
+    def runner_of(partition: Partition | None) -> EngineRunner:
+        return Session(config, bus=bus, clock=WallClock(), market_data=market_data,
+                       controls=ControlState(execution_approved=config.approve_execution_on_start),
+                       checkpointer=ImmediateCheckpointer(store), status_interval_s=config.status_interval_s,
+                       partition=partition).remote_runners[name]  # fmt: skip
+
     if name in config.bus.partitions:
         try:
             # Leases per session: a later session starts with every partition free and none done.
             bucket = "utp-partitions-" + re.sub(r"[^A-Za-z0-9_-]", "_", session_id)
-            return await run_partitions(name, config, bus, bucket,
-                                        lambda partition: Session(
-                                            config, bus=bus, clock=WallClock(), market_data=market_data,
-                                            controls=ControlState(execution_approved=config.approve_execution_on_start),
-                                            checkpointer=ImmediateCheckpointer(store),
-                                            status_interval_s=config.status_interval_s, partition=partition,
-                                        ).remote_runners[name], restart_cooldown_s=restart_cooldown_s)  # fmt: skip
+            return await run_partitions(name, config, bus, bucket, runner_of, restart_cooldown_s=restart_cooldown_s)
         finally:
             await bus.close()
             store.close()
-    runner = session.remote_runners[name]
+    runner = runner_of(None)
     await runner.start()
-    watchdogs = Watchdogs([Check("engines", failed_engines(lambda: [runner]), restart_failed_engines(lambda: [runner]),
-                                 interval_s=1.0, cooldown_s=restart_cooldown_s)],
-                          lambda alert: log.warning("%s", alert.message))  # fmt: skip
-    watching = asyncio.create_task(watchdogs.run_forever())
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    watching, stop = _watched(lambda: [runner], restart_cooldown_s)
     print(f"utp engine {name}: session {session_id} on {url} (stream {stream}, subjects {manifest.subject_root}.>), "
           f"state in {data_dir}", flush=True)  # fmt: skip
 
@@ -146,11 +136,24 @@ async def run_engine(name: str, session_id: str, url: str, stream: str, data_dir
     return 0
 
 
+def _watched(runners: Callable[[], list[EngineRunner]], cooldown_s: float) -> tuple[asyncio.Task, asyncio.Event]:
+    """A watchdog that restarts failed `runners` from their checkpoints, and an event set by SIGTERM or SIGINT."""
+    from utp.daemon.watchdog import Check, Watchdogs, failed_engines, restart_failed_engines
+
+    watchdogs = Watchdogs([Check("engines", failed_engines(runners), restart_failed_engines(runners), interval_s=1.0,
+                                 cooldown_s=cooldown_s)],
+                          lambda alert: log.warning("%s", alert.message))  # fmt: skip
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return asyncio.create_task(watchdogs.run_forever()), stop
+
+
 async def run_partitions(name: str, config: Any, bus: Any, bucket: str,
-                         make_runner: Callable[[Partition], EngineRunner], *, restart_cooldown_s: float = 5.0) -> int:  # fmt: skip
+                         make_runner: Callable[[Partition | None], EngineRunner], *, restart_cooldown_s: float = 5.0) -> int:  # fmt: skip
     """Run the partitions of engine `name` this process leases, until every partition has processed the whole
     session or the process is told to stop (it then gives its partitions back)."""
-    from utp.daemon.watchdog import Check, Watchdogs, failed_engines, restart_failed_engines
     from utp.v1 import events_pb2 as pb
 
     count = config.bus.partitions[name]
@@ -160,15 +163,7 @@ async def run_partitions(name: str, config: Any, bus: Any, bucket: str,
     await leases.open()
     runners: dict[int, EngineRunner] = {}
     marked: set[int] = set()
-    watchdogs = Watchdogs([Check("engines", failed_engines(lambda: list(runners.values())),
-                                 restart_failed_engines(lambda: list(runners.values())), interval_s=1.0,
-                                 cooldown_s=restart_cooldown_s)],
-                          lambda alert: log.warning("%s", alert.message))  # fmt: skip
-    watching = asyncio.create_task(watchdogs.run_forever())
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    watching, stop = _watched(lambda: list(runners.values()), restart_cooldown_s)
     print(f"utp engine {name}: worker {worker} shares {count} partitions (leases of {lease_s:g} s)", flush=True)
 
     async def give_up(k: int) -> None:
