@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 import zlib
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -90,6 +91,9 @@ class PartitionLeases:
         self.worker = worker
         self.lease_s = lease_s
         self.held: dict[int, int] = {}  # partition -> revision of our lease entry
+        # partition -> when our lease ends (monotonic) unless renewed, counted from before the request that took
+        # or renewed it: on this side it never looks longer than the server's.
+        self._until: dict[int, float] = {}
         self._kv = self._done = None
 
     async def open(self) -> None:
@@ -130,11 +134,14 @@ class PartitionLeases:
         open_ = [k for k in range(self.count) if k not in done]
         fair = math.ceil(len(open_) / max(1, len(members)))
         for k, revision in list(self.held.items()):
+            asked = time.monotonic()
             try:
                 self.held[k] = await self._kv.update(self._lease(k), self.worker.encode(), last=revision)
+                self._until[k] = asked + self.lease_s
             except nats.js.errors.KeyWrongLastSequenceError:
                 log.warning("%s: the lease of partition %d expired; another process may hold it now", self.engine, k)
                 del self.held[k]
+                self._until.pop(k, None)
                 out.lost.append(k)
         mine = [k for k in sorted(self.held) if k not in done]
         out.surplus = mine[fair:]
@@ -143,15 +150,23 @@ class PartitionLeases:
                 break
             if k in self.held:
                 continue
+            asked = time.monotonic()
             try:
                 self.held[k] = await self._kv.create(self._lease(k), self.worker.encode())
             except nats.js.errors.KeyWrongLastSequenceError:
                 continue  # held by another process
+            self._until[k] = asked + self.lease_s
             out.gained.append(k)
         return out
 
+    def holds(self, k: int) -> bool:
+        """Whether this process's lease of partition `k` is still good by its own clock (renewed within the lease
+        time): a process held up longer than that must assume another took the partition over."""
+        return k in self.held and time.monotonic() < self._until.get(k, 0.0)
+
     async def release(self, k: int) -> None:
         revision = self.held.pop(k, None)
+        self._until.pop(k, None)
         if revision is not None:
             try:
                 await self._kv.delete(self._lease(k), last=revision)

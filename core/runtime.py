@@ -24,7 +24,7 @@ import enum
 import logging
 import pickle
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -277,6 +277,9 @@ class _RunnerBase:
         self.partition = partition
         self.producer = engine.name if partition is None else f"{engine.name}.{partition.name}"
         self._partition_name = None if partition is None else partition.name
+        #: Asked before each publish: a reason this runner may not publish any more (a partition's lease that
+        #: expired while its process was held up: another process may hold the partition now), or None.
+        self.fence: Callable[[], str | None] | None = None
         self.bus = bus
         self.clock = clock
         self.checkpointer = checkpointer
@@ -305,6 +308,8 @@ class _RunnerBase:
         return self.through
 
     async def _publish_outputs(self) -> None:
+        if self.fence is not None and (reason := self.fence()) is not None:
+            raise EngineFailure(f"{self.producer} may not publish: {reason}")
         for kind in self.engine.outputs:
             frames = self._emitted.pop(kind, [])
             rows = concat(frames) if frames else KINDS[kind].empty_frame()
@@ -456,6 +461,9 @@ class EngineRunner(_RunnerBase):
         self._finish_called = False
         #: Times `restart` ran.
         self.restarts = 0
+        #: Appended to its durable consumers' names: a partition's consumers are its holder's own, so that two
+        #: processes that both think they hold it (one held up past its lease) never split one consumer's messages.
+        self.consumer_tag = ""
 
     def _new_inputs(self) -> dict[str, _InputState]:
         return {i.kind: _InputState(i, expected=self.producers.get(i.kind, ())) for i in self.engine.inputs}
@@ -464,7 +472,7 @@ class EngineRunner(_RunnerBase):
         positions = self._restore()
         self.engine.start(self.ctx)
         for state in self._inputs.values():
-            consumer = f"{self.producer}-{state.spec.kind}"
+            consumer = f"{self.producer}-{state.spec.kind}" + (f"-{self.consumer_tag}" if self.consumer_tag else "")
             handler = self._handler(state)
             sub = await self.bus.subscribe(
                 state.spec.kind, consumer, handler, resume_after=positions.get(state.spec.kind)

@@ -183,6 +183,8 @@ async def run_partitions(name: str, config: Any, bus: Any, bucket: str,
                 print(f"utp engine {name}: gave partition {k} back", flush=True)
             for k in turn.gained:
                 runner = runners[k] = make_runner(Partition(k, count))
+                runner.consumer_tag = worker
+                runner.fence = lambda k=k: None if leases.holds(k) else f"its lease of partition {k} ran out"
                 await runner.start()
                 print(f"utp engine {name}: took partition {k} (through={runner.through})", flush=True)
             for k, runner in runners.items():

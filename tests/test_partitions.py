@@ -74,6 +74,27 @@ def test_processes_lease_a_fair_share_and_take_over_what_a_stopped_one_gave_back
     assert asyncio.run(go()) == [(0, 1, 2, 3), (), (2, 3), (2, 3), (1,), (1, 2, 3)]
 
 
+def test_a_lease_not_renewed_in_time_is_no_longer_held_by_its_own_clock(nats_url: str, stream_names: tuple[str, str]) -> None:
+    stream, root = stream_names
+
+    async def go() -> list[bool]:
+        bus = JetStreamBus(nats_url, stream=stream, subject_root=root)
+        await bus.connect()
+        try:
+            leases = PartitionLeases(bus.js, f"short-{root}", "alpha", 1, "a", 1.0)
+            await leases.open()
+            seen = [(await leases.rebalance()).gained == [0] and leases.holds(0)]
+            await asyncio.sleep(1.2)  # held up past the lease: a publish now would be fenced
+            seen.append(leases.holds(0))
+            await leases.rebalance()  # renewed (or lost and taken again): held again
+            seen.append(leases.holds(0))
+            return seen
+        finally:
+            await bus.close()
+
+    assert asyncio.run(go()) == [True, False, True]
+
+
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["stopped", "killed"])
 def test_two_processes_share_alpha_one_stops_mid_session_and_the_orders_do_not_change(
     nats_url, stream_names, daemon_factory, tmp_path: Path, stop: signal.Signals  # noqa: ANN001

@@ -184,6 +184,19 @@ def test_a_checkpoint_from_before_inputs_kept_their_producers_apart_restores_to_
     assert engine.calls == [(4, {"bar": [3, 4]})]
 
 
+def test_a_fenced_runner_fails_instead_of_publishing() -> None:
+    # A partition whose lease ran out while its process was held up: another process may hold it now.
+    async def go() -> EngineRunner:
+        bus, runner, _ = await started(Recorder((Input("bar"),)))
+        runner.fence = lambda: "its lease of partition 0 ran out"
+        with pytest.raises(EngineFailure, match="may not publish: its lease of partition 0 ran out"):
+            await bus.publish(Batch("bar", "md", bars([1]), 1))
+        return runner
+
+    runner = asyncio.run(go())
+    assert runner.state == pb.ENGINE_STATE_FAILED and runner.through == 1  # it stepped, and then stopped short
+
+
 def test_commands_are_applied_on_arrival_and_never_wait() -> None:
     async def go() -> Recorder:
         engine = Recorder((Input("bar"), Input("control_command", InputMode.COMMAND)))
