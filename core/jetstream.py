@@ -24,7 +24,7 @@ import json
 import logging
 import re
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,13 +63,38 @@ def _log_quarantine(subject: str, payload: bytes, reason: str) -> None:
     log.error("quarantined message on %s (%d bytes): %s", subject, len(payload), reason)
 
 
+class _DecodedParts:
+    """The last batch parts decoded, by stream sequence, shared by the consumers of one bus: the engines of a
+    process that consume one kind (five take the bars) decode each part once instead of once each. Frames are
+    immutable, so sharing them is safe."""
+
+    def __init__(self, keep: int = 64) -> None:
+        self.keep = keep
+        self._parts: OrderedDict[int, tuple[bytes, tuple[int, pl.DataFrame, pb.Watermark | None]]] = OrderedDict()
+
+    def get(self, sequence: int, data: bytes) -> tuple[int, pl.DataFrame, pb.Watermark | None]:
+        """(kind number, rows, watermark or None) of the part stored at `sequence`; DecodeError or ValueError."""
+        known = self._parts.get(sequence)
+        # The same bytes too: a stream created again (its store lost) numbers its messages from 1 again.
+        if known is not None and known[0] == data:
+            return known[1]
+        part = pb.EventBatch.FromString(data)
+        decoded = (part.kind, wire.to_frame(part), part.watermark if part.HasField("watermark") else None)
+        self._parts[sequence] = (data, decoded)
+        while len(self._parts) > self.keep:
+            self._parts.popitem(last=False)
+        return decoded
+
+
 class _BatchAssembler:
     """Rebuilds batches of one kind from the messages of a consumer, in stream order."""
 
-    def __init__(self, kind: Kind, subjects: Subjects, quarantine: QuarantineHandler) -> None:
+    def __init__(self, kind: Kind, subjects: Subjects, quarantine: QuarantineHandler,
+                 decoded: _DecodedParts | None = None) -> None:  # fmt: skip
         self.kind = kind
         self.subjects = subjects
         self.quarantine = quarantine
+        self.decoded = decoded if decoded is not None else _DecodedParts()
         # Parts of the batch in progress, per subject: partitions of one engine publish at once, each on its own
         # subject, so their parts interleave in the stream.
         self.parts: dict[str, list[pl.DataFrame]] = {}
@@ -100,10 +125,9 @@ class _BatchAssembler:
 
     def _part(self, msg: Msg, position: int) -> Batch | None:
         try:
-            part = pb.EventBatch.FromString(msg.data)
-            if part.kind != self.kind.number:
-                raise ValueError(f"a batch of kind {part.kind} on {self.kind.name}")
-            frame = wire.to_frame(part)
+            part_kind, frame, watermark = self.decoded.get(position, msg.data)
+            if part_kind != self.kind.number:
+                raise ValueError(f"a batch of kind {part_kind} on {self.kind.name}")
         except (DecodeError, ValueError) as exc:
             # The part's rows are lost to this batch; the watermark's count says so when it closes.
             self.quarantine(msg.subject, msg.data, f"not a usable EventBatch: {exc}")
@@ -111,9 +135,8 @@ class _BatchAssembler:
         parts = self.parts.setdefault(msg.subject, [])
         if frame.height:
             parts.append(frame)
-        if not part.HasField("watermark"):
+        if watermark is None:
             return None  # acked with the part that closes its batch
-        watermark = part.watermark
         frame = pl.concat(parts, how="vertical") if len(parts) > 1 else (parts[0] if parts else self.kind.empty_frame())
         del self.parts[msg.subject]
         if frame.height > watermark.event_count:  # a part re-published beyond the server's duplicate window
@@ -315,6 +338,7 @@ class JetStreamBus(Bus):
         self.quarantine = quarantine
         self._nc: nats.NATS | None = None
         self._js = None
+        self._decoded = _DecodedParts()  # one decode per stored part for all of this bus's consumers
         self._subscriptions: list[_JetStreamSubscription] = []
 
     # -- connection and stream ---------------------------------------------------------------------
@@ -546,7 +570,7 @@ class JetStreamBus(Bus):
         )
 
     async def _consume(self, sub: _JetStreamSubscription, pull: _ContinuousPull, kind: str, handler: BatchHandler) -> None:
-        assembler = _BatchAssembler(KINDS[kind], self.subjects, self.quarantine)
+        assembler = _BatchAssembler(KINDS[kind], self.subjects, self.quarantine, self._decoded)
         watermarked = KINDS[kind].watermarked
         highest = 0
         # A batch not handed over yet: while more messages are already here (a backlog), the next batches of its

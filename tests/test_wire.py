@@ -244,3 +244,42 @@ def test_partitions_publishing_at_once_arrive_as_their_own_batches(nats_url: str
     assert sorted(b.producer for b in got) == ["f.p0", "f.p1"]
     for batch in got:
         assert batch.frame.equals(frames[batch.producer.removeprefix("f.")]) and batch.through_ns == 7
+
+
+def test_consumers_of_one_bus_decode_each_stored_part_once(nats_url: str, stream_names: tuple[str, str]) -> None:
+    from utp.core.jetstream import _DecodedParts
+
+    data = wire.to_event_batch(kind("bar"), _bars(3)).SerializeToString()
+    parts = _DecodedParts()
+    first = parts.get(7, data)
+    assert parts.get(7, data)[1] is first[1]  # decoded once
+    other = wire.to_event_batch(kind("bar"), _bars(4)).SerializeToString()
+    assert parts.get(7, other)[1].height == 4  # a stream created again numbers from 1 again: new bytes, new decode
+
+    stream, root = stream_names
+
+    async def go() -> dict[str, list[Batch]]:
+        bus = JetStreamBus(nats_url, stream=stream, subject_root=root)
+        await bus.connect()
+        try:
+            got: dict[str, list[Batch]] = {"features": [], "alpha": []}
+            for name, batches in got.items():
+                await bus.subscribe("bar", name, _keeper(batches))
+            await bus.publish(Batch("bar", "md", _bars(50), 7))
+            for _ in range(200):
+                if all(got.values()):
+                    break
+                await asyncio.sleep(0.05)
+            return got
+        finally:
+            await bus.close()
+
+    got = asyncio.run(go())
+    assert got["features"][0].frame is got["alpha"][0].frame  # one decode, both engines
+
+
+def _keeper(batches: list[Batch]) -> Callable[[Batch], object]:
+    async def keep(batch: Batch) -> None:
+        batches.append(batch)
+
+    return keep
