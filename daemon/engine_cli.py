@@ -172,28 +172,35 @@ async def run_partitions(name: str, config: Any, bus: Any, bucket: str,
             await runner.stop()
             log.info("%s: stopped partition %d", name, k)
 
+    async def one_round() -> bool:
+        """Lease, start and stop partitions; True once every partition has processed the whole session."""
+        turn = await leases.rebalance()
+        for k in turn.lost:
+            await give_up(k)
+        for k in turn.surplus:
+            await give_up(k)
+            await leases.release(k)
+            print(f"utp engine {name}: gave partition {k} back", flush=True)
+        for k in turn.gained:
+            runner = runners[k] = make_runner(Partition(k, count))
+            runner.consumer_tag = worker
+            runner.fence = lambda k=k: None if leases.holds(k) else f"its lease of partition {k} ran out"
+            await runner.start()
+            print(f"utp engine {name}: took partition {k} (through={runner.through})", flush=True)
+        for k, runner in runners.items():
+            if k not in marked and runner.state == pb.ENGINE_STATE_FINISHED:
+                await leases.mark_done(k)
+                marked.add(k)
+        return len(await leases.done()) == count
+
     try:
         while not stop.is_set():
-            turn = await leases.rebalance()
-            for k in turn.lost:
-                await give_up(k)
-            for k in turn.surplus:
-                await give_up(k)
-                await leases.release(k)
-                print(f"utp engine {name}: gave partition {k} back", flush=True)
-            for k in turn.gained:
-                runner = runners[k] = make_runner(Partition(k, count))
-                runner.consumer_tag = worker
-                runner.fence = lambda k=k: None if leases.holds(k) else f"its lease of partition {k} ran out"
-                await runner.start()
-                print(f"utp engine {name}: took partition {k} (through={runner.through})", flush=True)
-            for k, runner in runners.items():
-                if k not in marked and runner.state == pb.ENGINE_STATE_FINISHED:
-                    await leases.mark_done(k)
-                    marked.add(k)
-            if len(await leases.done()) == count:
-                print(f"utp engine {name}: the session is over; every partition is processed", flush=True)
-                break
+            try:
+                if await one_round():
+                    print(f"utp engine {name}: the session is over; every partition is processed", flush=True)
+                    break
+            except Exception as exc:  # noqa: BLE001 - the NATS server away a moment: its runners fence themselves
+                log.warning("%s: leasing partitions failed (%s: %s); trying again", name, type(exc).__name__, exc)
             try:
                 async with asyncio.timeout(lease_s / 3):
                     await stop.wait()
@@ -203,5 +210,8 @@ async def run_partitions(name: str, config: Any, bus: Any, bucket: str,
         watching.cancel()
         for k in list(runners):
             await give_up(k)
-        await leases.leave()
+        try:
+            await leases.leave()
+        except Exception as exc:  # noqa: BLE001 - the leases then expire by themselves
+            log.warning("%s: could not give the partitions back (%s); their leases expire in %g s", name, exc, lease_s)
     return 0
