@@ -8,13 +8,16 @@ and shifted in time by its own number of rows, so that the symbols' signals diff
 session (market data, features, alpha, ensemble, portfolio, risk, exit, execution) runs in this process on the
 JetStream bus, the wall clock and the simulated broker, as `utp core --nats` runs them.
 
-Latency is bar publish -> risk decision: for every risk decision, the time its event reached a subscriber on the
-bus minus the time the bar of its symbol and bar time did (both seen by one tap, one clock). `bars_per_s` is the
-bars of the run over its wall time, from the first bar on the bus to the session's end. Lost and duplicated
+Latency is bar publish -> risk decision: for every risk decision, the time the bus held it (its publish acked by
+the server) minus the time market data began to publish its bar time's bars (one clock, stamped by the bus the
+session runs on). Engines that share the process take a batch as it is published, before the server has stored
+it (they commit nothing before it is), so the decision may be made before the bar is stored; the figure counts
+from the start of the bar's publish all the same (`--over-the-server`: every batch goes through the server, for
+comparison). `bars_per_s` is the bars of the run over its wall time, from the session's start to its end. Lost and duplicated
 compare the decisions with those of the same graph on the in-process bus and a simulated clock (the reference):
-a decision of the reference never seen is lost, one seen twice is duplicated. Last line, JSON:
-`{"symbols": 500, "bars_per_s": .., "p50_ms": .., "p99_ms": .., "lost": 0, "duplicated": 0, ...}` where bars_per_s
-is the as-fast-as-possible run and the latencies are the fixed-rate run's.
+a decision of the reference never seen is lost, one seen twice is duplicated (seen by a tap on the bus). Last line,
+JSON: `{"symbols": 500, "bars_per_s": .., "p50_ms": .., "p99_ms": .., "lost": 0, "duplicated": 0, ...}` where
+bars_per_s is the as-fast-as-possible run and the latencies are the fixed-rate run's.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from utp.core.batch import Batch
 from utp.core.bus import Bus, InProcessBus
 from utp.core.clock import SimulatedClock, WallClock
 from utp.core.config import Config, load_config
@@ -80,55 +84,73 @@ def config(rate: float) -> Config:
 
 
 class Tap:
-    """When each bar and each risk decision reached a subscriber on the bus (monotonic ns), and the memory in use
+    """Which risk decisions reached a subscriber on the bus (to count lost and duplicated ones), when each bar time's
+bars began to be published and when each decision was stored (monotonic ns, `TimedBus`), and the memory in use
 once the first decision came (the soak's start: every engine running and its kernels compiled).
 
-Its own records stay small so that the soak's RSS is the session's: bar arrivals are kept for the last
-KEEP_BAR_TIMES bar times only (a decision later than that counts as `late`, its latency unknown), and each
-decision is a float and its id."""
+Its own records stay small so that the soak's RSS is the session's: bar times are kept for the last
+KEEP_BAR_TIMES only (a decision later than that counts as `late`, its latency unknown), and each decision is a
+float and its id."""
 
     KEEP_BAR_TIMES = 120
 
     def __init__(self) -> None:
-        self.bar_seen: dict[int, dict[str, int]] = {}  # bar time -> symbol -> arrival; oldest first
+        self.bar_published: dict[int, int] = {}  # bar time -> when its bars began to be published; oldest first
         self.latencies_ms = array("d")
         self.late = 0
         self.decision_ids: Counter[str] = Counter()
         self.first_bar_ns = 0
         self.rss_warm_mb = 0.0  # once the first decision is made: every engine is running and compiled
 
-    async def on_events(self, kind: str, messages: list) -> None:
+    def publishing_bars(self, times: np.ndarray) -> None:
         now = time.monotonic_ns()
-        if kind == "bar":
-            if not self.first_bar_ns:
-                self.first_bar_ns = now
-            for m in messages:
-                at = self.bar_seen.get(m.header.event_time_ns)
-                if at is None:
-                    at = self.bar_seen[m.header.event_time_ns] = {}
-                    while len(self.bar_seen) > self.KEEP_BAR_TIMES:
-                        del self.bar_seen[next(iter(self.bar_seen))]
-                at.setdefault(m.header.symbol, now)
-        else:
-            if not self.rss_warm_mb:
-                self.rss_warm_mb = _rss_mb()
-            for m in messages:
-                self.decision_ids[m.header.event_id] += 1
-                bar = self.bar_seen.get(m.header.event_time_ns, {}).get(m.header.symbol)
-                if bar is not None:
-                    self.latencies_ms.append((now - bar) / 1e6)
-                elif m.header.event_time_ns < next(iter(self.bar_seen), 0):
-                    self.late += 1
+        if not self.first_bar_ns:
+            self.first_bar_ns = now
+        for t in np.unique(times).tolist():
+            if t not in self.bar_published:
+                self.bar_published[t] = now
+                while len(self.bar_published) > self.KEEP_BAR_TIMES:
+                    del self.bar_published[next(iter(self.bar_published))]
+
+    def decisions_stored(self, times: np.ndarray) -> None:
+        now = time.monotonic_ns()
+        if not self.rss_warm_mb:
+            self.rss_warm_mb = _rss_mb()
+        for t in times.tolist():
+            published = self.bar_published.get(t)
+            if published is not None:
+                self.latencies_ms.append((now - published) / 1e6)
+            else:
+                self.late += 1
+
+    async def on_events(self, kind: str, messages: list) -> None:
+        for m in messages:
+            self.decision_ids[m.header.event_id] += 1
 
 
-async def run_session(market_data: MarketData, rate: float, bus: Bus, soak_s: float = 0.0) -> tuple[Tap, float, dict]:
+class TimedBus(JetStreamBus):
+    """The JetStream bus, stamping when bars begin to be published and when risk decisions are stored."""
+
+    def __init__(self, url: str, tap: Tap, **options: object) -> None:
+        super().__init__(url, **options)  # type: ignore[arg-type]
+        self.timing = tap
+
+    async def publish(self, batch: Batch) -> None:
+        if batch.kind == "bar" and batch.frame.height:
+            self.timing.publishing_bars(batch.frame["event_time_ns"].to_numpy())
+        await super().publish(batch)
+        if batch.kind == "risk_decision" and batch.frame.height:
+            self.timing.decisions_stored(batch.frame["event_time_ns"].to_numpy())
+
+
+async def run_session(market_data: MarketData, rate: float, bus: Bus, tap: Tap | None = None) -> tuple[Tap, float, dict]:
     simulated = isinstance(bus, InProcessBus)
-    tap = Tap()
+    tap = tap or Tap()
     if not simulated:
         await bus.connect()  # type: ignore[attr-defined]
     session = Session(config(rate), bus=bus, clock=SimulatedClock() if simulated else WallClock(), market_data=market_data,
                       controls=ControlState(execution_approved=True))  # fmt: skip
-    await bus.tap(tap.on_events, lambda kind: kind in ("bar", "risk_decision"))
+    await bus.tap(tap.on_events, lambda kind: kind == "risk_decision")
     try:
         await session.start()
         started = time.monotonic()
@@ -140,6 +162,8 @@ async def run_session(market_data: MarketData, rate: float, bus: Bus, soak_s: fl
         await session.stop()
         if not simulated:
             await bus.close()
+    if not simulated:
+        print(f"batches handed over in process: {bus.handed_in_process}", flush=True)  # type: ignore[attr-defined]
     return tap, elapsed, {"start_rss_mb": tap.rss_warm_mb, "end_rss_mb": end_rss}
 
 
@@ -154,9 +178,9 @@ def _rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def jetstream_bus(url: str) -> JetStreamBus:
+def jetstream_bus(url: str, tap: Tap, *, in_process: bool = True) -> TimedBus:
     tag = uuid.uuid4().hex[:8]
-    return JetStreamBus(url, stream=f"BENCH_{tag.upper()}", subject_root=f"bench{tag}")
+    return TimedBus(url, tap, stream=f"BENCH_{tag.upper()}", subject_root=f"bench{tag}", deliver_in_process=in_process)
 
 
 async def drop_stream(bus: JetStreamBus, url: str) -> None:
@@ -183,15 +207,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--bar-times", type=int, default=240, help="bar times of the as-fast-as-possible run")
     parser.add_argument("--rate", type=float, default=2.0, help="bar times per second of the fixed-rate run")
     parser.add_argument("--fixed-bar-times", type=int, default=60, help="bar times of the fixed-rate run")
+    parser.add_argument("--over-the-server", action="store_true",
+                        help="engines of the process take batches from the server, not as they are published")
     parser.add_argument("--soak-minutes", type=float, default=0.0, help="a soak at --rate this long (0: none)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
 
-    result: dict = {"symbols": args.symbols}
+    result: dict = {"symbols": args.symbols, "in_process": not args.over_the_server}
     fast_data = minute_bars(args.symbols, args.bar_times)
     reference, _, _ = asyncio.run(run_session(fast_data, 0.0, InProcessBus()))
-    bus = jetstream_bus(args.nats)
-    tap, elapsed, _ = asyncio.run(run_session(fast_data, 0.0, bus))
+    tap = Tap()
+    bus = jetstream_bus(args.nats, tap, in_process=not args.over_the_server)
+    tap, elapsed, _ = asyncio.run(run_session(fast_data, 0.0, bus, tap))
     asyncio.run(drop_stream(bus, args.nats))
     bars = fast_data.bars.height
     lost = len(set(reference.decision_ids) - set(tap.decision_ids))
@@ -203,8 +230,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     fixed_data = minute_bars(args.symbols, args.fixed_bar_times)
     fixed_reference, _, _ = asyncio.run(run_session(fixed_data, 0.0, InProcessBus()))
-    bus = jetstream_bus(args.nats)
-    fixed, fixed_elapsed, _ = asyncio.run(run_session(fixed_data, args.rate, bus))
+    fixed = Tap()
+    bus = jetstream_bus(args.nats, fixed, in_process=not args.over_the_server)
+    fixed, fixed_elapsed, _ = asyncio.run(run_session(fixed_data, args.rate, bus, fixed))
     asyncio.run(drop_stream(bus, args.nats))
     ms = latencies(fixed)
     result["lost"] += len(set(fixed_reference.decision_ids) - set(fixed.decision_ids))
@@ -217,8 +245,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     if args.soak_minutes > 0:
         soak_times = max(1, int(args.soak_minutes * 60 * args.rate))
-        bus = jetstream_bus(args.nats)
-        soak, soak_elapsed, rss = asyncio.run(run_session(minute_bars(args.symbols, soak_times), args.rate, bus))
+        soak = Tap()
+        bus = jetstream_bus(args.nats, soak, in_process=not args.over_the_server)
+        soak, soak_elapsed, rss = asyncio.run(run_session(minute_bars(args.symbols, soak_times), args.rate, bus, soak))
         asyncio.run(drop_stream(bus, args.nats))
         soak_ms = latencies(soak)
         print(f"soak: {soak_times} bar times over {soak_elapsed / 60:.1f} min; RSS {rss['start_rss_mb']} MB at the first decision, "

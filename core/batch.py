@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import polars as pl
@@ -31,6 +32,12 @@ class Batch:
     # The producer is one partition of its engine (processes sharing its symbols): its batches go to their own
     # subject. None: the engine's only producer.
     partition: str | None = None
+    # Handed over by a producer in the same process before the bus holds it durably (JetStream's local
+    # delivery): resolves once it does, or raises if it never will. A consumer commits nothing of it before.
+    stored: asyncio.Future | None = None
+    # Not rows: the transport's word that the consumer's position may move to `position` (it applied what
+    # lies before, handed over in process). Its runner records the position and commits it with its next step.
+    only_position: bool = False
 
     @property
     def end_of_stream(self) -> bool:

@@ -542,6 +542,9 @@ class BusConfig(_Section):
     #: Seconds a partition's lease lasts unless its process renews it: how long a dead process's partitions
     #: wait before another takes them over (a process that stops gives them back at once).
     partition_lease_s: float = 5.0
+    #: Engines of one process take a batch published in it as it is published (no round trip through the server,
+    #: no decode), committing nothing before the server has stored it; off: everything comes from the server.
+    deliver_in_process: bool = True
 
 
 class StateConfig(_Section):

@@ -15,6 +15,11 @@ of the last batch it has applied together with its state (hot state in LMDB); th
 (AckPolicy.ALL) only after that commit, and on start a consumer is reused only if it stands exactly at
 the committed position, otherwise re-created there. So a crash anywhere loses nothing and applies
 nothing twice.
+
+In process: a batch published through this bus goes at once to this bus's own consumers of its kind as well
+(`_LocalBatch`), after it is sent and before the server has acked it. Its `Batch.stored` resolves with the acks;
+the runner commits nothing before. A consumer takes it only if it has applied the producer's batch before it, and
+skips the stored copy when it comes (by batch id, undecoded), telling its engine the position may move past it.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import re
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import nats
@@ -95,9 +100,18 @@ class _BatchAssembler:
         self.subjects = subjects
         self.quarantine = quarantine
         self.decoded = decoded if decoded is not None else _DecodedParts()
-        # Parts of the batch in progress, per subject: partitions of one engine publish at once, each on its own
-        # subject, so their parts interleave in the stream.
-        self.parts: dict[str, list[pl.DataFrame]] = {}
+        # Parts of the batch in progress, per subject, with the stream sequence of its first: partitions of one
+        # engine publish at once, each on its own subject, so their parts interleave in the stream.
+        self.parts: dict[str, tuple[int, list[pl.DataFrame]]] = {}
+
+    def safe_position(self, sequence: int) -> int:
+        """The position a consumer may commit having applied everything up to `sequence` but the batches still in
+        progress: just before the first part of the oldest (a restart there delivers its parts again)."""
+        return min([sequence, *(first - 1 for first, _ in self.parts.values())])
+
+    def drop(self, subject: str) -> None:
+        """Forget the parts in progress on `subject` (their batch was handed over in process)."""
+        self.parts.pop(subject, None)
 
     def add(self, msg: Msg) -> Batch | None:
         position = msg.metadata.sequence.stream
@@ -132,13 +146,14 @@ class _BatchAssembler:
             # The part's rows are lost to this batch; the watermark's count says so when it closes.
             self.quarantine(msg.subject, msg.data, f"not a usable EventBatch: {exc}")
             return None
-        parts = self.parts.setdefault(msg.subject, [])
+        parts = self.parts.setdefault(msg.subject, (position, []))[1]
         if frame.height:
             parts.append(frame)
         if watermark is None:
             return None  # acked with the part that closes its batch
         frame = pl.concat(parts, how="vertical") if len(parts) > 1 else (parts[0] if parts else self.kind.empty_frame())
         del self.parts[msg.subject]
+        position = self.safe_position(position)
         if frame.height > watermark.event_count:  # a part re-published beyond the server's duplicate window
             frame = frame.unique("event_id", keep="first", maintain_order=True)
         if frame.height < watermark.event_count:
@@ -172,6 +187,35 @@ def _joined(first: Batch, then: Batch) -> Batch:
     return Batch(first.kind, first.producer, frame, through, then.position)
 
 
+@dataclass(eq=False)
+class _LocalBatch:
+    """A batch published through this bus, handed to this bus's consumers of its kind as it is published: engines
+    sharing a process pass it as it is, without waiting for the server to store it, send it back and have it
+    decoded. Its `batch.stored` resolves once the server acked it, and the consumer commits nothing before that.
+    It is the `number`-th batch this bus published on `subject`; a consumer takes it only if it has applied the
+    one before it (by either path), so that a producer's rows reach it in order, and it then skips the stored
+    parts of `batch_id` when they come."""
+
+    subject: str
+    batch_id: str
+    number: int
+    batch: Batch
+
+
+def _batch_id(msg: Msg) -> str | None:
+    """The batch id in a batch part's message id (`b/<batch id>/<part>`), or None."""
+    msg_id = (msg.headers or {}).get("Nats-Msg-Id", "")
+    if not msg_id.startswith("b/"):
+        return None
+    return msg_id[2:msg_id.rfind("/")]
+
+
+def _retrieve(future: asyncio.Future) -> None:
+    """Look at a future's exception so that asyncio does not report it as never retrieved (no consumer took it)."""
+    if not future.cancelled():
+        future.exception()
+
+
 class _ContinuousPull:
     """Keeps one pull request of `batch` messages outstanding on a durable consumer and yields messages
     as they arrive (the JetStream pull protocol: $JS.API.CONSUMER.MSG.NEXT). Unlike `fetch`, it never
@@ -189,6 +233,8 @@ class _ContinuousPull:
         # Messages land here from the subscription's callback: taking one that is already there costs no task
         # and no timer (next_msg's wait_for made both for every message, most of a backlog's cost).
         self.arrived: deque[Msg] = deque()
+        #: Batches published in this process (`_LocalBatch`), taken before anything from the server.
+        self.local: deque[_LocalBatch] = deque()
         self.wake = asyncio.Event()
 
     async def start(self) -> None:
@@ -198,8 +244,14 @@ class _ContinuousPull:
         self.arrived.append(msg)
         self.wake.set()
 
-    async def _next_arrival(self, timeout_s: float) -> Msg:
+    def offer(self, item: _LocalBatch) -> None:
+        self.local.append(item)
+        self.wake.set()
+
+    async def _next_arrival(self, timeout_s: float) -> Msg | None:
         while not self.arrived:
+            if self.local:
+                return None
             self.wake.clear()
             # Not wait_for: on Python 3.11 it returns normally when the wake and a cancellation land together,
             # and the consumer, whose loop only ends by cancellation here, went on pulling: a daemon told to stop
@@ -208,8 +260,10 @@ class _ContinuousPull:
                 await self.wake.wait()
         return self.arrived.popleft()
 
-    async def next(self) -> Msg:
+    async def next(self) -> Msg | _LocalBatch:
         while True:
+            if self.local:
+                return self.local.popleft()
             now = time.monotonic()
             if self.outstanding <= 0 or now >= self.renew_at:
                 # A new request before the last one expires, never after: a request that expires having
@@ -223,6 +277,8 @@ class _ContinuousPull:
                 msg = self.arrived.popleft() if self.arrived else await self._next_arrival(self.renew_at - now)
             except asyncio.TimeoutError:
                 continue  # nothing before the renewal: renew
+            if msg is None:
+                continue  # a local batch came
             status = (msg.headers or {}).get("Status")
             if status is None:
                 self.outstanding -= 1
@@ -255,6 +311,7 @@ class PublishNotAcked(RuntimeError):
 class _JetStreamSubscription(Subscription):
     name: str
     task: asyncio.Task | None = None
+    pull: _ContinuousPull | None = None
     nats_sub: object | None = None
     closed: bool = False
     error: BaseException | None = field(default=None)
@@ -316,6 +373,7 @@ class JetStreamBus(Bus):
         ack_timeout_s: float = 120.0,
         client_name: str = "utp",
         quarantine: QuarantineHandler = _log_quarantine,
+        deliver_in_process: bool = True,
     ) -> None:
         self.url = url
         self.stream = stream
@@ -340,6 +398,15 @@ class JetStreamBus(Bus):
         self._js = None
         self._decoded = _DecodedParts()  # one decode per stored part for all of this bus's consumers
         self._subscriptions: list[_JetStreamSubscription] = []
+        #: Whether batches published here go to this bus's own consumers at once as well (`_LocalBatch`), besides
+        #: the server, which still stores them and delivers them to everyone else (and to these after a restart).
+        self.deliver_in_process = deliver_in_process
+        self._local_consumers: dict[str, list[_JetStreamSubscription]] = {}
+        self._published_on: dict[str, int] = {}  # subject -> batches published on it through this bus
+        #: Batches this bus's consumers took in process (each consumer counts).
+        self.handed_in_process = 0
+        #: This bus's recent batches, batch id -> (subject, number): how a consumer knows one that came from the server.
+        self._recent: OrderedDict[str, tuple[str, int]] = OrderedDict()
 
     # -- connection and stream ---------------------------------------------------------------------
     @property
@@ -410,12 +477,45 @@ class JetStreamBus(Bus):
             last_id = frame["event_id"][-1] if frame.height else ""
             batch_id = f"{batch.producer}/{kind.name}/{batch.through_ns}/{frame.height}/{last_id}"
             subject = self.subjects.batch(kind.name, batch.partition)
-            parts = list(wire.parts(kind, frame, self._part_budget()))
-            for index, part in enumerate(parts):
-                data = wire.with_watermark(part, index, watermark if index == len(parts) - 1 else None)
-                pending.append(await self._js.publish_async(subject, data,
-                                                            headers={"Nats-Msg-Id": f"b/{batch_id}/{index}"}))
+            stored = None
+            try:
+                parts = list(wire.parts(kind, frame, self._part_budget()))
+                for index, part in enumerate(parts):
+                    data = wire.with_watermark(part, index, watermark if index == len(parts) - 1 else None)
+                    pending.append(await self._js.publish_async(subject, data,
+                                                                headers={"Nats-Msg-Id": f"b/{batch_id}/{index}"}))
+                # Sent first, so that the server stores it (and other processes have it) while the consumers here
+                # step on it; they commit nothing before it is stored.
+                stored = self._deliver_in_process(batch, subject, batch_id)
+                await self._acked(pending)
+            except BaseException as exc:
+                if stored is not None and not stored.done():
+                    failure = exc if isinstance(exc, Exception) else PublishNotAcked(f"publishing was stopped ({exc!r})")
+                    stored.set_exception(failure)
+                raise
+            if stored is not None and not stored.done():
+                stored.set_result(None)
+            return
         await self._acked(pending)
+
+    def _deliver_in_process(self, batch: Batch, subject: str, batch_id: str) -> asyncio.Future | None:
+        """Offer a batch being published to this bus's consumers of its kind (`_LocalBatch`); returns the future
+        to resolve once the server has stored it, or None when no consumer here takes the kind."""
+        number = self._published_on.get(subject, 0)
+        self._published_on[subject] = number + 1
+        self._recent[batch_id] = (subject, number)
+        while len(self._recent) > 4096:
+            self._recent.popitem(last=False)
+        consumers = [c for c in self._local_consumers.get(batch.kind, ()) if not c.closed]
+        self._local_consumers[batch.kind] = consumers
+        if not consumers or not self.deliver_in_process:
+            return None
+        stored = asyncio.get_running_loop().create_future()
+        stored.add_done_callback(_retrieve)
+        item = _LocalBatch(subject, batch_id, number, replace(batch, position=None, stored=stored))
+        for consumer in consumers:
+            consumer.pull.offer(item)  # type: ignore[union-attr]
+        return stored
 
     async def _acked(self, pending: list[asyncio.Future]) -> None:
         """Wait for the server's acks of what was just published. nats-py's async publishes have no deadline of
@@ -530,9 +630,11 @@ class JetStreamBus(Bus):
         await self._ensure_consumer(durable, kind, position)
         pull = _ContinuousPull(self._nc, self.stream, durable, self.fetch_batch)
         await pull.start()
-        sub = _JetStreamSubscription(durable, nats_sub=pull.sub)
+        sub = _JetStreamSubscription(durable, nats_sub=pull.sub, pull=pull)
         sub.task = asyncio.create_task(self._consume(sub, pull, kind, handler), name=f"consume-{durable}")
         self._subscriptions.append(sub)
+        if KINDS[kind].watermarked:
+            self._local_consumers.setdefault(kind, []).append(sub)
         return sub
 
     async def _ensure_consumer(self, durable: str, kind: str, position: int) -> None:
@@ -579,14 +681,40 @@ class JetStreamBus(Bus):
         held: Batch | None = None
         held_msg: Msg | None = None
         joined = 0
+        # Batches published in this process (`_LocalBatch`): per subject, the number of the newest this consumer
+        # has applied by either path; the ids of those it applied, whose stored parts it skips when they come; and
+        # the newest part skipped, acked (and its position handed to the engine) once nothing else is waiting.
+        applied: dict[str, int] = {}
+        applied_ids: OrderedDict[str, None] = OrderedDict()  # by either path: a batch published again is dropped
+        held_numbers: dict[str, int] = {}
+        held_ids: list[str] = []
+        skipped: Msg | None = None
+
+        def settle_held() -> None:
+            applied.update(held_numbers)
+            held_numbers.clear()
+            for batch_id in held_ids:
+                applied_ids[batch_id] = None
+            held_ids.clear()
+            while len(applied_ids) > 1024:
+                applied_ids.popitem(last=False)
+
         while not sub.closed:
             if held is not None and not pull.has_message():
                 if not await self._hand_over(sub, handler, held, held_msg):
                     return
                 held = held_msg = None
+                settle_held()
+                continue
+            if skipped is not None and held is None and not pull.has_message():
+                mark = Batch(kind, "", pl.DataFrame(), None, assembler.safe_position(skipped.metadata.sequence.stream),
+                             only_position=True)  # fmt: skip
+                if not await self._hand_over(sub, handler, mark, skipped):
+                    return
+                skipped = None
                 continue
             try:
-                msg = await pull.next()
+                item = await pull.next()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # connection trouble: the client reconnects by itself
@@ -595,10 +723,31 @@ class JetStreamBus(Bus):
                 log.warning("%s: pull failed (%s); retrying", sub.name, exc)
                 await asyncio.sleep(0.25)
                 continue
+            if isinstance(item, _LocalBatch):
+                if held is not None:  # what came before it, first
+                    if not await self._hand_over(sub, handler, held, held_msg):
+                        return
+                    held = held_msg = None
+                    settle_held()
+                if applied.get(item.subject, -2) != item.number - 1 or item.batch_id in applied_ids:
+                    continue  # not the next of its producer here, or had already: the server brings it in order
+                assembler.drop(item.subject)  # its own parts, if the server delivered some already
+                if not await self._hand_over(sub, handler, item.batch, None):
+                    return
+                applied[item.subject] = item.number
+                self.handed_in_process += 1
+                held_ids.append(item.batch_id)
+                settle_held()
+                continue
+            msg = item
             sequence = msg.metadata.sequence.stream
             if sequence <= highest:  # redelivered after ack_wait; already handled in order
                 continue
             highest = sequence
+            batch_id = _batch_id(msg) if watermarked else None
+            if batch_id is not None and batch_id in applied_ids:
+                skipped = msg
+                continue
             batch = assembler.add(msg)
             if batch is None:
                 if watermarked:
@@ -617,13 +766,27 @@ class JetStreamBus(Bus):
                         and held.frame.height + batch.frame.height <= self.coalesce_rows
                         and (held.frame.schema == batch.frame.schema or not held.frame.height or not batch.frame.height)):
                     held, held_msg, joined = _joined(held, batch), msg, joined + 1
+                    self._note_number(held_numbers, held_ids, batch_id)
                     continue
                 if not await self._hand_over(sub, handler, held, held_msg):
                     return
+                settle_held()
             held, held_msg, joined = batch, msg, 1
+            self._note_number(held_numbers, held_ids, batch_id)
 
-    async def _hand_over(self, sub: _JetStreamSubscription, handler: BatchHandler, batch: Batch, msg: Msg) -> bool:
-        """Handle a batch, then ack through its last message (AckPolicy.ALL); False when the consumer must stop."""
+    def _note_number(self, numbers: dict[str, int], ids: list[str], batch_id: str | None) -> None:
+        """Note a batch from the server: its id in `ids`, and its number in `numbers` (subject -> number) if this
+        bus published it."""
+        if batch_id is None:
+            return
+        ids.append(batch_id)
+        known = self._recent.get(batch_id)
+        if known is not None and known[1] > numbers.get(known[0], -1):
+            numbers[known[0]] = known[1]
+
+    async def _hand_over(self, sub: _JetStreamSubscription, handler: BatchHandler, batch: Batch, msg: Msg | None) -> bool:
+        """Handle a batch, then ack through its last message (AckPolicy.ALL; none for a batch handed over in
+        process); False when the consumer must stop."""
         try:
             await handler(batch)
         except Exception as exc:
@@ -631,6 +794,8 @@ class JetStreamBus(Bus):
             log.error("%s: handler failed, consumer stopped: %s", sub.name, exc)
             sub.error = exc
             return False
+        if msg is None:
+            return True
         try:
             await msg.ack()
         except nats.errors.ConnectionClosedError:

@@ -129,6 +129,9 @@ class Engine(ABC):
     outputs: tuple[str, ...] = ()
     #: Outputs caused by feedback inputs; their watermark waits for the feedback (see module doc).
     feedback_outputs: frozenset[str] = frozenset()
+    #: Its steps act outside the process (orders to a broker): it steps on a batch handed over in process only once
+    #: the bus has stored it, so that nothing leaves the process because of an event the bus might not keep.
+    acts_outside: bool = False
 
     def start(self, ctx: EngineContext) -> None:  # noqa: B027 - optional hook
         """Called once before the first input, after a restore if there was one."""
@@ -535,7 +538,18 @@ class EngineRunner(_RunnerBase):
     async def _on_batch(self, state: _InputState, batch: Batch) -> None:
         if self.state == pb.ENGINE_STATE_FAILED:
             raise EngineFailure(f"{self.engine.name} has failed: {self.last_error}")
+        if batch.only_position:
+            # What lies before it was applied in process already; committed with the next step's checkpoint (a
+            # crash before then resumes from the older position, and the rows delivered again are dropped).
+            if batch.position is not None and batch.position > (state.position or 0):
+                state.position = batch.position
+            return
         self.events_in += batch.frame.height
+        if batch.stored is not None and self.engine.acts_outside:
+            try:
+                await batch.stored
+            except Exception as exc:
+                raise await self._fail(f"waiting for the bus to store {batch.kind} from {batch.producer}", exc) from exc
         try:
             if state.spec.mode is InputMode.COMMAND:
                 key = ("command", state.spec.kind, *batch.frame["event_id"].to_list())
@@ -558,6 +572,12 @@ class EngineRunner(_RunnerBase):
             await self._publish_outputs()
         except Exception as exc:
             raise await self._fail("publishing", exc) from exc
+        if batch.stored is not None:
+            # Handed over in process before the bus held it: its effects are committed only once it does.
+            try:
+                await batch.stored
+            except Exception as exc:
+                raise await self._fail(f"waiting for the bus to store {batch.kind} from {batch.producer}", exc) from exc
         self._checkpoint()
         await self._publish_status()
         if self.state == pb.ENGINE_STATE_RUNNING and self._all_done():

@@ -137,6 +137,7 @@ class CoreDaemon:
                 subject_root=bus_config.subject_root,
                 duplicate_window_s=bus_config.duplicate_window_s,
                 client_name="utp-core",
+                deliver_in_process=bus_config.deliver_in_process,
             )
             await bus.connect()
             bus.start_after = await self._claim_session(bus)

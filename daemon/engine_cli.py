@@ -90,7 +90,8 @@ async def run_engine(name: str, session_id: str, url: str, stream: str, data_dir
         store.close()
         raise ConfigError(f"{data_dir} holds the state of {recorded}; use another --data-dir")
     bus = JetStreamBus(url, stream=stream, subject_root=manifest.subject_root, client_name=f"utp-engine-{name}",
-                       duplicate_window_s=config.bus.duplicate_window_s, start_after=manifest.start_after)  # fmt: skip
+                       duplicate_window_s=config.bus.duplicate_window_s, start_after=manifest.start_after,
+                       deliver_in_process=config.bus.deliver_in_process)  # fmt: skip
     await bus.connect()
     market_data = live_market_data(config) if config.data.primary else MarketData.from_config(config)
 

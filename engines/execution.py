@@ -674,6 +674,7 @@ def _execute(  # noqa: PLR0912, PLR0913, PLR0915
 
 class ExecutionEngine(Engine):
     name = "execution"
+    acts_outside = True  # orders go to a broker only for events the bus holds
     inputs = (
         Input("bar"),
         Input("risk_decision"),

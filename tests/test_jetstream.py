@@ -217,7 +217,7 @@ def test_a_consumer_told_to_stop_as_a_message_arrives_stops() -> None:
 
     async def go() -> bool:
         pull = _ContinuousPull.__new__(_ContinuousPull)  # only its arrivals: no connection needed
-        pull.arrived, pull.wake = deque(), asyncio.Event()
+        pull.arrived, pull.local, pull.wake = deque(), deque(), asyncio.Event()
         waiting = asyncio.create_task(pull._next_arrival(5.0))
         await asyncio.sleep(0.01)
         pull.arrived.append("a message")

@@ -248,3 +248,73 @@ def test_an_engine_may_not_publish_into_the_past() -> None:
 
     with pytest.raises(EngineFailure, match="not after its watermark"):
         asyncio.run(go())
+
+
+class _Kept:
+    """Checkpoints in memory."""
+
+    def __init__(self) -> None:
+        self.saved: list = []
+
+    def load(self, engine: str):  # noqa: ANN201
+        return self.saved[-1] if self.saved else None
+
+    def save(self, checkpoint) -> None:  # noqa: ANN001
+        self.saved.append(checkpoint)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_a_batch_handed_over_before_the_bus_stored_it_is_committed_only_once_stored() -> None:
+    """In process, JetStream hands a batch to consumers as it is published (Batch.stored); the runner steps on it at
+    once but checkpoints only once the server has stored it, and fails, committing nothing, if it never does."""
+
+    async def go() -> None:
+        engine = Recorder((Input("bar"),))
+        kept = _Kept()
+        bus = InProcessBus()
+        runner = EngineRunner(engine, bus, SimulatedClock(), kept)
+        await runner.start()
+        before = len(kept.saved)
+        loop = asyncio.get_running_loop()
+
+        stored = loop.create_future()
+        handing = asyncio.create_task(bus.publish(Batch("bar", "p", bars([1]), 1, stored=stored)))
+        await asyncio.sleep(0.05)
+        assert engine.calls == [(1, {"bar": [1]})] and len(kept.saved) == before  # stepped, not committed
+        stored.set_result(None)
+        await handing
+        assert len(kept.saved) == before + 1 and kept.saved[-1].positions == {}  # no stream position moved
+
+        lost = loop.create_future()
+        handing = asyncio.create_task(bus.publish(Batch("bar", "p", bars([2]), 2, stored=lost)))
+        await asyncio.sleep(0.05)
+        lost.set_exception(RuntimeError("the server never acked it"))
+        with pytest.raises(EngineFailure, match="waiting for the bus to store bar from p"):
+            await handing
+        assert runner.state == pb.ENGINE_STATE_FAILED and len(kept.saved) == before + 1
+
+        # An engine that acts outside the process (orders to a broker) steps only once the batch is stored.
+        cautious = Recorder((Input("bar"),))
+        cautious.acts_outside = True
+        runner3 = EngineRunner(cautious, InProcessBus(), SimulatedClock(), _Kept())
+        await runner3.start()
+        later = loop.create_future()
+        handing = asyncio.create_task(runner3._on_batch(runner3._inputs["bar"], Batch("bar", "p", bars([1]), 1, stored=later)))
+        await asyncio.sleep(0.05)
+        assert cautious.calls == []
+        later.set_result(None)
+        await handing
+        assert cautious.calls == [(1, {"bar": [1]})]
+
+        # The bus's word that the position may move: recorded, committed with the next checkpoint, not a step.
+        runner2 = EngineRunner(Recorder((Input("bar"),)), InProcessBus(), SimulatedClock(), _Kept())
+        await runner2.start()
+        state = runner2._inputs["bar"]
+        await runner2._on_batch(state, Batch("bar", "", pl.DataFrame(), None, 41, only_position=True))
+        assert state.position == 41 and runner2.events_in == 0 and runner2.engine.calls == []
+        await runner2._on_batch(state, Batch("bar", "", pl.DataFrame(), None, 40, only_position=True))
+        assert state.position == 41  # never back
+
+    asyncio.run(go())

@@ -283,3 +283,95 @@ def _keeper(batches: list[Batch]) -> Callable[[Batch], object]:
         batches.append(batch)
 
     return keep
+
+
+def test_consumers_in_the_publishing_process_take_each_batch_once_in_order_by_whichever_path(
+    nats_url: str, stream_names: tuple[str, str]
+) -> None:
+    """A batch published on a bus goes to that bus's own consumers as it is published (no server round trip, no
+    decode), flagged `stored` until the server has it; a consumer takes it so only when it has applied the batch
+    before it, else the server brings it in order. Either way each batch arrives once, in order; the stored parts
+    of batches taken in process are skipped, and the consumer is told its position may move past them."""
+    stream, root = stream_names
+    frame = _bars(30)
+
+    async def go() -> tuple[list[Batch], list[int], int, int]:
+        bus = JetStreamBus(nats_url, stream=stream, subject_root=root)
+        await bus.connect()
+        try:
+            rows: list[Batch] = []
+            marks: list[int] = []
+
+            async def keep(batch: Batch) -> None:
+                if batch.only_position:
+                    marks.append(batch.position)  # type: ignore[arg-type]
+                    return
+                if batch.stored is not None:
+                    await batch.stored  # resolves once the server has it
+                rows.append(batch)
+
+            await bus.publish(Batch("bar", "md", _at(frame, 1), 1))  # before anyone consumes: the server brings it
+            await bus.subscribe("bar", "reader", keep)
+            await bus.publish(Batch("bar", "md", _at(frame, 2), 2))  # back to back: maybe before 1 was applied
+            for t in range(3, 9):
+                await asyncio.sleep(0.1)
+                await bus.publish(Batch("bar", "md", _at(frame, t), t))
+            last = await bus.last_sequence()
+            for _ in range(200):
+                if rows and rows[-1].through_ns == 8 and marks and marks[-1] == last:
+                    break
+                await asyncio.sleep(0.05)
+            return rows, marks, last, bus.handed_in_process
+        finally:
+            await bus.close()
+
+    rows, marks, last, in_process = asyncio.run(go())
+    throughs = [b.through_ns for b in rows]
+    assert throughs == sorted(set(throughs)) and throughs[-1] == 8  # in order (batches of a backlog join)
+    assert pl.concat([b.frame for b in rows]).equals(pl.concat([_at(frame, t) for t in range(1, 9)]))
+    assert rows[0].stored is None and rows[0].position is not None  # from the server
+    assert in_process >= 5 and all(b.stored is not None and b.position is None for b in rows[-5:])  # as published
+    assert marks == sorted(marks) and marks[-1] == last  # the position moves past the parts skipped
+
+
+def test_a_consumer_busy_behind_the_server_takes_what_it_missed_from_the_server_first(
+    nats_url: str, stream_names: tuple[str, str]
+) -> None:
+    """A consumer still applying an older batch from the server when newer ones are published in its process takes
+    nothing in process out of turn: rows of a producer never arrive past rows of the same producer not yet taken."""
+    stream, root = stream_names
+    frame = _bars(5)
+
+    async def go() -> tuple[list[int], list[str], int]:
+        bus = JetStreamBus(nats_url, stream=stream, subject_root=root)
+        await bus.connect()
+        try:
+            seen: list[int] = []
+            ids: list[str] = []
+
+            async def slow(batch: Batch) -> None:
+                if batch.only_position:
+                    return
+                if not seen:
+                    await asyncio.sleep(0.5)  # the first batch keeps it busy while more are published
+                seen.append(batch.through_ns)  # type: ignore[arg-type]
+                ids.extend(batch.frame["event_id"].to_list())
+
+            for t in range(1, 4):
+                await bus.publish(Batch("bar", "md", _at(frame, t), t))
+            await bus.subscribe("bar", "reader", slow)
+            await asyncio.sleep(0.1)
+            for t in range(4, 10):
+                await bus.publish(Batch("bar", "md", _at(frame, t), t))
+            for _ in range(200):
+                if seen and seen[-1] == 9:
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.2)
+            return seen, ids, bus.handed_in_process
+        finally:
+            await bus.close()
+
+    seen, ids, _ = asyncio.run(go())
+    assert seen == sorted(seen) and len(set(seen)) == len(seen) and seen[-1] == 9, seen  # batches of a backlog join
+    assert ids == pl.concat([_at(frame, t) for t in range(1, 10)])["event_id"].to_list()  # every row once, in order
