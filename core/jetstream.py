@@ -374,6 +374,7 @@ class JetStreamBus(Bus):
         client_name: str = "utp",
         quarantine: QuarantineHandler = _log_quarantine,
         deliver_in_process: bool = True,
+        consumer_inactive_s: float = 3600.0,
     ) -> None:
         self.url = url
         self.stream = stream
@@ -401,6 +402,10 @@ class JetStreamBus(Bus):
         #: Whether batches published here go to this bus's own consumers at once as well (`_LocalBatch`), besides
         #: the server, which still stores them and delivers them to everyone else (and to these after a restart).
         self.deliver_in_process = deliver_in_process
+        #: The server deletes a durable consumer nobody has pulled from for this long: those of a process that died
+        #: (a partition's holder, whose consumers carry its id) do not pile up. Nothing is lost by it: a consumer
+        #: is created again at the position its engine committed.
+        self.consumer_inactive_s = consumer_inactive_s
         self._local_consumers: dict[str, list[_JetStreamSubscription]] = {}
         self._published_on: dict[str, int] = {}  # subject -> batches published on it through this bus
         #: Batches this bus's consumers took in process (each consumer counts).
@@ -668,6 +673,7 @@ class JetStreamBus(Bus):
                 ack_wait=self.ack_wait_s,
                 # A batch is acked only when its watermark arrives, so never stop delivering before that.
                 max_ack_pending=-1,
+                inactive_threshold=self.consumer_inactive_s,
             ),
         )
 

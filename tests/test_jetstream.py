@@ -254,3 +254,56 @@ def test_a_publish_the_server_never_acks_fails_instead_of_waiting_for_ever(nats_
             await bus.close()
 
     asyncio.run(go())
+
+
+def test_the_server_deletes_consumers_nobody_pulls_from_and_a_new_one_resumes_at_the_commit(
+    nats_url: str, stream_names: tuple[str, str]
+) -> None:
+    """Durable consumers of a process that died (a partition holder's carry its id) do not pile up on the server:
+    it deletes one idle for `consumer_inactive_s`; one created again starts after the position the engine
+    committed, so nothing is lost by it."""
+    import nats.js.errors
+
+    from utp.core.batch import Batch
+    from tests.test_runtime import bars
+
+    stream, root = stream_names
+
+    async def go() -> tuple[bool, list[int]]:
+        bus = JetStreamBus(nats_url, stream=stream, subject_root=root, consumer_inactive_s=1.0)
+        await bus.connect()
+        try:
+            got: list[int] = []
+
+            async def keep(batch: Batch) -> None:
+                got.extend(batch.frame["event_time_ns"].to_list())
+
+            sub = await bus.subscribe("bar", "holder-bar-dead", keep)
+            await bus.publish(Batch("bar", "md", bars([1]), 1))
+            for _ in range(100):
+                if got:
+                    break
+                await asyncio.sleep(0.05)
+            committed = await bus.last_sequence()
+            await sub.close()  # the holder is gone: nobody pulls
+            deleted = False
+            for _ in range(40):
+                await asyncio.sleep(0.25)
+                try:
+                    await bus.js.consumer_info(stream, "holder-bar-dead")
+                except nats.js.errors.NotFoundError:
+                    deleted = True
+                    break
+            await bus.publish(Batch("bar", "md", bars([2]), 2))
+            await bus.subscribe("bar", "holder-bar-dead", keep, resume_after=committed)
+            for _ in range(100):
+                if len(got) > 1:
+                    break
+                await asyncio.sleep(0.05)
+            return deleted, got
+        finally:
+            await bus.close()
+
+    deleted, got = asyncio.run(go())
+    assert deleted
+    assert got == [1, 2]
