@@ -186,10 +186,19 @@ def to_frame(message: pb.EventBatch) -> pl.DataFrame:
 def _row_budget(kind: Kind, frame: pl.DataFrame, budget_bytes: int) -> int:
     # From the schema alone, so that the same batch always splits the same way (re-published parts keep
     # their ids, and the server drops them as duplicates); a part that is still too large is halved.
-    per_row = 0
-    for dtype in frame.schema.values():
-        per_row += 64 if dtype == pl.Utf8 or dtype == pl.Binary else (256 if dtype.is_nested() else 10)
+    key = (kind.name, tuple(frame.columns))
+    per_row = _BYTES_PER_ROW.get(key)
+    if per_row is None:
+        # Comparing (and hashing) polars types costs microseconds each: worked out once per kind and column set,
+        # whose types the kind's schema fixes.
+        per_row = sum(64 if dtype == pl.Utf8 or dtype == pl.Binary else (256 if dtype.is_nested() else 10)
+                      for dtype in frame.schema.values())  # fmt: skip
+        if len(_BYTES_PER_ROW) < 1024:
+            _BYTES_PER_ROW[key] = per_row
     return max(1, budget_bytes // max(1, per_row))
+
+
+_BYTES_PER_ROW: dict[tuple[str, tuple[str, ...]], int] = {}
 
 
 def parts(kind: Kind, frame: pl.DataFrame, budget_bytes: int) -> Iterator[bytes]:
