@@ -705,12 +705,18 @@ class JetStreamBus(Bus):
             while len(applied_ids) > 1024:
                 applied_ids.popitem(last=False)
 
+        async def hand_over_held() -> bool:
+            nonlocal held, held_msg
+            if not await self._hand_over(sub, handler, held, held_msg):  # type: ignore[arg-type]
+                return False
+            held = held_msg = None
+            settle_held()
+            return True
+
         while not sub.closed:
             if held is not None and not pull.has_message():
-                if not await self._hand_over(sub, handler, held, held_msg):
+                if not await hand_over_held():
                     return
-                held = held_msg = None
-                settle_held()
                 continue
             if skipped is not None and held is None and not pull.has_message():
                 mark = Batch(kind, "", pl.DataFrame(), None, assembler.safe_position(skipped.metadata.sequence.stream),
@@ -730,11 +736,8 @@ class JetStreamBus(Bus):
                 await asyncio.sleep(0.25)
                 continue
             if isinstance(item, _LocalBatch):
-                if held is not None:  # what came before it, first
-                    if not await self._hand_over(sub, handler, held, held_msg):
-                        return
-                    held = held_msg = None
-                    settle_held()
+                if held is not None and not await hand_over_held():  # what came before it, first
+                    return
                 if applied.get(item.subject, -2) != item.number - 1 or item.batch_id in applied_ids:
                     continue  # not the next of its producer here, or had already: the server brings it in order
                 assembler.drop(item.subject)  # its own parts, if the server delivered some already
@@ -774,9 +777,8 @@ class JetStreamBus(Bus):
                     held, held_msg, joined = _joined(held, batch), msg, joined + 1
                     self._note_number(held_numbers, held_ids, batch_id)
                     continue
-                if not await self._hand_over(sub, handler, held, held_msg):
+                if not await hand_over_held():
                     return
-                settle_held()
             held, held_msg, joined = batch, msg, 1
             self._note_number(held_numbers, held_ids, batch_id)
 
