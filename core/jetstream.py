@@ -402,6 +402,10 @@ class JetStreamBus(Bus):
         #: Whether batches published here go to this bus's own consumers at once as well (`_LocalBatch`), besides
         #: the server, which still stores them and delivers them to everyone else (and to these after a restart).
         self.deliver_in_process = deliver_in_process
+        #: Batches a consumer here may have waiting in process; beyond, it is behind, and the server brings the
+        #: rest (in order: it takes nothing in process again before it has caught up), so that an engine far
+        #: behind holds no backlog in memory.
+        self.in_process_queue = 64
         #: The server deletes a durable consumer nobody has pulled from for this long: those of a process that died
         #: (a partition's holder, whose consumers carry its id) do not pile up. Nothing is lost by it: a consumer
         #: is created again at the position its engine committed.
@@ -519,7 +523,8 @@ class JetStreamBus(Bus):
         stored.add_done_callback(_retrieve)
         item = _LocalBatch(subject, batch_id, number, replace(batch, position=None, stored=stored))
         for consumer in consumers:
-            consumer.pull.offer(item)  # type: ignore[union-attr]
+            if len(consumer.pull.local) < self.in_process_queue:  # type: ignore[union-attr]
+                consumer.pull.offer(item)  # type: ignore[union-attr]
         return stored
 
     async def _acked(self, pending: list[asyncio.Future]) -> None:
