@@ -510,6 +510,8 @@ class JetStreamBus(Bus):
     def _deliver_in_process(self, batch: Batch, subject: str, batch_id: str) -> asyncio.Future | None:
         """Offer a batch being published to this bus's consumers of its kind (`_LocalBatch`); returns the future
         to resolve once the server has stored it, or None when no consumer here takes the kind."""
+        if not self.deliver_in_process:
+            return None
         number = self._published_on.get(subject, 0)
         self._published_on[subject] = number + 1
         self._recent[batch_id] = (subject, number)
@@ -517,7 +519,7 @@ class JetStreamBus(Bus):
             self._recent.popitem(last=False)
         consumers = [c for c in self._local_consumers.get(batch.kind, ()) if not c.closed]
         self._local_consumers[batch.kind] = consumers
-        if not consumers or not self.deliver_in_process:
+        if not consumers:
             return None
         stored = asyncio.get_running_loop().create_future()
         stored.add_done_callback(_retrieve)

@@ -545,11 +545,8 @@ class EngineRunner(_RunnerBase):
                 state.position = batch.position
             return
         self.events_in += batch.frame.height
-        if batch.stored is not None and self.engine.acts_outside:
-            try:
-                await batch.stored
-            except Exception as exc:
-                raise await self._fail(f"waiting for the bus to store {batch.kind} from {batch.producer}", exc) from exc
+        if self.engine.acts_outside:
+            await self._until_stored(batch)
         try:
             if state.spec.mode is InputMode.COMMAND:
                 key = ("command", state.spec.kind, *batch.frame["event_id"].to_list())
@@ -572,16 +569,21 @@ class EngineRunner(_RunnerBase):
             await self._publish_outputs()
         except Exception as exc:
             raise await self._fail("publishing", exc) from exc
-        if batch.stored is not None:
-            # Handed over in process before the bus held it: its effects are committed only once it does.
-            try:
-                await batch.stored
-            except Exception as exc:
-                raise await self._fail(f"waiting for the bus to store {batch.kind} from {batch.producer}", exc) from exc
+        await self._until_stored(batch)  # its effects are committed only once the bus holds it
         self._checkpoint()
         await self._publish_status()
         if self.state == pb.ENGINE_STATE_RUNNING and self._all_done():
             await self._set_state(pb.ENGINE_STATE_FINISHED)
+
+    async def _until_stored(self, batch: Batch) -> None:
+        """Wait until the bus holds a batch handed over in process before it did (`Batch.stored`); fail if it never
+        will."""
+        if batch.stored is None:
+            return
+        try:
+            await batch.stored
+        except Exception as exc:
+            raise await self._fail(f"waiting for the bus to store {batch.kind} from {batch.producer}", exc) from exc
 
     def _accept(self, state: _InputState, batch: Batch) -> None:
         if self.partition is not None:  # the partition's symbols only (the producer's watermark holds for them)
