@@ -125,6 +125,7 @@ from utp.core.config import ExecutionConfig
 from utp.core.kernels import entry
 from utp.core.venue import ExternalVenue, fill_frame, order_frame
 from utp.core.controls import ControlState
+from utp.core.columns import formatted
 from utp.core.ids import client_order_id
 from utp.core.kinds import HEADER_COLUMNS, KINDS, TIME
 from utp.core.portfolio import (
@@ -1480,18 +1481,15 @@ def _leg_arrays(legs: pl.DataFrame) -> tuple[np.ndarray, ...]:
     )
 
 
-_NO_SYMBOL = pl.Series("symbol", [""], dtype=pl.Utf8)
-
-
 def _account_frame(blocks: list[np.ndarray]) -> pl.DataFrame:
     """The account rows (column-major blocks the kernel wrote, each a fresh array) as an account_snapshot frame."""
     schema = KINDS["account_snapshot"].schema
     columns = [blocks[0][:, i] if len(blocks) == 1 else np.concatenate([b[:, i] for b in blocks])
                for i in range(R_TIME + 1)]  # fmt: skip
     time = pl.Series(TIME, columns[R_TIME].astype(np.int64))
-    stamp = time.cast(pl.Utf8)  # formatted once for both ids
-    values = {name: pl.Series(name, columns[i], schema[name]) for i, name in enumerate(ACCOUNT_COLUMNS)}
-    return pl.DataFrame([
-        ("account_snapshot/" + stamp).alias("event_id"), ("@" + stamp).alias("correlation_id"), time,
-        _NO_SYMBOL.new_from_index(0, time.len()), *(values[name] for name in list(schema)[len(HEADER_COLUMNS):]),
-    ])  # fmt: skip
+    values = {name: columns[i] for i, name in enumerate(ACCOUNT_COLUMNS)}
+    return KINDS["account_snapshot"].frame({
+        "event_id": formatted("event_id", "account_snapshot/{}", time),
+        "correlation_id": formatted("correlation_id", "@{}", time),
+        TIME: time, "symbol": "", **{name: values[name] for name in list(schema)[len(HEADER_COLUMNS):]},
+    }, time.len())  # fmt: skip

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 import numpy as np
 import polars as pl
 
+from utp.core.columns import flags, formatted, take
 from utp.core.config import ExitConfig
 from utp.core.kinds import KINDS
 from utp.core.runtime import Engine, EngineContext, Input
@@ -45,46 +46,51 @@ class ExitEngine(Engine):
         """The protective legs of the approved entries among `decisions`, sorted by time."""
         if self.config.take_profit_pct <= 0 and self.config.stop_loss_pct <= 0:
             return KINDS["order_intent"].empty_frame()
-        entries = decisions.filter(pl.col("approved")).unnest("intent", separator=".").filter(
-            pl.col("intent.target_percent").fill_null(0.0) != 0.0
-        )  # fmt: skip
-        legs = []
-        for pct, order_type, reason, price_column, sign in (
-            (self.config.take_profit_pct, pb.ORDER_TYPE_LIMIT, pb.INTENT_REASON_TAKE_PROFIT, "limit_price", 1.0),
-            (self.config.stop_loss_pct, pb.ORDER_TYPE_STOP, pb.INTENT_REASON_STOP_LOSS, "stop_price", -1.0),
-        ):
-            if pct <= 0 or not entries.height:
-                continue
-            direction = np.where(entries["intent.target_percent"].to_numpy() > 0, 1.0, -1.0)
-            reference = entries["intent.reference_price"].to_numpy()
-            level = reference * (1.0 + sign * pct * direction)
-            parent = pl.col("intent.header").struct.field("event_id")
-            tag = "tp" if reason == pb.INTENT_REASON_TAKE_PROFIT else "sl"
-            legs.append(
-                entries.select(
-                    (pl.lit(f"order_intent/exit/{tag}/") + pl.col("correlation_id")).alias("event_id"),
-                    "correlation_id",
-                    "event_time_ns",
-                    "symbol",
-                    pl.Series("side", np.where(direction > 0, pb.ORDER_SIDE_SELL, pb.ORDER_SIDE_BUY).astype(np.int32)),
-                    pl.lit(0.0).alias("quantity"),
-                    pl.lit(order_type, pl.Int32).alias("order_type"),
-                    pl.lit(reason, pl.Int32).alias("reason"),
-                    pl.col("intent.reference_price").alias("reference_price"),
-                    pl.lit(True).alias("reduce_only"),
-                    pl.lit("exit").alias("source"),
-                    pl.lit(None, pl.Float64).alias("target_percent"),
-                    pl.Series("limit_price", level if price_column == "limit_price" else np.zeros(len(level))),
-                    pl.Series("stop_price", level if price_column == "stop_price" else np.zeros(len(level))),
-                    pl.lit(pb.TIME_IN_FORCE_GTC, pl.Int32).alias("time_in_force"),
-                    parent.alias("parent_intent_id"),
-                    parent.alias("oco_group"),
-                    pl.col("intent.strategy").alias("strategy"),
-                    pl.lit(0.0).alias("rebalance_band"),
-                )
-            )
-        if not legs:
+        intent = decisions.get_column("intent").struct.unnest()
+        target = intent.get_column("target_percent")
+        # An entry: approved, with a target that is not zero (a null target is none; NaN counts, as != 0).
+        entry = flags(decisions.get_column("approved")) & ~flags(target.is_null()) & (target.to_numpy() != 0.0)
+        rows = np.flatnonzero(entry)
+        if not rows.size:
             return KINDS["order_intent"].empty_frame()
-        # At each bar time: the take-profits, then the stop-losses.
-        frame = pl.concat(legs).sort("event_time_ns", maintain_order=True)
-        return frame.cast(KINDS["order_intent"].schema)  # type: ignore[arg-type]
+        direction = np.where(target.to_numpy()[rows] > 0, 1.0, -1.0)
+        reference = intent.get_column("reference_price").to_numpy()[rows]
+        legs = [(pct, order_type, reason, sign) for pct, order_type, reason, sign in (
+            (self.config.take_profit_pct, pb.ORDER_TYPE_LIMIT, pb.INTENT_REASON_TAKE_PROFIT, 1.0),
+            (self.config.stop_loss_pct, pb.ORDER_TYPE_STOP, pb.INTENT_REASON_STOP_LOSS, -1.0),
+        ) if pct > 0]  # fmt: skip
+        # Each leg kind's rows one after the other, then at each bar time: the take-profits, then the stop-losses.
+        source = np.tile(rows, len(legs))
+        times = decisions.get_column("event_time_ns").to_numpy()
+        order = np.argsort(times[source], kind="stable")
+        source = source[order]
+        n = source.size
+        leg = np.repeat(np.arange(len(legs)), rows.size)[order]
+        per_leg = np.array([[pct, order_type, reason, sign] for pct, order_type, reason, sign in legs])[leg]
+        entry_at = np.tile(np.arange(rows.size), len(legs))[order]
+        level = reference[entry_at] * (1.0 + per_leg[:, 3] * per_leg[:, 0] * direction[entry_at])
+        order_type = per_leg[:, 1].astype(np.int32)
+        tag = pl.Series(["tp" if r == pb.INTENT_REASON_TAKE_PROFIT else "sl" for r in per_leg[:, 2].tolist()])
+        correlation = take(decisions.get_column("correlation_id"), source)
+        parent = take(intent.get_column("header").struct.unnest().get_column("event_id"), source)
+        return KINDS["order_intent"].frame({
+            "event_id": formatted("event_id", "order_intent/exit/{}/{}", tag, correlation),
+            "correlation_id": correlation,
+            "event_time_ns": times[source],
+            "symbol": take(decisions.get_column("symbol"), source),
+            "side": np.where(direction[entry_at] > 0, pb.ORDER_SIDE_SELL, pb.ORDER_SIDE_BUY).astype(np.int32),
+            "quantity": 0.0,
+            "order_type": order_type,
+            "reason": per_leg[:, 2].astype(np.int32),
+            "reference_price": reference[entry_at],
+            "reduce_only": True,
+            "source": "exit",
+            "target_percent": None,
+            "limit_price": np.where(order_type == pb.ORDER_TYPE_LIMIT, level, 0.0),
+            "stop_price": np.where(order_type == pb.ORDER_TYPE_STOP, level, 0.0),
+            "time_in_force": pb.TIME_IN_FORCE_GTC,
+            "parent_intent_id": parent,
+            "oco_group": parent,
+            "strategy": take(intent.get_column("strategy"), source),
+            "rebalance_band": 0.0,
+        }, n)

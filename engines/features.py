@@ -21,6 +21,10 @@ from utp.core.runtime import Engine, EngineContext, Input
 from utp.core.universe import Universe
 
 
+def _float_column(name: str, values: np.ndarray) -> pl.Series:
+    return pl.Series(name, values if values.dtype == np.float64 else values.astype(np.float64))
+
+
 class FeatureEngine(Engine):
     name = "features"
     inputs = (Input("bar"),)
@@ -43,7 +47,7 @@ class FeatureEngine(Engine):
             "event_time_ns",
             "symbol",
             pl.lit(self.spec.version).alias("feature_set_version"),
-        ).with_columns(pl.Series(name, values[name], pl.Float64) for name in self.spec.names)
+        ).hstack([_float_column(name, values[name]) for name in self.spec.names])  # no query: ~0.3 ms less
 
     def on_step(self, ctx: EngineContext, through_ns: int, frames: Mapping[str, pl.DataFrame]) -> None:
         bars, sid, unknown = self.universe.split(frames["bar"])

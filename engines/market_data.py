@@ -105,9 +105,9 @@ def validate_bars(raw: pl.DataFrame, universe: Universe, last_time: np.ndarray, 
 
 def bar_frame(accepted: pl.DataFrame, interval_ns: int) -> pl.DataFrame:
     """Accepted bar rows (time-sorted) as `bar` events."""
-    return accepted.with_columns(correlation_id_expr().alias("correlation_id")).select(
-        ("bar/" + pl.col("correlation_id")).alias("event_id"),
-        "correlation_id",
+    return accepted.select(  # one query: each costs ~0.2 ms however few the rows
+        ("bar/" + correlation_id_expr()).alias("event_id"),
+        correlation_id_expr().alias("correlation_id"),
         "event_time_ns",
         "symbol",
         "open", "high", "low", "close", "volume",
