@@ -122,6 +122,10 @@ class Kind:
             series.append(column)
         return pl.DataFrame(series)
 
+    def conform(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """`frame`'s columns of this kind, in the kind's order and types (others dropped), with no query."""
+        return self.frame({name: frame.get_column(name) for name in _SCHEMAS[self.name]}, frame.height)
+
     def to_messages(self, frame: pl.DataFrame) -> list[Message]:
         """Frame rows -> protobuf messages (the wire form)."""
         if self.name == "feature_vector":

@@ -125,7 +125,7 @@ from utp.core.config import ExecutionConfig
 from utp.core.kernels import entry
 from utp.core.venue import ExternalVenue, fill_frame, order_frame
 from utp.core.controls import ControlState
-from utp.core.columns import formatted
+from utp.core.columns import flags, formatted, take, take_rows
 from utp.core.ids import client_order_id
 from utp.core.kinds import HEADER_COLUMNS, KINDS, TIME
 from utp.core.portfolio import (
@@ -942,40 +942,45 @@ class ExecutionEngine(Engine):
         """Approved targets not placed before, exits before entries within a bar time."""
         if frame is None or not frame.height:
             return _EMPTY_DECISIONS
-        approved = frame.filter(pl.col("approved"))
-        intents = approved.select(
-            pl.col("intent").struct.field("header").struct.field("event_id").alias("intent_id"),
-            "correlation_id", "event_time_ns", "symbol",
-            pl.col("intent").struct.field("target_percent").alias("target"),
-            pl.col("intent").struct.field("time_in_force").alias("tif"),
-            pl.col("intent").struct.field("reason").alias("reason"),
-            pl.col("intent").struct.field("strategy").alias("strategy"),
-            pl.col("intent").struct.field("rebalance_band").alias("band"),
-            pl.col("intent").struct.field("reference_price").alias("reference_price"),
-        )  # fmt: skip
-        time, tif, band = (intents[c].to_numpy() for c in ("event_time_ns", "tif", "band"))
-        keep = _refused(ctx, "decisions", intents["intent_id"], (
-            (~np.isfinite(intents["target"].to_numpy()), "no finite target (a signed share of equity)"),  # null: NaN
+        # Column by column on the rows kept so far, and one gather at the end (see `utp.core.columns`).
+        intent = frame.get_column("intent").struct.unnest()
+        columns = {
+            "intent_id": intent.get_column("header").struct.unnest().get_column("event_id"),
+            "correlation_id": frame.get_column("correlation_id"), "event_time_ns": frame.get_column("event_time_ns"),
+            "symbol": frame.get_column("symbol"), "target": intent.get_column("target_percent"),
+            "tif": intent.get_column("time_in_force"), "reason": intent.get_column("reason"),
+            "strategy": intent.get_column("strategy"), "band": intent.get_column("rebalance_band"),
+            "reference_price": intent.get_column("reference_price"),
+        }  # fmt: skip
+        rows = np.flatnonzero(flags(frame.get_column("approved")))
+        time, tif, band, target = (columns[c].to_numpy()[rows] for c in ("event_time_ns", "tif", "band", "target"))
+        keep = _refused(ctx, "decisions", take(columns["intent_id"], rows), (
+            (~np.isfinite(target), "no finite target (a signed share of equity)"),  # null: NaN
             (~np.isin(tif, _KNOWN_TIF), "an unknown time in force"),
             (~(np.isfinite(band) & (band >= 0.0)), "a rebalance band that is not a finite share of equity >= 0"),
             ((time < 0) | (time > _MAX_TIME_NS), "an event time out of range"),
         ))  # fmt: skip
-        if not keep.all():
-            intents = intents.filter(pl.Series(keep))
-        sid = self.universe.indices(intents["symbol"])
+        rows = rows[keep]
+        sid = self.universe.indices(take(columns["symbol"], rows))
         known = sid >= 0
         if not known.all():
             ctx.log.error("%d targets for symbols outside the universe ignored", int((~known).sum()))
             ctx.count_rejected(int((~known).sum()))
-            intents, sid = intents.filter(pl.Series(known)), sid[known]
-        cids = [client_order_id(i) for i in intents["intent_id"].to_list()]
+            rows, sid = rows[known], sid[known]
+        cids = [client_order_id(i) for i in take(columns["intent_id"], rows).to_list()]
         again = self._placed_before(cids)
         if again.any():
             ctx.log.info("%d intents already placed; not placing them again", int(again.sum()))
-            intents, sid = intents.filter(pl.Series(~again)), sid[~again]
+            rows, sid = rows[~again], sid[~again]
             cids = [c for c, a in zip(cids, again, strict=True) if not a]
-        intents = intents.with_columns(pl.Series("cid", cids, pl.Utf8), pl.Series("symbol_index", sid, pl.Int64))
-        return intents.sort("event_time_ns", pl.col("target") != 0.0, maintain_order=True)
+        # By time, and within a time the exits (target 0) first, each group in arrival order.
+        entry = columns["target"].to_numpy()[rows] != 0.0
+        order = np.argsort(entry, kind="stable")
+        order = order[np.argsort(columns["event_time_ns"].to_numpy()[rows][order], kind="stable")]
+        return pl.DataFrame([
+            *(take(column, rows[order]).alias(name) for name, column in columns.items()),
+            pl.Series("cid", [cids[k] for k in order.tolist()], pl.Utf8), pl.Series("symbol_index", sid[order], pl.Int64),
+        ])  # fmt: skip
 
     def _placed_before(self, cids: list[str]) -> np.ndarray:
         """Which of these client order ids were placed already (set lookups: the history only grows)."""
@@ -986,30 +991,28 @@ class ExecutionEngine(Engine):
         """Protective legs whose entry is among this step's decisions (the others have no entry to guard)."""
         if frame is None or not frame.height:
             return _EMPTY_LEGS
-        legs = frame.join(
-            decisions.select(pl.col("intent_id").alias("parent_intent_id"), pl.int_range(pl.len()).alias("parent")),
-            on="parent_intent_id", how="left",
-        ).with_columns(pl.col("parent").fill_null(-1))  # fmt: skip
-        cids = [client_order_id(i) for i in legs["event_id"].to_list()]
-        legs = legs.with_columns(pl.Series("cid", cids, dtype=pl.Utf8))
-        again = self._placed_before(cids)
-        if again.any():
-            legs = legs.filter(pl.Series(~again))
+        decision_of: dict[str, int] = {}
+        for k, intent_id in enumerate(decisions.get_column("intent_id").to_list()):
+            decision_of.setdefault(intent_id, k)
+        parent = np.fromiter((decision_of.get(p, -1) for p in frame.get_column("parent_intent_id").to_list()),
+                             np.int64, frame.height)  # fmt: skip
+        cids = [client_order_id(i) for i in frame.get_column("event_id").to_list()]
+        rows = np.flatnonzero(~self._placed_before(cids))
         # A leg of an entry in this step must be able to protect it: the other side of the entry, a take profit
         # (limit) or a stop loss (stop, stop limit) with the prices its type needs. Orphans stay as they were.
-        parent = legs["parent"].to_numpy()
-        entry_side = np.zeros(parent.size)
+        parent_at = parent[rows]
+        entry_side = np.zeros(rows.size)
         if decisions.height:
-            entry_side = np.where(parent >= 0, np.sign(decisions["target"].to_numpy()[np.maximum(parent, 0)]), 0.0)
-        side, kind, tif, time = (legs[c].to_numpy() for c in ("side", "order_type", "time_in_force", "event_time_ns"))
-        limit, stop = legs["limit_price"].to_numpy(), legs["stop_price"].to_numpy()
-        guarded = parent >= 0
+            entry_side = np.where(parent_at >= 0, np.sign(decisions["target"].to_numpy()[np.maximum(parent_at, 0)]), 0.0)
+        side, kind, tif, time, limit, stop = (frame.get_column(c).to_numpy()[rows] for c in (
+            "side", "order_type", "time_in_force", "event_time_ns", "limit_price", "stop_price"))  # fmt: skip
+        guarded = parent_at >= 0
         protective = np.where(side == pb.ORDER_SIDE_SELL, -1, np.where(side == pb.ORDER_SIDE_BUY, 1, 0))
         needs_limit = np.isin(kind, (pb.ORDER_TYPE_LIMIT, pb.ORDER_TYPE_STOP_LIMIT))
         needs_stop = np.isin(kind, (pb.ORDER_TYPE_STOP, pb.ORDER_TYPE_STOP_LIMIT))
         with np.errstate(invalid="ignore"):
             priced = (~needs_limit | (np.isfinite(limit) & (limit > 0))) & (~needs_stop | (np.isfinite(stop) & (stop > 0)))
-        keep = _refused(ctx, "protective legs", legs["event_id"], (
+        keep = _refused(ctx, "protective legs", take(frame.get_column("event_id"), rows), (
             (guarded & ((protective == 0) | (entry_side == 0) | (protective == entry_side)),
              "not on the other side of the entry it protects"),
             (guarded & ~(needs_limit | needs_stop), "an order type that is not a take profit (limit) or a stop loss"),
@@ -1017,9 +1020,11 @@ class ExecutionEngine(Engine):
             (guarded & ~np.isin(tif, _KNOWN_TIF), "an unknown time in force"),
             (guarded & ((time < 0) | (time > _MAX_TIME_NS)), "an event time out of range"),
         ))  # fmt: skip
-        if not keep.all():
-            legs = legs.filter(pl.Series(keep))
-        return legs.sort("event_time_ns", maintain_order=True)
+        rows = rows[keep]
+        rows = rows[np.argsort(time[keep], kind="stable")]
+        return take_rows(frame, rows).hstack([
+            pl.Series("parent", parent[rows], pl.Int64), pl.Series("cid", [cids[k] for k in rows.tolist()], pl.Utf8),
+        ])  # fmt: skip
 
     # -- outputs ---------------------------------------------------------------------------------------
     def _drain(
@@ -1066,45 +1071,50 @@ class ExecutionEngine(Engine):
         slot = ev[:, E_SLOT].astype(np.int64)
         if self.broker.meta.n_chunks() > 4:  # one chunk per batch of new orders: gathers across many are slow
             self.broker.meta = self.broker.meta.rechunk()
-        meta = self.broker.meta[slot]
+        meta = take_rows(self.broker.meta, slot)
         order_qty, filled = ev[:, E_ORDER_QTY], ev[:, E_FILLED]
         status = _STATUS_OF_KIND[kind]
         status = np.where((kind == EV_FILL) & (filled < order_qty - 1e-9), pb.ORDER_STATUS_PARTIALLY_FILLED, status)
         side = np.where(self.broker.io[slot, I_SIDE] > 0, pb.ORDER_SIDE_BUY, pb.ORDER_SIDE_SELL).astype(np.int32)
         time = ev[:, E_TIME].astype(np.int64)
         aux_value = ev[:, E_AUX]
-        message = pl.lit("", pl.Utf8)
+        message: Any = ""
         if (kind >= EV_CANCELED).any():  # the events that can carry a message (most carry none)
             notional = meta["notional"].to_numpy() if (kind == EV_REJECTED).any() else np.zeros(kind.size)
-            message = pl.lit(pl.Series(event_messages(kind, aux_value, notional), dtype=pl.Utf8))
+            message = event_messages(kind, aux_value, notional).tolist()
         fo, io = self.broker.fo, self.broker.io
-        orders = pl.DataFrame({
-            "client_order_id": meta["client_order_id"], "correlation_id": meta["correlation_id"],
-            "event_time_ns": time, "symbol": meta["symbol"], "intent_id": meta["intent_id"], "side": side,
-            "quantity": order_qty, "order_type": io[slot, I_TYPE].astype(np.int32), "status": status,
+        client_order_id = meta.get_column("client_order_id")
+        orders = KINDS["order"].frame({
+            # The filled quantity as polars writes a float, as the id always had it.
+            "event_id": formatted("event_id", "order/{}/{}/{}", client_order_id, take(_TOKENS, status),
+                                  pl.Series(filled).cast(pl.Utf8)),
+            "client_order_id": client_order_id, "correlation_id": meta.get_column("correlation_id"),
+            "event_time_ns": time, "symbol": meta.get_column("symbol"), "intent_id": meta.get_column("intent_id"),
+            "side": side, "quantity": order_qty, "order_type": io[slot, I_TYPE].astype(np.int32), "status": status,
             "filled_quantity": filled, "average_fill_price": ev[:, E_AVG],
-            "broker_order_id": "sim-" + pl.Series(io[slot, I_SERIAL]).cast(pl.Utf8), "submitted_time_ns": meta["submitted_time_ns"],
-            "reason": meta["reason"], "limit_price": fo[slot, F_LIMIT], "stop_price": fo[slot, F_STOP],
-            "time_in_force": meta["time_in_force"], "notional": meta["notional"],
-            "parent_client_order_id": meta["parent_client_order_id"], "oco_group": meta["oco_group"],
-            "strategy": meta["strategy"], "replaces_client_order_id": meta["replaces_client_order_id"],
-            "status_token": _TOKENS.gather(status),
-        })  # fmt: skip
-        orders = orders.with_columns(
-            pl.format("order/{}/{}/{}", "client_order_id", "status_token", "filled_quantity").alias("event_id"),
-            pl.lit(self.broker.name).alias("broker"), message.alias("message"),
-        )  # fmt: skip
+            "broker_order_id": formatted("broker_order_id", "sim-{}", pl.Series(io[slot, I_SERIAL])),
+            "submitted_time_ns": meta.get_column("submitted_time_ns"), "reason": meta.get_column("reason"),
+            "limit_price": fo[slot, F_LIMIT], "stop_price": fo[slot, F_STOP],
+            "time_in_force": meta.get_column("time_in_force"), "notional": meta.get_column("notional"),
+            "parent_client_order_id": meta.get_column("parent_client_order_id"),
+            "oco_group": meta.get_column("oco_group"), "strategy": meta.get_column("strategy"),
+            "replaces_client_order_id": meta.get_column("replaces_client_order_id"),
+            "broker": self.broker.name, "message": message,
+        }, slot.size)  # fmt: skip
         out.orders.append(orders)
         is_fill = kind == EV_FILL
         if is_fill.any():
-            fills = orders.filter(pl.Series(is_fill)).select(
-                "correlation_id", "event_time_ns", "symbol", "client_order_id",
-                pl.format("{}/{}", pl.col("client_order_id"), pl.col("event_time_ns")).alias("fill_id"),
-                "side", pl.Series("quantity", ev[is_fill, E_QTY]), pl.Series("price", ev[is_fill, E_PRICE]),
-                pl.Series("commission", ev[is_fill, E_COMMISSION]), pl.Series("slippage", ev[is_fill, E_SLIPPAGE]),
-                "reason", "strategy",
-            ).with_columns(pl.format("fill/{}", pl.col("fill_id")).alias("event_id"))  # fmt: skip
-            out.fills.append(fills)
+            rows = np.flatnonzero(is_fill)
+            fill_cid, fill_time = take(client_order_id, rows), pl.Series(time[rows])
+            fill_id = formatted("fill_id", "{}/{}", fill_cid, fill_time)
+            out.fills.append(KINDS["fill"].frame({
+                "event_id": formatted("event_id", "fill/{}", fill_id),
+                "correlation_id": take(orders.get_column("correlation_id"), rows), "event_time_ns": fill_time,
+                "symbol": take(orders.get_column("symbol"), rows), "client_order_id": fill_cid, "fill_id": fill_id,
+                "side": side[rows], "quantity": ev[is_fill, E_QTY], "price": ev[is_fill, E_PRICE],
+                "commission": ev[is_fill, E_COMMISSION], "slippage": ev[is_fill, E_SLIPPAGE],
+                "reason": take(orders.get_column("reason"), rows), "strategy": take(orders.get_column("strategy"), rows),
+            }, rows.size))  # fmt: skip
 
     def _created_meta(
         self, slot: np.ndarray, role: np.ndarray, index: np.ndarray, decisions: pl.DataFrame, legs: pl.DataFrame,
@@ -1240,24 +1250,23 @@ class ExecutionEngine(Engine):
                     for r, a, sy, v, th in zip(reason, action, symbols, value, threshold, strict=True)]  # fmt: skip
         self._log_risk(ctx, messages)
         correlation = [f"{sy}@{t}" for sy, t in zip(symbols, time.tolist(), strict=True)]
-        frame = pl.DataFrame({
+        return KINDS["risk_event"].frame({
             "event_id": [f"risk_event/{pb.RiskReason.Name(int(r)).removeprefix('RISK_REASON_').lower()}/{c}/{i}"
                          for r, c, i in zip(reason, correlation, intent, strict=True)],
             "correlation_id": correlation, "event_time_ns": time, "symbol": symbols, "reason": reason, "action": action,
             "value": value, "threshold": threshold, "message": messages, "intent_id": intent,
-        })  # fmt: skip
-        return frame.cast(KINDS["risk_event"].schema)  # type: ignore[arg-type]
+        }, time.size)  # fmt: skip
 
     def _publish(self, ctx: EngineContext, out: _StepOutput) -> None:
         if out.orders:
-            orders = pl.concat(out.orders).select(list(KINDS["order"].schema)).cast(KINDS["order"].schema)  # type: ignore[arg-type]
+            orders = KINDS["order"].conform(_stacked(out.orders))
             ctx.emit("order", orders)
             if ctx.keeps_records:  # the latest state of each order; the events keep the history
                 latest = orders.unique("client_order_id", keep="last", maintain_order=True)
                 for message in KINDS["order"].to_messages(latest):
                     ctx.put_record(ORDERS, message.client_order_id, message.SerializeToString())  # type: ignore[attr-defined]
         if out.fills:
-            ctx.emit("fill", pl.concat(out.fills).select(list(KINDS["fill"].schema)).cast(KINDS["fill"].schema))  # type: ignore[arg-type]
+            ctx.emit("fill", KINDS["fill"].conform(_stacked(out.fills)))
         if out.snaps:
             ctx.emit("position_snapshot", self._position_frame(ctx, np.concatenate(out.snaps)))
         if out.rows:
@@ -1439,6 +1448,10 @@ def _reconciliation_event(time_ns: int, message: str, mismatches: int) -> pl.Dat
 #: year 2200 (the kernel's event rows are float64: a time near the int64 limit would not come back as an int64).
 _KNOWN_TIF = (pb.TIME_IN_FORCE_UNSPECIFIED, pb.TIME_IN_FORCE_DAY, pb.TIME_IN_FORCE_GTC)
 _MAX_TIME_NS = 7_258_118_400 * 10**9
+
+
+def _stacked(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    return frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical")
 
 
 def _refused(ctx: EngineContext, what: str, ids: pl.Series, checks: tuple[tuple[np.ndarray, str], ...]) -> np.ndarray:
