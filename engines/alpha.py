@@ -40,6 +40,7 @@ import numpy as np
 import polars as pl
 from numba import njit
 
+from utp.core.columns import formatted, take
 from utp.core.config import AlphaConfig
 from utp.core.indicators import Adx, Atr, Ema, Macd, Rsi, SessionVwap, Stddev
 from utp.core.kernels import entry
@@ -272,43 +273,35 @@ class AlphaEngine(Engine):
                 self.tf_fast_over_slow, self.tf_armed, self.tf_position, self.tf_extreme, c.adx_min, c.trail_atr, out,
             )  # fmt: skip
             per_model.append(("trend_following", out, c.period_bars))
-        parts = []
-        for order, (model, direction, period) in enumerate(per_model):
-            rows = np.flatnonzero(direction)
-            if rows.size:
-                cancel = direction[rows] == _CANCEL
-                parts.append(
-                    bars[rows].select(
-                        pl.Series("_row", rows),
-                        pl.lit(order).alias("_model_order"),
-                        "correlation_id",
-                        "event_time_ns",
-                        "symbol",
-                        pl.lit(model).alias("source_model"),
-                        pl.Series("direction", np.where(cancel, _FLAT, direction[rows]), pl.Int32),
-                        pl.Series("period_bars", np.where(cancel, 0, period), pl.Int32),
-                        pl.col("close").alias("reference_price"),
-                        pl.Series("cancel", cancel),
-                    )
-                )
-        if not parts:
+        # Each model's signals in row order, then by bar row and the models' order.
+        parts = [(np.flatnonzero(direction), order) for order, (_, direction, _) in enumerate(per_model)]
+        rows = np.concatenate([r for r, _ in parts]) if parts else np.empty(0, np.int64)
+        if not rows.size:
             return KINDS["alpha_signal"].empty_frame()
-        return (
-            (parts[0] if len(parts) == 1 else pl.concat(parts).sort(["_row", "_model_order"]))
-            .select(
-                pl.format("alpha_signal/{}/{}", "source_model", "correlation_id").alias("event_id"),
-                "correlation_id",
-                "event_time_ns",
-                "symbol",
-                "source_model",
-                "direction",
-                pl.lit(None, pl.Float64).alias("magnitude"),
-                pl.lit(None, pl.Float64).alias("confidence"),
-                "period_bars",
-                "reference_price",
-                "cancel",
-            )
-        )
+        model_of = np.concatenate([np.full(r.size, order) for r, order in parts])
+        if len(parts) > 1:
+            by_row = np.lexsort((model_of, rows))
+            rows, model_of = rows[by_row], model_of[by_row]
+        signal = np.concatenate([per_model[order][1][r] for r, order in parts])
+        period = np.concatenate([np.full(r.size, per_model[order][2]) for r, order in parts])
+        if len(parts) > 1:
+            signal, period = signal[by_row], period[by_row]
+        cancel = signal == _CANCEL
+        source_model = take(pl.Series("source_model", [model for model, _, _ in per_model], pl.Utf8), model_of)
+        correlation = take(bars.get_column("correlation_id"), rows)
+        return KINDS["alpha_signal"].frame({
+            "event_id": formatted("event_id", "alpha_signal/{}/{}", source_model, correlation),
+            "correlation_id": correlation,
+            "event_time_ns": bars.get_column("event_time_ns").to_numpy()[rows],
+            "symbol": take(bars.get_column("symbol"), rows),
+            "source_model": source_model,
+            "direction": np.where(cancel, _FLAT, signal),
+            "magnitude": None,
+            "confidence": None,
+            "period_bars": np.where(cancel, 0, period),
+            "reference_price": close[rows],
+            "cancel": cancel,
+        }, rows.size)
 
     def _mean_reversion(
         self, bars: pl.DataFrame, sid: np.ndarray, close: np.ndarray, high: np.ndarray, low: np.ndarray

@@ -25,6 +25,7 @@ import numpy as np
 import polars as pl
 from numba import njit
 
+from utp.core.columns import FEW_ROWS, formatted, take
 from utp.core.config import EnsembleConfig
 from utp.core.kernels import entry
 from utp.core.kinds import KINDS
@@ -241,8 +242,7 @@ class EnsembleEngine(Engine):
         self, features: pl.DataFrame, n_out: int, out_row: np.ndarray, out_active: np.ndarray, out_sign: np.ndarray,
         out_conf: np.ndarray, out_score: np.ndarray, out_regime: np.ndarray,
     ) -> pl.DataFrame:  # fmt: skip
-        """The kernel's votes as a scored_signal frame, built column by column (no per-row Python)."""
-        schema = KINDS["scored_signal"].schema
+        """The kernel's votes as a scored_signal frame, built column by column."""
         if n_out == 0:
             return KINDS["scored_signal"].empty_frame()
         rows = out_row[:n_out]
@@ -267,28 +267,47 @@ class EnsembleEngine(Engine):
         sign_to_direction = np.array([pb.DIRECTION_DOWN, pb.DIRECTION_FLAT, pb.DIRECTION_UP], np.int32)
         with np.errstate(divide="ignore", invalid="ignore"):
             weight = np.where(weight_sum[r_idx] > 0, self.weights[c_idx] / weight_sum[r_idx], 0.0)
+        direction_of = sign_to_direction[out_sign[:n_out][r_idx, c_idx] + 1]
+        confidence_of = out_conf[:n_out][r_idx, c_idx]
+        components, active_alphas = self._component_lists(c_idx, direction_of, confidence_of, weight, count)
+        rows_taken = rows.astype(np.int64)
+        correlation = take(features.get_column("correlation_id"), rows_taken)
+        return KINDS["scored_signal"].frame({
+            "event_id": formatted("event_id", "scored_signal/{}", correlation),
+            "correlation_id": correlation,
+            "event_time_ns": features.get_column("event_time_ns").to_numpy()[rows_taken],
+            "symbol": take(features.get_column("symbol"), rows_taken),
+            "components": components, "direction": direction, "confidence": confidence, "score": score,
+            "active_alphas": active_alphas, "regime": regime.astype(np.int32),
+            "reference_price": features.get_column("close").to_numpy()[rows_taken],
+        }, n)  # fmt: skip
+
+    def _component_lists(  # noqa: PLR0913 - the components' fields
+        self, c_idx: np.ndarray, direction: np.ndarray, confidence: np.ndarray, weight: np.ndarray, count: np.ndarray,
+    ) -> tuple[pl.Series, pl.Series]:  # fmt: skip
+        """Each signal's components and active sources: row-major (signal, source) fields, the first `count`
+        of each signal's in a list."""
+        n, m = count.size, len(self.sources)
+        schema = KINDS["scored_signal"].schema
+        if n <= FEW_ROWS:  # Python lists: the query below costs ~1 ms however few the rows
+            names = [self.sources[c] for c in c_idx.tolist()]
+            fields = list(zip(names, direction.tolist(), confidence.tolist(), weight.tolist(), strict=True))
+            components, active = [], []
+            for row, k in enumerate(count.tolist()):
+                picked = fields[row * m : row * m + k]
+                components.append([{"source": s, "direction": d, "confidence": c, "weight": w} for s, d, c, w in picked])
+                active.append(names[row * m : row * m + k])
+            return (pl.Series("components", components, schema["components"]),
+                    pl.Series("active_alphas", active, schema["active_alphas"]))  # fmt: skip
         source = self._source_names.gather(c_idx)
-        components = pl.DataFrame({
-            "source": source,
-            "direction": sign_to_direction[out_sign[:n_out][r_idx, c_idx] + 1],
-            "confidence": out_conf[:n_out][r_idx, c_idx],
-            "weight": weight,
+        flat = pl.DataFrame({
+            "source": source, "direction": direction, "confidence": confidence, "weight": weight,
         }).select(pl.struct("source", "direction", "confidence", "weight")).to_series()  # fmt: skip
         lists = pl.DataFrame([
-            components.reshape((n, m)).alias("components"), source.reshape((n, m)).alias("active_alphas"),
+            flat.reshape((n, m)).alias("components"), source.reshape((n, m)).alias("active_alphas"),
             pl.Series("count", count),
         ]).select(pl.col("components", "active_alphas").arr.head(pl.col("count"), as_array=False))  # fmt: skip
-        picked = features.select("correlation_id", "event_time_ns", "symbol", "close")[rows]
-        frame = picked.with_columns(
-            (pl.lit("scored_signal/") + pl.col("correlation_id")).alias("event_id"),
-            pl.Series("direction", direction),
-            pl.Series("confidence", confidence),
-            pl.Series("score", score),
-            pl.Series("regime", regime.astype(np.int32)),
-            pl.col("close").alias("reference_price"),
-            *lists.get_columns(),
-        )
-        return frame.select(list(schema)).cast(schema)  # type: ignore[arg-type]
+        return lists.get_column("components"), lists.get_column("active_alphas")
 
     def on_step(self, ctx: EngineContext, through_ns: int, frames: Mapping[str, pl.DataFrame]) -> None:
         alphas = frames.get("alpha_signal", KINDS["alpha_signal"].empty_frame())
