@@ -14,6 +14,23 @@ import polars as pl
 FEW_ROWS = 256
 
 
+def column_of(name: str, dtype: pl.DataType, value: object, height: int) -> pl.Series:
+    """A column of `dtype` from a Series, an array or list, a dict of a struct's fields, or one value for all
+    `height` rows."""
+    if isinstance(value, pl.Series):
+        column = value.alias(name) if value.dtype == dtype else value.cast(dtype).alias(name)
+    elif isinstance(value, list | np.ndarray):
+        column = pl.Series(name, value, dtype)
+    elif isinstance(value, dict) and isinstance(dtype, pl.Struct):
+        fields = [column_of(f.name, f.dtype, value[f.name], height) for f in dtype.fields]
+        column = pl.DataFrame(fields).to_struct(name)
+    else:
+        column = pl.Series(name, [value], dtype).new_from_index(0, height)
+    if column.len() != height:
+        raise ValueError(f"{name} has {column.len()} rows, not {height}")
+    return column
+
+
 def take(column: pl.Series, index: np.ndarray) -> pl.Series:
     """`column[index]` (any order, repeats allowed)."""
     if index.size > FEW_ROWS:

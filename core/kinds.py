@@ -14,11 +14,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import polars as pl
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
+from utp.core.columns import column_of
 from utp.v1 import events_pb2 as pb
 
 _HEADER_DTYPES: dict[str, pl.DataType] = {
@@ -104,23 +104,11 @@ class Kind:
         return _EMPTY[self.name]
 
     def frame(self, columns: dict[str, Any], height: int) -> pl.DataFrame:
-        """A frame of this kind from every one of its columns: a Series, an array or list, or one value for all
-        `height` rows. Built series by series in the schema's order and types: a `select` or `with_columns`
-        plans and runs a query, about 0.1-0.2 ms however few the rows, and an engine's step at one bar time
-        would spend most of its time on them."""
-        series = []
-        for name, dtype in _SCHEMAS[self.name].items():
-            value = columns[name]
-            if isinstance(value, pl.Series):
-                column = value.alias(name) if value.dtype == dtype else value.cast(dtype).alias(name)
-            elif isinstance(value, list | np.ndarray):
-                column = pl.Series(name, value, dtype)
-            else:
-                column = pl.Series(name, [value], dtype).new_from_index(0, height)
-            if column.len() != height:
-                raise ValueError(f"{self.name}.{name} has {column.len()} rows, not {height}")
-            series.append(column)
-        return pl.DataFrame(series)
+        """A frame of this kind from every one of its columns: a Series, an array or list, a dict of a struct's
+        fields, or one value for all `height` rows. Built series by series in the schema's order and types: a
+        `select` or `with_columns` plans and runs a query, about 0.1-0.2 ms however few the rows, and an
+        engine's step at one bar time would spend most of its time on them."""
+        return pl.DataFrame([column_of(name, dtype, columns[name], height) for name, dtype in _SCHEMAS[self.name].items()])
 
     def conform(self, frame: pl.DataFrame) -> pl.DataFrame:
         """`frame`'s columns of this kind, in the kind's order and types (others dropped), with no query."""

@@ -48,6 +48,7 @@ import numpy as np
 import polars as pl
 from numba import njit
 
+from utp.core.columns import formatted, take
 from utp.core.config import ConfigError, RiskConfig
 from utp.core.controls import ControlState
 from utp.core.filters import DAY_NS, FilterReason, MarketHours, SignalFilters, load_earnings
@@ -328,12 +329,12 @@ class RiskEngine(Engine):
         else:
             b_sid, b_time, b_interval = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
             b_cols = [np.zeros(0)] * 4
-        entry_rows = targets.select("symbol", "event_time_ns")[entries] if entries.size else None
-        if entry_rows is not None:
-            order = np.argsort(entry_rows["event_time_ns"].to_numpy(), kind="stable")
-            entries, entry_rows = entries[order], entry_rows[order]
-            q_sid = rings.ids(entry_rows["symbol"])
-            q_time = entry_rows["event_time_ns"].to_numpy()
+        entry_symbols = None
+        if entries.size:
+            entries = entries[np.argsort(targets.get_column("event_time_ns").to_numpy()[entries], kind="stable")]
+            entry_symbols = take(targets.get_column("symbol"), entries)
+            q_sid = rings.ids(entry_symbols)
+            q_time = targets.get_column("event_time_ns").to_numpy()[entries]
         else:
             q_sid, q_time = np.zeros(0, np.int64), np.zeros(0, np.int64)
 
@@ -364,7 +365,7 @@ class RiskEngine(Engine):
         messages = np.full(targets.height, "", dtype=object)
         verdicts: dict[int, dict[str, tuple[bool, str]]] = {}
         if nq:
-            assert entry_rows is not None
+            assert entry_symbols is not None
             entry_slot = slot[in_force] if slot.size else np.full(nq, -1, np.int64)
             entry_slot[in_force < 0] = -1
             day_of_slot = {int(slot[k]): str(refresh_day[k]) for k in np.flatnonzero(slot >= 0).tolist()}
@@ -373,7 +374,7 @@ class RiskEngine(Engine):
                 keep = np.isin(window_columns["slot"], fresh)
                 verdicts = self._verdicts(self._window_frame({k: v[keep] for k, v in window_columns.items()}),
                                           fresh.tolist())  # fmt: skip
-            q_code, q_message = self._judge(entry_rows["symbol"], q_time, q_avg, q_known, q_interval,
+            q_code, q_message = self._judge(entry_symbols, q_time, q_avg, q_known, q_interval,
                                             entry_slot, verdicts, day_of_slot)  # fmt: skip
             codes[entries], messages[entries] = q_code, q_message
         if self.universe_on and refresh_time.size:  # carry the latest refresh into later steps
@@ -440,10 +441,10 @@ class RiskEngine(Engine):
             volume = avg_volume[rows].copy()
             unknown = ~volume_known[rows]
             if self.volume_on and unknown.any():
-                self._log_unknown_volume(symbols.gather(rows[unknown]).to_list())
+                self._log_unknown_volume(take(symbols, rows[unknown]).to_list())
             volume[unknown] = np.inf  # unknown volume: the filter does not apply
             spread = np.array([self.quote_spread.get(names[r], np.nan) for r in rows.tolist()])
-            reason, text = self.filters.check(symbols.gather(rows), time_ns[rows], volume, spread)
+            reason, text = self.filters.check(take(symbols, rows), time_ns[rows], volume, spread)
             failed = reason != FilterReason.OK
             codes[rows[failed]] = [_FILTER_REASON[FilterReason(r)] for r in reason[failed].tolist()]
             messages[rows[failed]] = text[failed]
@@ -492,47 +493,25 @@ class RiskEngine(Engine):
         cap = self.config.max_position_pct
         target = np.clip(np.nan_to_num(wanted), -cap, cap)
         reason = np.where(target != 0.0, pb.INTENT_REASON_ENTRY, pb.INTENT_REASON_SIGNAL_EXIT).astype(np.int32)
-        intent_id = pl.lit("order_intent/risk/") + pl.col("correlation_id")
-        side = np.where(target > 0, pb.ORDER_SIDE_BUY, pb.ORDER_SIDE_SELL).astype(np.int32)
-        intents = targets.select(
-            pl.struct(
-                pl.struct(
-                    intent_id.alias("event_id"), "correlation_id", "event_time_ns", "symbol"
-                ).alias("header"),
-                pl.Series("side", side),
-                pl.lit(0.0).alias("quantity"),
-                pl.lit(pb.ORDER_TYPE_MARKET, pl.Int32).alias("order_type"),
-                pl.Series("reason", reason),
-                pl.col("reference_price"),
-                pl.Series("reduce_only", target == 0.0),
-                pl.lit("risk").alias("source"),
-                pl.Series("target_percent", target),
-                pl.lit(0.0).alias("limit_price"),
-                pl.lit(0.0).alias("stop_price"),
-                pl.lit(pb.TIME_IN_FORCE_UNSPECIFIED, pl.Int32).alias("time_in_force"),
-                pl.lit("").alias("parent_intent_id"),
-                pl.lit("").alias("oco_group"),
-                pl.col("strategy"),
-                pl.col("rebalance_band"),
-            ).alias("intent"),
-            (pl.lit("risk_decision/") + intent_id).alias("event_id"),
-            "correlation_id",
-            "event_time_ns",
-            "symbol",
-        )
-        schema = KINDS["risk_decision"].schema
-        return pl.DataFrame(
-            {
-                "event_id": intents["event_id"],
-                "correlation_id": intents["correlation_id"],
-                "event_time_ns": intents["event_time_ns"],
-                "symbol": intents["symbol"],
-                "intent": intents["intent"],
-                "approved": codes == pb.RISK_REASON_APPROVED,
-                "reason": codes,
-                "message": pl.Series(messages.tolist(), dtype=pl.Utf8),
-            }
-        ).cast(schema)  # type: ignore[arg-type]
+        correlation = targets.get_column("correlation_id")
+        intent_id = formatted("event_id", "order_intent/risk/{}", correlation)
+        time, symbol = targets.get_column("event_time_ns"), targets.get_column("symbol")
+        return KINDS["risk_decision"].frame({
+            "event_id": formatted("event_id", "risk_decision/{}", intent_id),
+            "correlation_id": correlation, "event_time_ns": time, "symbol": symbol,
+            "intent": {
+                "header": {"event_id": intent_id, "correlation_id": correlation, "event_time_ns": time, "symbol": symbol},
+                "side": np.where(target > 0, pb.ORDER_SIDE_BUY, pb.ORDER_SIDE_SELL).astype(np.int32),
+                "quantity": 0.0, "order_type": pb.ORDER_TYPE_MARKET, "reason": reason,
+                "reference_price": targets.get_column("reference_price"), "reduce_only": target == 0.0,
+                "source": "risk", "target_percent": target, "limit_price": 0.0, "stop_price": 0.0,
+                "time_in_force": pb.TIME_IN_FORCE_UNSPECIFIED, "parent_intent_id": "", "oco_group": "",
+                "strategy": targets.get_column("strategy"), "rebalance_band": targets.get_column("rebalance_band"),
+            },
+            "approved": codes == pb.RISK_REASON_APPROVED,
+            "reason": codes,
+            "message": pl.Series("message", messages.tolist(), pl.Utf8),
+        }, targets.height)  # fmt: skip
 
     # -- state -----------------------------------------------------------------------------------------
     def snapshot(self) -> Any:
