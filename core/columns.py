@@ -50,6 +50,14 @@ def take_rows(frame: pl.DataFrame, index: np.ndarray) -> pl.DataFrame:
     return pl.DataFrame([take(column, index) for column in frame.get_columns()])
 
 
+def joined(column: pl.Series, separator: str) -> pl.Series:
+    """Each list of strings joined by `separator` (null items skipped, a null list stays null)."""
+    if column.len() > FEW_ROWS:
+        return column.list.join(separator)
+    return pl.Series(column.name, [None if v is None else separator.join(x for x in v if x is not None)
+                                   for v in column.to_list()], pl.Utf8)  # fmt: skip
+
+
 def flags(column: pl.Series) -> np.ndarray:
     """A boolean column as a numpy mask, null as False."""
     if column.null_count() == 0:

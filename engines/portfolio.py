@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from utp.core.columns import formatted, joined, take
 from utp.core.config import OPTIMIZER_METHODS, PortfolioConfig, RiskConfig
 from utp.core.kinds import KINDS
 from utp.core.runtime import Engine, EngineContext, Input
@@ -96,13 +97,11 @@ class PortfolioConstructionEngine(Engine):
         keep = ~np.isnan(target)
         if not keep.any():
             return KINDS["portfolio_target"].empty_frame()
-        rows = signals.filter(pl.Series(keep)) if not keep.all() else signals
-        return self._frame(
-            rows.select("correlation_id", "event_time_ns", "symbol", "reference_price", "direction", "confidence",
-                        pl.col("active_alphas").list.join("+").alias("strategy")),  # fmt: skip
-            target[keep],
-            0.0,
-        )
+        rows = np.flatnonzero(keep)
+        columns = {name: take(signals.get_column(name), rows) for name in (
+            "correlation_id", "event_time_ns", "symbol", "reference_price", "direction", "confidence")}  # fmt: skip
+        return self._frame({**columns, "strategy": joined(take(signals.get_column("active_alphas"), rows), "+")},
+                           target[keep], 0.0)  # fmt: skip
 
     # -- the weighting methods: per bar time with a signal --------------------------------------------
     def weighted_targets(self, ctx: EngineContext, signals: pl.DataFrame, sid: np.ndarray) -> pl.DataFrame:
@@ -159,9 +158,7 @@ class PortfolioConstructionEngine(Engine):
         if not out["target"]:
             return KINDS["portfolio_target"].empty_frame()
         target = np.array(out.pop("target"))
-        rows = pl.DataFrame(out, schema={"correlation_id": pl.Utf8, "event_time_ns": pl.Int64, "symbol": pl.Utf8,
-                                         "reference_price": pl.Float64, "direction": pl.Int32,
-                                         "confidence": pl.Float64, "strategy": pl.Utf8})  # fmt: skip
+        rows = {**out, "correlation_id": pl.Series("correlation_id", out["correlation_id"], pl.Utf8)}
         return self._frame(rows, target, self.config.rebalance_band)
 
     def weights(self, ctx: EngineContext, time_ns: int) -> np.ndarray:
@@ -293,14 +290,12 @@ class PortfolioConstructionEngine(Engine):
         finite = column[np.isfinite(column)]
         return float(finite[-1]) if finite.size else float(self.last_close[s])
 
-    def _frame(self, rows: pl.DataFrame, target: np.ndarray, band: float) -> pl.DataFrame:
-        schema = KINDS["portfolio_target"].schema
-        return rows.with_columns(
-            (pl.lit("portfolio_target/") + pl.col("correlation_id")).alias("event_id"),
-            pl.Series("target_percent", target, dtype=pl.Float64),
-            pl.lit(self.config.method).alias("method"),
-            pl.lit(band).alias("rebalance_band"),
-        ).select(list(schema)).cast(schema)  # type: ignore[arg-type]
+    def _frame(self, rows: dict[str, Any], target: np.ndarray, band: float) -> pl.DataFrame:
+        """Targets from their signals' columns (correlation_id a Series), built column by column."""
+        return KINDS["portfolio_target"].frame({
+            **rows, "event_id": formatted("event_id", "portfolio_target/{}", rows["correlation_id"]),
+            "target_percent": target.astype(np.float64), "method": self.config.method, "rebalance_band": band,
+        }, target.size)  # fmt: skip
 
     _STATE = ("sign", "confidence", "insight", "score", "strategy", "last_target", "last_close", "history_times", "history",
               "fallbacks")  # fmt: skip
