@@ -25,7 +25,7 @@ import numpy as np
 import polars as pl
 from numba import njit
 
-from utp.core.columns import FEW_ROWS, formatted, take
+from utp.core.columns import formatted, take
 from utp.core.config import EnsembleConfig
 from utp.core.kernels import entry
 from utp.core.kinds import KINDS
@@ -44,6 +44,16 @@ def _lookup(values: pl.Series, table: Mapping[Any, int], default: int) -> np.nda
     if values.len() <= 2048:  # signals are sparse: plain lookups beat a columnar call's fixed cost
         return np.fromiter((table.get(v, default) for v in values.to_list()), np.int64, values.len())
     return values.replace_strict(table, default=default, return_dtype=pl.Int64).to_numpy()
+
+
+def _confidences(confidence: pl.Series) -> np.ndarray:
+    """Each signal's confidence, 1 where its model gives none (null; Lean's RSI and EMA-cross models never do)."""
+    nulls = confidence.null_count()
+    if nulls == 0:
+        return confidence.to_numpy()
+    if nulls == confidence.len():
+        return np.ones(nulls)
+    return confidence.fill_null(1.0).to_numpy()
 
 
 @njit(cache=True)
@@ -228,7 +238,7 @@ class EnsembleEngine(Engine):
             self.universe.indices(alphas["symbol"]) if alpha_sid is None else alpha_sid,
             acomp,
             asign,
-            alphas["confidence"].fill_null(1.0).to_numpy(),
+            _confidences(alphas.get_column("confidence")),
             alphas["period_bars"].cast(pl.Int64).to_numpy(),
             alphas["cancel"].to_numpy(),
             self.weights,
@@ -286,26 +296,16 @@ class EnsembleEngine(Engine):
         self, c_idx: np.ndarray, direction: np.ndarray, confidence: np.ndarray, weight: np.ndarray, count: np.ndarray,
     ) -> tuple[pl.Series, pl.Series]:  # fmt: skip
         """Each signal's components and active sources: row-major (signal, source) fields, the first `count`
-        of each signal's in a list."""
+        of each signal's in a list (fixed-size arrays cut down in one query: lists of structs built from Python
+        objects cost far more)."""
         n, m = count.size, len(self.sources)
-        schema = KINDS["scored_signal"].schema
-        if n <= FEW_ROWS:  # Python lists: the query below costs ~1 ms however few the rows
-            names = [self.sources[c] for c in c_idx.tolist()]
-            fields = list(zip(names, direction.tolist(), confidence.tolist(), weight.tolist(), strict=True))
-            components, active = [], []
-            for row, k in enumerate(count.tolist()):
-                picked = fields[row * m : row * m + k]
-                components.append([{"source": s, "direction": d, "confidence": c, "weight": w} for s, d, c, w in picked])
-                active.append(names[row * m : row * m + k])
-            return (pl.Series("components", components, schema["components"]),
-                    pl.Series("active_alphas", active, schema["active_alphas"]))  # fmt: skip
-        source = self._source_names.gather(c_idx)
-        flat = pl.DataFrame({
-            "source": source, "direction": direction, "confidence": confidence, "weight": weight,
-        }).select(pl.struct("source", "direction", "confidence", "weight")).to_series()  # fmt: skip
+        source = take(self._source_names, c_idx)
+        flat = pl.DataFrame([
+            source.alias("source"), pl.Series("direction", direction, pl.Int32),
+            pl.Series("confidence", confidence, pl.Float64), pl.Series("weight", weight, pl.Float64),
+        ]).to_struct("components")  # fmt: skip
         lists = pl.DataFrame([
-            flat.reshape((n, m)).alias("components"), source.reshape((n, m)).alias("active_alphas"),
-            pl.Series("count", count),
+            flat.reshape((n, m)), source.reshape((n, m)).alias("active_alphas"), pl.Series("count", count),
         ]).select(pl.col("components", "active_alphas").arr.head(pl.col("count"), as_array=False))  # fmt: skip
         return lists.get_column("components"), lists.get_column("active_alphas")
 

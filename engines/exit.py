@@ -49,7 +49,9 @@ class ExitEngine(Engine):
         intent = decisions.get_column("intent").struct.unnest()
         target = intent.get_column("target_percent")
         # An entry: approved, with a target that is not zero (a null target is none; NaN counts, as != 0).
-        entry = flags(decisions.get_column("approved")) & ~flags(target.is_null()) & (target.to_numpy() != 0.0)
+        entry = flags(decisions.get_column("approved")) & (target.to_numpy() != 0.0)
+        if target.null_count():
+            entry &= ~flags(target.is_null())
         rows = np.flatnonzero(entry)
         if not rows.size:
             return KINDS["order_intent"].empty_frame()
