@@ -23,3 +23,15 @@ def test_the_graph_over_jetstream_loses_and_duplicates_no_decision_and_reports_i
     assert outcome["lost"] == outcome["duplicated"] == 0, outcome
     assert outcome["bars_per_s"] > 0 and math.isfinite(outcome["p50_ms"]) and outcome["p50_ms"] <= outcome["p99_ms"], outcome
     assert outcome["end_rss_mb"] > 0 and outcome["soak_minutes"] > 0, outcome
+
+
+def test_the_engine_step_bench_times_every_engine_of_the_graph() -> None:
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "engine_steps.py"), "--symbols", "20", "--bar-times", "30",
+                             "--runs", "1"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    engines = outcome["engines"]
+    assert set(engines) == {"market_data", "features", "alpha", "ensemble", "portfolio", "risk", "exit", "execution"}, engines
+    assert all(e["ms_per_bar_time"] > 0 and e["median_ms"] > 0 for e in engines.values()), engines
+    assert math.isclose(outcome["ms_per_bar_time"], sum(e["ms_per_bar_time"] for e in engines.values()), rel_tol=0.01), outcome
+    assert outcome["bars_per_s"] > 0, outcome
