@@ -279,13 +279,10 @@ class AlphaEngine(Engine):
         if not rows.size:
             return KINDS["alpha_signal"].empty_frame()
         model_of = np.concatenate([np.full(r.size, order) for r, order in parts])
-        if len(parts) > 1:
-            by_row = np.lexsort((model_of, rows))
-            rows, model_of = rows[by_row], model_of[by_row]
         signal = np.concatenate([per_model[order][1][r] for r, order in parts])
         period = np.concatenate([np.full(r.size, per_model[order][2]) for r, order in parts])
-        if len(parts) > 1:
-            signal, period = signal[by_row], period[by_row]
+        by_row = np.lexsort((model_of, rows))
+        rows, model_of, signal, period = rows[by_row], model_of[by_row], signal[by_row], period[by_row]
         cancel = signal == _CANCEL
         source_model = take(pl.Series("source_model", [model for model, _, _ in per_model], pl.Utf8), model_of)
         correlation = take(bars.get_column("correlation_id"), rows)

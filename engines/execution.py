@@ -977,8 +977,9 @@ class ExecutionEngine(Engine):
         entry = columns["target"].to_numpy()[rows] != 0.0
         order = np.argsort(entry, kind="stable")
         order = order[np.argsort(columns["event_time_ns"].to_numpy()[rows][order], kind="stable")]
+        picked = rows[order]
         return pl.DataFrame([
-            *(take(column, rows[order]).alias(name) for name, column in columns.items()),
+            *(take(column, picked).alias(name) for name, column in columns.items()),
             pl.Series("cid", [cids[k] for k in order.tolist()], pl.Utf8), pl.Series("symbol_index", sid[order], pl.Int64),
         ])  # fmt: skip
 

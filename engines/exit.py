@@ -57,18 +57,18 @@ class ExitEngine(Engine):
             return KINDS["order_intent"].empty_frame()
         direction = np.where(target.to_numpy()[rows] > 0, 1.0, -1.0)
         reference = intent.get_column("reference_price").to_numpy()[rows]
-        legs = [(pct, order_type, reason, sign) for pct, order_type, reason, sign in (
+        # (pct, order type, reason, price sign) of each kind of leg configured.
+        legs = [leg for leg in (
             (self.config.take_profit_pct, pb.ORDER_TYPE_LIMIT, pb.INTENT_REASON_TAKE_PROFIT, 1.0),
             (self.config.stop_loss_pct, pb.ORDER_TYPE_STOP, pb.INTENT_REASON_STOP_LOSS, -1.0),
-        ) if pct > 0]  # fmt: skip
+        ) if leg[0] > 0]  # fmt: skip
         # Each leg kind's rows one after the other, then at each bar time: the take-profits, then the stop-losses.
         source = np.tile(rows, len(legs))
         times = decisions.get_column("event_time_ns").to_numpy()
         order = np.argsort(times[source], kind="stable")
         source = source[order]
         n = source.size
-        leg = np.repeat(np.arange(len(legs)), rows.size)[order]
-        per_leg = np.array([[pct, order_type, reason, sign] for pct, order_type, reason, sign in legs])[leg]
+        per_leg = np.array(legs)[np.repeat(np.arange(len(legs)), rows.size)[order]]
         entry_at = np.tile(np.arange(rows.size), len(legs))[order]
         level = reference[entry_at] * (1.0 + per_leg[:, 3] * per_leg[:, 0] * direction[entry_at])
         order_type = per_leg[:, 1].astype(np.int32)
