@@ -64,13 +64,16 @@ class Bus(ABC):
 
     @abstractmethod
     async def subscribe(
-        self, kind: str, consumer: str, handler: BatchHandler, *, resume_after: int | None = None
+        self, kind: str, consumer: str, handler: BatchHandler, *, resume_after: int | None = None,
+        partition: str | None = None,
     ) -> Subscription:
         """Deliver every batch of `kind` to `handler`, in order, one at a time.
 
         `consumer` names the durable subscription. `resume_after` is the position of the last batch whose
         effects the subscriber has committed (None = from the start of the session); the bus delivers
-        from the next one, so nothing is lost or applied twice across a restart.
+        from the next one, so nothing is lost or applied twice across a restart. `partition`: only the batches
+        published for that partition (`Batch.partition`: a producer that splits its rows by symbol partition), so
+        that a process running one partition of an engine never receives the others' rows.
         """
 
     @abstractmethod
@@ -99,6 +102,7 @@ class _InProcessSubscription(Subscription):
     bus: InProcessBus
     kind: str | None
     handler: BatchHandler | None = None
+    partition: str | None = None
     tap_handler: TapHandler | None = None
     wants: KindFilter | None = None
     closed: bool = field(default=False)
@@ -142,7 +146,8 @@ class InProcessBus(Bus):
             if sub.closed:
                 continue
             if sub.handler is not None and sub.kind == batch.kind:
-                await sub.handler(batch)
+                if sub.partition is None or sub.partition == batch.partition:
+                    await sub.handler(batch)
             elif sub.tap_handler is not None and batch.frame.height and sub.wants and sub.wants(batch.kind):
                 if messages is None:
                     messages = KINDS[batch.kind].to_messages(batch.frame)
@@ -152,11 +157,12 @@ class InProcessBus(Bus):
                     log.exception("tap handler failed on %s", batch.kind)
 
     async def subscribe(
-        self, kind: str, consumer: str, handler: BatchHandler, *, resume_after: int | None = None
+        self, kind: str, consumer: str, handler: BatchHandler, *, resume_after: int | None = None,
+        partition: str | None = None,
     ) -> Subscription:
         if kind not in KINDS:
             raise ValueError(f"unknown event kind {kind!r}")
-        sub = _InProcessSubscription(self, kind, handler=handler)
+        sub = _InProcessSubscription(self, kind, handler=handler, partition=partition)
         self._subscriptions.append(sub)
         return sub
 

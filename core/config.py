@@ -537,7 +537,9 @@ class BusConfig(_Section):
     #: portfolio, risk, exit.
     remote_engines: list[str] = msgspec.field(default_factory=list)
     #: Remote engines whose symbols several `utp engine NAME` processes share: engine -> partitions (alpha, and
-    #: features without cross-sectional ranks). The processes lease the partitions among themselves.
+    #: features without cross-sectional ranks; both the same count). The processes lease the partitions among
+    #: themselves. Market data then publishes its bars split into the same partitions, so that a process reads only
+    #: its partitions' bars.
     partitions: dict[str, int] = msgspec.field(default_factory=dict)
     #: Seconds a partition's lease lasts unless its process renews it: how long a dead process's partitions
     #: wait before another takes them over (a process that stops gives them back at once).
@@ -769,6 +771,10 @@ def validate(config: Config) -> None:
         if engine == "features" and config.features.rank_features:
             raise ConfigError("bus.partitions: features ranks symbols against each other (features.rank_features); "
                               "empty it to partition features")  # fmt: skip
+    if len(set(config.bus.partitions.values())) > 1:
+        # Both read the bars, which market data publishes split into the partitions of the engines reading them.
+        raise ConfigError("bus.partitions: features and alpha read the same bars, split into one set of partitions; "
+                          f"give them the same count, not {config.bus.partitions}")  # fmt: skip
     if config.bus.partition_lease_s <= 0:
         raise ConfigError("bus.partition_lease_s must be > 0")
     if config.bus.remote_engines and not config.bus.nats_url:

@@ -313,6 +313,8 @@ class _JetStreamSubscription(Subscription):
     task: asyncio.Task | None = None
     pull: _ContinuousPull | None = None
     nats_sub: object | None = None
+    #: The one batch subject it takes (a partition's), or None: every subject of its kind.
+    subject: str | None = None
     closed: bool = False
     error: BaseException | None = field(default=None)
 
@@ -519,6 +521,8 @@ class JetStreamBus(Bus):
             self._recent.popitem(last=False)
         consumers = [c for c in self._local_consumers.get(batch.kind, ()) if not c.closed]
         self._local_consumers[batch.kind] = consumers
+        # A consumer of one partition takes only that partition's batches.
+        consumers = [c for c in consumers if c.subject is None or c.subject == subject]
         if not consumers:
             return None
         stored = asyncio.get_running_loop().create_future()
@@ -633,25 +637,30 @@ class JetStreamBus(Bus):
 
     # -- consuming ---------------------------------------------------------------------------------
     async def subscribe(
-        self, kind: str, consumer: str, handler: BatchHandler, *, resume_after: int | None = None
+        self, kind: str, consumer: str, handler: BatchHandler, *, resume_after: int | None = None,
+        partition: str | None = None,
     ) -> Subscription:
         if kind not in KINDS:
             raise ValueError(f"unknown event kind {kind!r}")
+        if partition is not None and not KINDS[kind].watermarked:
+            raise ValueError(f"{kind} is not published in batches, so not in partitions")
         durable = _consumer_name(consumer)
         position = self.start_after if resume_after is None else resume_after
-        await self._ensure_consumer(durable, kind, position)
+        # One partition's batch subject: the server sends this consumer nothing of the other partitions.
+        only = None if partition is None else self.subjects.batch(kind, partition)
+        await self._ensure_consumer(durable, only or self.subjects.of_kind(kind), position)
         pull = _ContinuousPull(self._nc, self.stream, durable, self.fetch_batch)
         await pull.start()
-        sub = _JetStreamSubscription(durable, nats_sub=pull.sub, pull=pull)
+        sub = _JetStreamSubscription(durable, nats_sub=pull.sub, pull=pull, subject=only)
         sub.task = asyncio.create_task(self._consume(sub, pull, kind, handler), name=f"consume-{durable}")
         self._subscriptions.append(sub)
         if KINDS[kind].watermarked:
             self._local_consumers.setdefault(kind, []).append(sub)
         return sub
 
-    async def _ensure_consumer(self, durable: str, kind: str, position: int) -> None:
-        """Make the durable consumer deliver from just after `position` (the last committed batch)."""
-        filter_subject = self.subjects.of_kind(kind)
+    async def _ensure_consumer(self, durable: str, filter_subject: str, position: int) -> None:
+        """Make the durable consumer of `filter_subject` deliver from just after `position` (the last committed
+        batch)."""
         try:
             info = await self._js.consumer_info(self.stream, durable)
         except nats.js.errors.NotFoundError:

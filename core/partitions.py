@@ -25,7 +25,10 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 import nats.js.errors
+import numpy as np
 import polars as pl
+
+from utp.core.columns import take_rows
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,15 @@ class Partition:
             return frame
         mine = [s for s in frame["symbol"].unique().to_list() if self.owns(s)]
         return frame.filter(pl.col("symbol").is_in(mine))
+
+
+def split(frame: pl.DataFrame, count: int) -> list[pl.DataFrame]:
+    """`frame`'s rows by the partition of their symbol: `count` frames (some may be empty), each in the order the
+    rows had."""
+    if not frame.height:
+        return [frame] * count
+    index = np.fromiter((partition_of(s, count) for s in frame["symbol"].to_list()), np.int64, frame.height)
+    return [take_rows(frame, np.flatnonzero(index == k)) for k in range(count)]
 
 
 def producers_of(engine: str, count: int) -> tuple[str, ...]:
@@ -112,15 +124,29 @@ class PartitionLeases:
     def _member(self) -> str:
         return f"{self.engine}.member.{self.worker}"
 
-    async def _keys(self, kv) -> list[str]:  # noqa: ANN001
-        try:
-            return await kv.keys()
-        except nats.js.errors.NoKeysError:
-            return []
+    async def _members(self) -> list[str]:
+        # nats-py's keys() can end its listing before the first entry arrives when the client is slow (it takes
+        # "nothing pending" from the consumer's info as the end): our own entry, just put, must be in it.
+        prefix = f"{self.engine}.member."
+        for _ in range(5):
+            try:
+                members = [k for k in await self._kv.keys() if k.startswith(prefix)]
+            except nats.js.errors.NoKeysError:
+                members = []
+            if self._member() in members:
+                return members
+        return [self._member()]  # no better answer: act alone this round, the next rebalance corrects it
 
     async def done(self) -> set[int]:
-        prefix = f"{self.engine}.p"
-        return {int(k[len(prefix):]) for k in await self._keys(self._done) if k.startswith(prefix)}
+        """The partitions marked done, each read by its key (a direct get; a listing can come back short)."""
+        out = set()
+        for k in range(self.count):
+            try:
+                await self._done.get(self._lease(k))
+            except nats.js.errors.KeyNotFoundError:  # also a deleted key
+                continue
+            out.add(k)
+        return out
 
     async def mark_done(self, k: int) -> None:
         await self._done.put(self._lease(k), self.worker.encode())
@@ -129,7 +155,7 @@ class PartitionLeases:
         """Renew what this process holds, and take or give back partitions towards its fair share."""
         out = Rebalance()
         await self._kv.put(self._member(), b"")
-        members = [k for k in await self._keys(self._kv) if k.startswith(f"{self.engine}.member.")]
+        members = await self._members()
         done = await self.done()
         open_ = [k for k in range(self.count) if k not in done]
         fair = math.ceil(len(open_) / max(1, len(members)))

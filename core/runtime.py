@@ -36,7 +36,7 @@ from utp.core.bus import Bus, Subscription
 from utp.core.clock import Clock
 from utp.core.ids import event_id
 from utp.core.kinds import KINDS, TIME, concat
-from utp.core.partitions import Partition
+from utp.core.partitions import Partition, split
 from utp.v1 import events_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -243,15 +243,25 @@ class _InputState:
         return min(times) if times else None
 
     def take_through(self, through_ns: int) -> pl.DataFrame | None:
-        """Every producer's rows up to `through_ns`, in time order; rows of one time by producer name, so the
-        engine sees the same order however the producers' batches interleaved on the way."""
-        heads = [h for _, p in sorted(self.producers.items()) if (h := p.take_through(through_ns)) is not None]
+        """Every producer's rows up to `through_ns`, in time order; rows of one time by producer (partitions by
+        number: the order a splitting producer publishes them in, and so the order they lie in the stream), so
+        the engine sees the same order however the producers' batches interleaved on the way."""
+        heads = [h for _, p in sorted(self.producers.items(), key=_producer_order)
+                 if (h := p.take_through(through_ns)) is not None]  # fmt: skip
         if len(heads) <= 1:
             return heads[0] if heads else None
         return pl.concat(heads, how="vertical").sort(TIME, maintain_order=True)
 
     def take_all(self) -> pl.DataFrame | None:
         return self.take_through(END)
+
+
+def _producer_order(item: tuple[str, object]) -> tuple[str, int]:
+    """("alpha.p10", _) -> ("alpha", 10): partitions in number order, after their engine's other names."""
+    base, _, token = item[0].rpartition(".")
+    if base and token[:1] == "p" and token[1:].isdigit():
+        return base, int(token[1:])
+    return item[0], -1
 
 
 def _split_through(frame: pl.DataFrame, through_ns: int) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -270,10 +280,17 @@ class _RunnerBase:
         *,
         status_interval_s: float | None = None,
         partition: Partition | None = None,
+        split_outputs: Mapping[str, int] | None = None,
     ) -> None:
         for kind in engine.outputs:
             if kind not in KINDS:
                 raise ValueError(f"{engine.name}: unknown output kind {kind!r}")
+        split_outputs = dict(split_outputs or {})
+        for kind, count in split_outputs.items():
+            if kind not in engine.outputs or not KINDS[kind].watermarked or count < 1:
+                raise ValueError(f"{engine.name} cannot split {kind!r} into {count} partitions")
+        if split_outputs and partition is not None:
+            raise ValueError(f"{engine.name} is one partition already; it cannot split its outputs again")
         self.engine = engine
         #: This runner's engine is one partition of several processes sharing the engine's symbols: it publishes
         #: as producer `<engine>.<partition>` on the partition's subjects, with its own checkpoint and consumers.
@@ -283,6 +300,11 @@ class _RunnerBase:
         #: Asked before each publish: a reason this runner may not publish any more (a partition's lease that
         #: expired while its process was held up: another process may hold the partition now), or None.
         self.fence: Callable[[], str | None] | None = None
+        #: Output kinds whose rows go out split by their symbol's partition (kind -> partitions): partition k's as
+        #: producer `<engine>.p<k>` on that partition's subject, each with the step's watermark, so that a process
+        #: running partition k of a consumer receives only its rows (`EngineRunner(split_inputs=...)`). Market data's
+        #: runner splits its bars this way when engines reading them are partitioned.
+        self.split_outputs = split_outputs
         self.bus = bus
         self.clock = clock
         self.checkpointer = checkpointer
@@ -333,7 +355,12 @@ class _RunnerBase:
                         f"{self.engine.name} emitted {kind} at {rows[TIME][0]}, not after its watermark {previous}"
                     )
             watermark = max(watermark, previous)
-            await self.bus.publish(Batch(kind, self.producer, rows, watermark, partition=self._partition_name))
+            if count := self.split_outputs.get(kind):
+                for k, part in enumerate(split(rows, count)):
+                    name = Partition(k, count).name
+                    await self.bus.publish(Batch(kind, f"{self.producer}.{name}", part, watermark, partition=name))
+            else:
+                await self.bus.publish(Batch(kind, self.producer, rows, watermark, partition=self._partition_name))
             self._published_wm[kind] = watermark
             self.events_out += rows.height
 
@@ -432,8 +459,14 @@ class EngineRunner(_RunnerBase):
         max_deliveries: int | None = None,
         producers: Mapping[str, Sequence[str]] | None = None,
         partition: Partition | None = None,
+        split_inputs: Sequence[str] = (),
     ) -> None:
         super().__init__(engine, bus, clock, checkpointer, status_interval_s=status_interval_s, partition=partition)
+        if split_inputs and partition is None:
+            raise ValueError(f"{engine.name} is not a partition: it takes every partition of {', '.join(split_inputs)}")
+        #: Input kinds whose producer splits its rows into this runner's partitions (`split_outputs`): it subscribes
+        #: to its own partition's subject, and the rows need no filtering.
+        self.split_inputs = frozenset(split_inputs)
         #: Per input kind, the producers whose watermarks must all pass a time before that input's does (the
         #: partitions of an engine that several processes share); a kind not named: whichever producer delivers.
         self.producers = {kind: tuple(sorted(names)) for kind, names in (producers or {}).items()}
@@ -477,8 +510,9 @@ class EngineRunner(_RunnerBase):
         for state in self._inputs.values():
             consumer = f"{self.producer}-{state.spec.kind}" + (f"-{self.consumer_tag}" if self.consumer_tag else "")
             handler = self._handler(state)
+            only = self.partition.name if self.partition is not None and state.spec.kind in self.split_inputs else None
             sub = await self.bus.subscribe(
-                state.spec.kind, consumer, handler, resume_after=positions.get(state.spec.kind)
+                state.spec.kind, consumer, handler, resume_after=positions.get(state.spec.kind), partition=only
             )
             self._subscriptions.append(sub)
         if self.state == pb.ENGINE_STATE_FAILED:
@@ -586,7 +620,8 @@ class EngineRunner(_RunnerBase):
             raise await self._fail(f"waiting for the bus to store {batch.kind} from {batch.producer}", exc) from exc
 
     def _accept(self, state: _InputState, batch: Batch) -> None:
-        if self.partition is not None:  # the partition's symbols only (the producer's watermark holds for them)
+        if self.partition is not None and state.spec.kind not in self.split_inputs:
+            # The partition's symbols only (the producer's watermark holds for them).
             batch = replace(batch, frame=self.partition.keep(batch.frame))
         state.producer(batch.producer).accept(batch)
 

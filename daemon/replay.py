@@ -219,7 +219,8 @@ def session_config(manifest: pb.SessionManifest) -> Config:
         raise ReplayError(f"session {manifest.session_id}: its configuration no longer loads: {exc}") from exc
     return msgspec.structs.replace(
         config,
-        bus=msgspec.structs.replace(config.bus, nats_url="", remote_engines=[]),  # every engine, in-process
+        # Every engine in-process, whole: the bars as the session's consumers merged them (partitions in order).
+        bus=msgspec.structs.replace(config.bus, nats_url="", remote_engines=[], partitions={}),
         broker=msgspec.structs.replace(config.broker, name="simulated"),
     )
 

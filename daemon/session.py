@@ -259,17 +259,28 @@ class Session:
         for e in engines:
             if count := config.bus.partitions.get(e.name):
                 producers.update(dict.fromkeys(e.outputs, producers_of(e.name, count)))
-        runners = [
-            EngineRunner(e, bus, clock, checkpointer, status_interval_s=status_interval_s, max_deliveries=max_deliveries,
-                         producers=producers,
-                         partition=partition if partition is not None and e.name in config.bus.partitions else None)
-            for e in engines
-        ]  # fmt: skip
+        # The bars go out split into the partitions of the engines that read them (one count for all, see the
+        # config), so that a partition's process receives its own bars only; everyone else takes every partition.
+        bar_partitions = next((n for e in engines if (n := config.bus.partitions.get(e.name))
+                               and any(i.kind == "bar" for i in e.inputs)), 0)  # fmt: skip
+        if bar_partitions:
+            producers["bar"] = producers_of(self.source.name, bar_partitions)
+
+        def runner(e: Engine) -> EngineRunner:
+            part = partition if partition is not None and e.name in config.bus.partitions else None
+            reads_split_bars = part is not None and bar_partitions and any(i.kind == "bar" for i in e.inputs)
+            own = {**producers, "bar": (f"{self.source.name}.{part.name}",)} if reads_split_bars else producers
+            return EngineRunner(e, bus, clock, checkpointer, status_interval_s=status_interval_s,
+                                max_deliveries=max_deliveries, producers=own, partition=part,
+                                split_inputs=("bar",) if reads_split_bars else ())  # fmt: skip
+
+        runners = [runner(e) for e in engines]
         remote = set(config.bus.remote_engines)
         #: The runners this session runs; those of bus.remote_engines are `utp engine` processes' (`remote_runners`).
         self.runners = [r for r in runners if r.engine.name not in remote]
         self.remote_runners = {r.engine.name: r for r in runners if r.engine.name in remote}
-        self.source_runner = SourceRunner(self.source, bus, clock, checkpointer, status_interval_s=status_interval_s)
+        self.source_runner = SourceRunner(self.source, bus, clock, checkpointer, status_interval_s=status_interval_s,
+                                          split_outputs={"bar": bar_partitions} if bar_partitions else None)  # fmt: skip
 
     def _venue(self, config: Config, universe: Universe, controls: ControlState,
                approval: Callable[[], bool] | None, environ: Mapping[str, str] | None) -> ExternalVenue | None:  # fmt: skip

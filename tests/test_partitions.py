@@ -8,12 +8,14 @@ import signal
 import time
 from pathlib import Path
 
+import nats
 import polars as pl
 import pytest
 
 from utp.core.config import ConfigError, load_config
 from utp.core.jetstream import JetStreamBus
-from utp.core.partitions import Partition, PartitionLeases, partition_of
+from utp.core.partitions import Partition, PartitionLeases, partition_of, split
+from utp.daemon.replay import read_session, replay
 from utp.v1 import core_service_pb2 as api
 from tests.test_engine_process import engine_process
 from tests.test_graph import run
@@ -42,6 +44,18 @@ def test_only_per_symbol_remote_engines_can_be_partitioned() -> None:
     with pytest.raises(ConfigError, match="ranks symbols"):
         load_config(environ={}, overrides={**base, "bus.remote_engines": ["features"], "bus.partitions": {"features": 2}})
     load_config(environ={}, overrides={**base, "bus.remote_engines": ["alpha"], "bus.partitions": {"alpha": 2}})
+    both = {**base, "bus.remote_engines": ["features", "alpha"], "features.rank_features": []}
+    with pytest.raises(ConfigError, match="read the same bars"):
+        load_config(environ={}, overrides={**both, "bus.partitions": {"alpha": 2, "features": 3}})
+    load_config(environ={}, overrides={**both, "bus.partitions": {"alpha": 2, "features": 2}})
+
+
+def test_split_keeps_each_partitions_rows_in_their_order() -> None:
+    frame = pl.DataFrame({"symbol": SYMBOLS * 2, "x": range(8)})
+    parts = split(frame, 2)
+    assert [p["symbol"].to_list() for p in parts] == [[s for s in SYMBOLS * 2 if Partition(k, 2).owns(s)] for k in (0, 1)]
+    assert pl.concat(parts).sort("x").equals(frame)
+    assert [p.height for p in split(frame.clear(), 3)] == [0, 0, 0]
 
 
 def test_processes_lease_a_fair_share_and_take_over_what_a_stopped_one_gave_back(
@@ -143,3 +157,18 @@ def test_two_processes_share_alpha_one_stops_mid_session_and_the_orders_do_not_c
                 worker.kill()
     ids = [o.client_order_id for o in asyncio.run(new_order_events(nats_url, stream, root))]
     assert len(ids) == len(set(ids)) == len(expected_orders), "an order was submitted twice or lost"
+    # The bars went out split into alpha's partitions, so each process was sent its own partition's bars only.
+    assert asyncio.run(bar_subjects(nats_url, stream, root)) == [f"{root}.bar._batch.p0", f"{root}.bar._batch.p1"]
+    # Its log replays in one process to the same decisions: the bars taken in the order the consumers merged them.
+    report = asyncio.run(replay(asyncio.run(read_session(nats_url, session_id, stream))))
+    assert report.identical, {k: (v.missing[:3], v.extra[:3], v.different[:3]) for k, v in report.kinds.items()
+                              if not v.identical}  # fmt: skip
+
+
+async def bar_subjects(url: str, stream: str, root: str) -> list[str]:
+    nc = await nats.connect(url)
+    try:
+        info = await nc.jetstream().stream_info(stream, subjects_filter=f"{root}.bar.>")
+        return sorted(info.state.subjects or {})
+    finally:
+        await nc.close()

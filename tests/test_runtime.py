@@ -12,7 +12,8 @@ from utp.core.batch import END, Batch
 from utp.core.bus import InProcessBus
 from utp.core.clock import SimulatedClock
 from utp.core.kinds import KINDS
-from utp.core.runtime import Engine, EngineContext, EngineFailure, EngineRunner, Input, InputMode
+from utp.core.partitions import Partition, partition_of, producers_of
+from utp.core.runtime import Engine, EngineContext, EngineFailure, EngineRunner, Input, InputMode, SourceEngine, SourceRunner
 from utp.v1 import events_pb2 as pb
 
 
@@ -167,6 +168,76 @@ def test_an_input_of_several_producers_steps_when_each_is_complete_in_one_order_
     steps = both("f.p0")
     assert steps == [(1, [(1, "A"), (1, "B")]), (2, [(2, "A"), (2, "B")]), (END, [(3, "A"), (3, "B")])]
     assert both("f.p1") == steps
+
+
+def test_partitions_are_merged_in_number_order_not_name_order() -> None:
+    # "f.p10" sorts before "f.p2" as a string; a producer that splits its rows publishes p2 first.
+    async def go() -> SymbolRecorder:
+        engine = SymbolRecorder()
+        bus, _, _ = await started(engine, producers={"bar": ("f.p10", "f.p2")})
+        await bus.publish(Batch("bar", "f.p10", bars([1], "Z"), END))
+        await bus.publish(Batch("bar", "f.p2", bars([1], "A"), END))
+        return engine
+
+    assert asyncio.run(go()).steps == [(END, [(1, "A"), (1, "Z")])]
+
+
+class ListedSource(SourceEngine):
+    """Publishes one prepared frame of bars per call."""
+
+    name = "md"
+    outputs = ("bar",)
+
+    def __init__(self, frames: list[tuple[pl.DataFrame, int]]) -> None:
+        self.frames = list(frames)
+
+    def produce(self, ctx: EngineContext) -> bool:
+        if not self.frames:
+            return False
+        frame, self.through_ns = self.frames.pop(0)
+        ctx.emit("bar", frame)
+        return True
+
+
+def test_a_source_that_splits_its_bars_reaches_each_partition_with_its_own_rows_only() -> None:
+    symbols = [f"S{i}" for i in range(12)]
+    mine = {k: [s for s in symbols if partition_of(s, 3) == k] for k in range(3)}
+    assert all(mine.values())
+    frames = [(pl.concat([bars([t], s) for s in symbols]), t) for t in (1, 2, 3)]
+
+    async def go() -> tuple[dict[int, SymbolRecorder], SymbolRecorder, dict[int, EngineRunner]]:
+        bus = InProcessBus()
+        parts = {k: SymbolRecorder() for k in range(3)}
+        runners = {k: EngineRunner(parts[k], bus, SimulatedClock(), producers={"bar": (f"md.p{k}",)},
+                                   partition=Partition(k, 3), split_inputs=("bar",)) for k in range(3)}  # fmt: skip
+        whole = SymbolRecorder()
+        runners[-1] = EngineRunner(whole, bus, SimulatedClock(), producers={"bar": producers_of("md", 3)})
+        for runner in runners.values():
+            await runner.start()
+        source = SourceRunner(ListedSource(frames), bus, SimulatedClock(), split_outputs={"bar": 3})
+        await source.start()
+        await source.run()
+        return parts, whole, runners
+
+    parts, whole, runners = asyncio.run(go())
+    for k, engine in parts.items():
+        # Only its own rows ever reached it (nothing filtered out on arrival), and each bar time in its step.
+        assert runners[k].events_in == 3 * len(mine[k])
+        assert engine.steps == [(t, [(t, s) for s in mine[k]]) for t in (1, 2, 3)]
+    # Whoever takes every partition steps once all are through, rows in partition order.
+    in_order = [s for k in range(3) for s in mine[k]]
+    assert whole.steps == [(t, [(t, s) for s in in_order]) for t in (1, 2, 3)]
+    assert all(r.state == pb.ENGINE_STATE_FINISHED for r in runners.values())
+
+
+def test_a_runner_splits_only_what_it_can() -> None:
+    bus = InProcessBus()
+    with pytest.raises(ValueError, match="cannot split 'rejected_bar'"):
+        SourceRunner(ListedSource([]), bus, SimulatedClock(), split_outputs={"rejected_bar": 2})
+    with pytest.raises(ValueError, match="one partition already"):
+        SourceRunner(ListedSource([]), bus, SimulatedClock(), split_outputs={"bar": 2}, partition=Partition(0, 2))
+    with pytest.raises(ValueError, match="not a partition"):
+        EngineRunner(SymbolRecorder(), bus, SimulatedClock(), split_inputs=("bar",))
 
 
 def test_a_checkpoint_from_before_inputs_kept_their_producers_apart_restores_to_the_first_producer() -> None:

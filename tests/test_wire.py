@@ -246,6 +246,73 @@ def test_partitions_publishing_at_once_arrive_as_their_own_batches(nats_url: str
         assert batch.frame.equals(frames[batch.producer.removeprefix("f.")]) and batch.through_ns == 7
 
 
+@pytest.mark.parametrize("in_process", [True, False], ids=["in-process", "over-the-server"])
+def test_a_consumer_of_one_partition_receives_only_that_partitions_batches(
+    nats_url: str, stream_names: tuple[str, str], in_process: bool
+) -> None:
+    # Market data splits its bars into partitions: a process running partition p1 of alpha takes p1's subject alone,
+    # whether the batches reach it in process (published on its own bus) or from the server.
+    stream, root = stream_names
+    frames = {p: _bars(5).with_columns(symbol=pl.col("symbol") + f"-{p}", event_id=pl.col("event_id") + f"-{p}")
+              for p in ("p0", "p1")}  # fmt: skip
+
+    async def go() -> tuple[list[Batch], list[Batch]]:
+        bus = JetStreamBus(nats_url, stream=stream, subject_root=root, deliver_in_process=in_process)
+        await bus.connect()
+        try:
+            one: list[Batch] = []
+            every: list[Batch] = []
+
+            async def keep_one(batch: Batch) -> None:
+                one.append(batch)
+
+            async def keep_every(batch: Batch) -> None:
+                every.append(batch)
+
+            await bus.subscribe("bar", "p1-reader", keep_one, partition="p1")
+            await bus.subscribe("bar", "reader", keep_every)
+            for t in (7, 8):
+                for p, frame in frames.items():
+                    await bus.publish(Batch("bar", f"md.{p}", frame.with_columns(event_time_ns=pl.lit(t, pl.Int64),
+                                                                                 event_id=pl.col("event_id") + f"@{t}"),
+                                            t, partition=p))  # fmt: skip
+            for _ in range(200):
+                if len(every) >= 4 and len(one) >= 2:
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)  # nothing more comes
+            info = await bus._js.consumer_info(stream, "p1-reader")
+            assert info.config.filter_subject == f"{root}.bar._batch.p1"
+            return one, every
+        finally:
+            await bus.close()
+
+    one, every = asyncio.run(go())
+    assert [(b.producer, b.through_ns) for b in one if not b.only_position] == [("md.p1", 7), ("md.p1", 8)]
+    assert all(b.frame["symbol"].str.ends_with("-p1").all() for b in one if not b.only_position)
+    assert sorted((b.producer, b.through_ns) for b in every if not b.only_position) == [
+        ("md.p0", 7), ("md.p0", 8), ("md.p1", 7), ("md.p1", 8)]
+
+
+def test_a_subscription_to_one_partition_of_a_kind_without_batches_is_refused(
+    nats_url: str, stream_names: tuple[str, str]
+) -> None:
+    stream, root = stream_names
+
+    async def go() -> None:
+        bus = JetStreamBus(nats_url, stream=stream, subject_root=root)
+        await bus.connect()
+        try:
+            async def nothing(batch: Batch) -> None: ...
+
+            with pytest.raises(ValueError, match="not published in batches"):
+                await bus.subscribe("control_command", "c", nothing, partition="p0")
+        finally:
+            await bus.close()
+
+    asyncio.run(go())
+
+
 def test_consumers_of_one_bus_decode_each_stored_part_once(nats_url: str, stream_names: tuple[str, str]) -> None:
     from utp.core.jetstream import _DecodedParts
 
