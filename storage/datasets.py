@@ -16,13 +16,18 @@ data set, split- and dividend-adjusted with a corporate-actions table when one i
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date
-from functools import partial
+from functools import cache, partial
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import polars as pl
+
+log = logging.getLogger(__name__)
 
 DAY_NS = 86_400 * 10**9
 HOUR_NS = 3_600 * 10**9
@@ -46,18 +51,64 @@ def _from_ohlcv_pandas(df: object, symbol: str) -> pl.DataFrame:
     )
 
 
+def _cache_folder() -> Path:
+    """Where the packaged data sets are kept as parquet once read: `UTP_CACHE_DIR`, else the user's cache folder."""
+    if folder := os.environ.get("UTP_CACHE_DIR"):
+        return Path(folder) / "datasets"
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("utp")) / "datasets"
+
+
+def _kept(package: str) -> Callable[[Callable[[], pl.DataFrame]], Callable[[], pl.DataFrame]]:
+    """A loader of a data set shipped in `package`, read from the package once per package version and kept as
+    parquet: importing `backtesting` (bokeh) or `skfolio` (scipy, sklearn) and parsing their files took 1-2 s of
+    every process that starts a session (each daemon, each `utp engine`), the parquet copy milliseconds. The copy is
+    the package's data unchanged (parquet keeps float64, int64 and strings exactly); one that cannot be read is
+    read from the package again, and one that cannot be written is not kept."""
+
+    def wrap(load: Callable[[], pl.DataFrame]) -> Callable[[], pl.DataFrame]:
+        @cache
+        def kept() -> pl.DataFrame:
+            try:
+                path = _cache_folder() / f"{load.__name__.removeprefix('_load_')}-{package}-{version(package)}.parquet"
+            except PackageNotFoundError:
+                return load()
+            try:
+                return pl.read_parquet(path)
+            except (OSError, pl.exceptions.PolarsError):
+                pass  # not kept yet, or unreadable: from the package
+            frame = load()
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                scratch = path.with_name(f".{path.name}.{os.getpid()}")
+                frame.write_parquet(scratch)
+                os.replace(scratch, path)  # whole or not at all, whoever else writes it at the same time
+            except OSError as exc:
+                log.debug("not keeping %s: %s", path, exc)
+            return frame
+
+        kept.__doc__ = load.__doc__
+        return kept
+
+    return wrap
+
+
+@_kept("backtesting")
 def _load_goog() -> pl.DataFrame:
     from backtesting.test import GOOG
 
     return _from_ohlcv_pandas(GOOG, "GOOG")
 
 
+@_kept("backtesting")
 def _load_eurusd() -> pl.DataFrame:
     from backtesting.test import EURUSD
 
     return _from_ohlcv_pandas(EURUSD, "EURUSD")
 
 
+@_kept("skfolio")
 def _load_sp500() -> pl.DataFrame:
     from skfolio.datasets import load_sp500_dataset
 
@@ -76,6 +127,11 @@ def _load_sp500() -> pl.DataFrame:
 
 def load_sp500_index() -> pl.DataFrame:
     """The S&P 500 index closes (the benchmark), as (event_time_ns, close)."""
+    return _load_sp500_index()
+
+
+@_kept("skfolio")
+def _load_sp500_index() -> pl.DataFrame:
     from skfolio.datasets import load_sp500_index as _load
 
     frame = pl.from_pandas(_load().reset_index(names="time"))
