@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
+from functools import cache
 
 import numpy as np
 import polars as pl
@@ -72,6 +73,7 @@ bands = st.one_of(st.just(0.0), st.floats(min_value=0.0, max_value=0.5),
 texts = st.one_of(st.just(""), st.sampled_from(["rsi", "ema_cross+rsi", "x" * 5000, "\x00", "🚀"]), st.text(max_size=20))
 
 
+@cache  # one strategy per enum: hypothesis validates a strategy object on its first draw
 def enum_numbers(enum: object) -> st.SearchStrategy[int]:
     """An enum's numbers, mostly known ones; proto3 enums are open, so unknown numbers travel too."""
     known = [v.number for v in enum.DESCRIPTOR.values]  # type: ignore[attr-defined]
@@ -80,18 +82,32 @@ def enum_numbers(enum: object) -> st.SearchStrategy[int]:
 
 # Half the messages are ordinary (every field a value the engines meet in a session) so that orders get placed,
 # filled and guarded, and the hostile half meets a book with positions and working orders.
+#: Strategies made once (not per draw inside the composites below): the fuzz tests' time went to building and
+#: validating strategy objects more than to the engines.
+ID_CHOICES = st.sampled_from([0, 1, 2, 3])  # this message's id (twice as likely), an id seen before, none
+WHEN = st.one_of(st.just(("bar time", 0)), st.sampled_from([("bar time", -DAY), ("bar time", DAY), ("at", 0), ("at", -1),
+                                                            ("at", 2**63 - 1)]),
+                 st.tuples(st.just("at"), st.integers(-(2**63), 2**63 - 1)))  # fmt: skip
+UNIVERSE_SYMBOLS = st.sampled_from(UNIVERSE)
+ANY_SYMBOLS = st.sampled_from(SYMBOLS)
+ORDINARY_TIF = st.sampled_from([0, 1, 2])
+ORDINARY_BANDS = st.sampled_from([0.0, 0.02])
+QUANTITIES = st.one_of(st.just(0.0), weights, st.floats(min_value=0.0, max_value=1e6))
+SOURCES = st.sampled_from(["risk", "exit", ""])
+
+
 @st.composite
 def headers(draw: st.DrawFn, kind: str, serial: int, time_ns: int, sane: bool) -> pb.EventHeader:
     """Ordinary: unique, at the step's bar time, a symbol of the universe. Else also an id seen before, a time off
     the bars or at the ends of int64, a symbol outside the universe."""
     if sane:
-        symbol = draw(st.sampled_from(UNIVERSE))  # risk names its intent after the correlation id: symbol@time
+        symbol = draw(UNIVERSE_SYMBOLS)  # risk names its intent after the correlation id: symbol@time
         return pb.EventHeader(event_id=f"{kind}/{serial}", correlation_id=f"{symbol}@{time_ns}", event_time_ns=time_ns,
                               symbol=symbol)  # fmt: skip
-    event_id = draw(st.sampled_from([f"{kind}/{serial}", f"{kind}/{serial}", f"{kind}/0", ""]))
-    when = draw(st.one_of(st.just(time_ns), st.sampled_from([time_ns - DAY, time_ns + DAY, 0, -1, 2**63 - 1]),
-                          st.integers(-(2**63), 2**63 - 1)))  # fmt: skip
-    return pb.EventHeader(event_id=event_id, correlation_id=draw(texts), event_time_ns=when, symbol=draw(st.sampled_from(SYMBOLS)))
+    event_id = [f"{kind}/{serial}", f"{kind}/{serial}", f"{kind}/0", ""][draw(ID_CHOICES)]
+    when = draw(WHEN)
+    when = time_ns + when[1] if when[0] == "bar time" else when[1]
+    return pb.EventHeader(event_id=event_id, correlation_id=draw(texts), event_time_ns=when, symbol=draw(ANY_SYMBOLS))
 
 
 @st.composite
@@ -112,7 +128,7 @@ def intents(draw: st.DrawFn, serial: int, time_ns: int, parents: list[tuple[str,
         header = draw(headers("intent", serial, time_ns, True))
         if not parents:
             return pb.OrderIntent(header=header, target_percent=draw(ordinary_weights), reference_price=PRICE, source="risk",
-                                  time_in_force=draw(st.sampled_from([0, 1, 2])), rebalance_band=draw(st.sampled_from([0.0, 0.02])))  # fmt: skip
+                                  time_in_force=draw(ORDINARY_TIF), rebalance_band=draw(ORDINARY_BANDS))  # fmt: skip
         parent, target = draw(st.sampled_from(parents))
         take_profit = draw(st.booleans())
         away = 1.0 + (0.03 if (target > 0) == take_profit else -0.03)
@@ -122,9 +138,9 @@ def intents(draw: st.DrawFn, serial: int, time_ns: int, parents: list[tuple[str,
                               parent_intent_id=parent, oco_group=f"oco/{parent}", reduce_only=True)  # fmt: skip
     intent = pb.OrderIntent(
         header=draw(headers("intent", serial, time_ns, False)), side=draw(enum_numbers(pb.OrderSide)),
-        quantity=draw(st.one_of(st.just(0.0), weights, st.floats(min_value=0.0, max_value=1e6))),
+        quantity=draw(QUANTITIES),
         order_type=draw(enum_numbers(pb.OrderType)), reason=draw(enum_numbers(pb.IntentReason)),
-        reference_price=draw(prices), reduce_only=draw(st.booleans()), source=draw(st.sampled_from(["risk", "exit", ""])),
+        reference_price=draw(prices), reduce_only=draw(st.booleans()), source=draw(SOURCES),
         limit_price=draw(prices), stop_price=draw(prices), time_in_force=draw(enum_numbers(pb.TimeInForce)),
         parent_intent_id=draw(st.sampled_from([*(p for p, _ in parents), "", "intent/unknown"])) if parents else draw(texts),
         oco_group=draw(texts), strategy=draw(texts), rebalance_band=draw(bands),
