@@ -90,17 +90,22 @@ once the first decision came (the soak's start: every engine running and its ker
 
 Its own records stay small so that the soak's RSS is the session's: bar times are kept for the last
 KEEP_BAR_TIMES only (a decision later than that counts as `late`, its latency unknown), and each decision is a
-float and its id."""
+float, and its id outside the soak."""
 
     KEEP_BAR_TIMES = 120
 
-    def __init__(self) -> None:
+    def __init__(self, *, keep_ids: bool = True) -> None:
+        #: Whether to count decisions by id (lost, duplicated); the soak does not, so that its RSS is the session's.
+        self.keep_ids = keep_ids
         self.bar_published: dict[int, int] = {}  # bar time -> when its bars began to be published; oldest first
         self.latencies_ms = array("d")
         self.late = 0
         self.decision_ids: Counter[str] = Counter()
         self.first_bar_ns = 0
         self.rss_warm_mb = 0.0  # once the first decision is made: every engine is running and compiled
+        #: The memory in use at the first decision after each whole minute since the first: flat, or growing?
+        self.rss_by_minute_mb: list[float] = []
+        self._first_decision_ns = 0
 
     def publishing_bars(self, times: np.ndarray) -> None:
         now = time.monotonic_ns()
@@ -116,6 +121,9 @@ float and its id."""
         now = time.monotonic_ns()
         if not self.rss_warm_mb:
             self.rss_warm_mb = _rss_mb()
+            self._first_decision_ns = now
+        elif now - self._first_decision_ns >= (len(self.rss_by_minute_mb) + 1) * 60 * 10**9:
+            self.rss_by_minute_mb.append(_rss_mb())
         for t in times.tolist():
             published = self.bar_published.get(t)
             if published is not None:
@@ -124,6 +132,8 @@ float and its id."""
                 self.late += 1
 
     async def on_events(self, kind: str, messages: list) -> None:
+        if not self.keep_ids:
+            return
         for m in messages:
             self.decision_ids[m.header.event_id] += 1
 
@@ -248,7 +258,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     if args.soak_minutes > 0:
         soak_times = max(1, int(args.soak_minutes * 60 * args.rate))
-        soak = Tap()
+        soak = Tap(keep_ids=False)
         bus = jetstream_bus(args.nats, soak, in_process=not args.over_the_server)
         soak, soak_elapsed, rss = asyncio.run(run_session(minute_bars(args.symbols, soak_times), args.rate, bus, soak))
         asyncio.run(drop_stream(bus, args.nats))
@@ -256,8 +266,10 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"soak: {soak_times} bar times over {soak_elapsed / 60:.1f} min; RSS {rss['start_rss_mb']} MB at the first decision, "
               f"{rss['end_rss_mb']} MB at the end; p99 {np.percentile(soak_ms, 99) if soak_ms.size else float('nan'):.2f} ms",
               flush=True)  # fmt: skip
+        print(f"soak: RSS after each minute, MB: {soak.rss_by_minute_mb}", flush=True)
         soak_p99 = float(np.percentile(soak_ms, 99)) if soak_ms.size else float("nan")
-        result.update(soak_minutes=round(soak_elapsed / 60, 1), soak_p99_ms=round(soak_p99, 3), soak_late=soak.late, **rss)
+        result.update(soak_minutes=round(soak_elapsed / 60, 1), soak_p99_ms=round(soak_p99, 3), soak_late=soak.late, **rss,
+                      rss_by_minute_mb=soak.rss_by_minute_mb)  # fmt: skip
     print(json.dumps(result), flush=True)
     return result
 

@@ -22,7 +22,7 @@ def test_the_graph_over_jetstream_loses_and_duplicates_no_decision_and_reports_i
     assert outcome["symbols"] == 20 and outcome["decisions"] > 0, outcome
     assert outcome["lost"] == outcome["duplicated"] == 0, outcome
     assert outcome["bars_per_s"] > 0 and math.isfinite(outcome["p50_ms"]) and outcome["p50_ms"] <= outcome["p99_ms"], outcome
-    assert outcome["end_rss_mb"] > 0 and outcome["soak_minutes"] > 0, outcome
+    assert outcome["end_rss_mb"] > 0 and outcome["soak_minutes"] > 0 and outcome["rss_by_minute_mb"] == [], outcome  # < 1 min
 
 
 def test_the_engine_step_bench_times_every_engine_of_the_graph() -> None:
