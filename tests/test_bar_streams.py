@@ -76,7 +76,7 @@ class Collector:
             return pl.concat(self.frames) if self.frames else pl.DataFrame(schema=BAR_SCHEMA)
 
 
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
@@ -182,7 +182,7 @@ def test_stream_reconnects_after_the_server_drops_it(vendor, server, make_stream
     publish_minute(server, 0)
     wait_until(lambda: stream.bars == 2, f"{vendor} bars before the drop")
     server.drop(vendor)
-    server.wait_subscribed(vendor, SYMBOLS, timeout=5.0)
+    server.wait_subscribed(vendor, SYMBOLS, timeout=30.0)
     publish_minute(server, 1)
     wait_until(lambda: stream.bars == 4, f"{vendor} bars after the reconnect")
     assert server.connections[vendor] == 2
@@ -231,7 +231,7 @@ class FakeClock:
         return self.now
 
 
-def poll_until(feed: FailoverFeed, expected_rows: int, timeout: float = 5.0) -> pl.DataFrame:
+def poll_until(feed: FailoverFeed, expected_rows: int, timeout: float = 30.0) -> pl.DataFrame:
     """Poll as a live session does until `expected_rows` have come, then once more to catch any extra."""
     frames: list[pl.DataFrame] = []
     wait_until(lambda: (frames.append(feed.poll()) or sum(f.height for f in frames)) >= expected_rows,

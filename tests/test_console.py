@@ -253,10 +253,12 @@ class _AnswersAfterTeardown(GrpcSource):
     def __init__(self, app_of: Callable[[], ConsoleApp], *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.app_of, self.armed, self.answered_after_teardown = app_of, False, False
+        self.holding = False  # the answer has come and waits for the teardown
 
     async def call(self, method: str, request, timeout: float = 10.0):  # noqa: ANN001, ANN201
         answer = await super().call(method, request, timeout)
         if self.armed and method == "ListApprovals":
+            self.holding = True
             view = self.app_of().views["approvals"]
             while view.query("#pending"):
                 await asyncio.sleep(0)
@@ -273,7 +275,9 @@ async def test_quitting_while_a_screen_loads_is_no_error(daemon_factory) -> None
         await wait_until(lambda: "approval" in str(app.views["approvals"].query_one("#approval-mode").render()))
         source.armed = True
         app.reload_view(app.views["approvals"])
-        await pilot.pause()
+        # Quit only once the daemon has answered: on a loaded machine the call itself could still be on its way
+        # at the teardown, which then cancels it, and the answer never lands anywhere.
+        await wait_until(lambda: source.holding, what="the daemon's answer")
     # Leaving run_test re-raises what the app died of: with the answer landing on a removed table, NoMatches.
     assert source.answered_after_teardown
 
@@ -364,12 +368,13 @@ async def test_cancel_a_working_order(daemon_factory) -> None:  # noqa: ANN001
     def working_orders() -> list[pb.Order]:
         return [o for o in daemon.stub.ListOrders(api.ListOrdersRequest()).orders if o.status in working]
 
-    app = console(daemon)
+    # Working orders (protective legs) live a few bars, a fraction of a second each at this rate: the console
+    # polls often, and the test waits for its Open tab to catch one rather than for the daemon to have one.
+    app = console(daemon, poll_seconds=0.2)
     async with app.run_test(size=(120, 40)) as pilot:
-        await wait_until(working_orders, 90, "a working order (a protective leg)")
         await pilot.press("3")
         table = app.views["orders"].query_one("#order-table", Table)
-        await wait_until(lambda: table.row_count > 0)
+        await wait_until(lambda: table.row_count > 0, 240, "a working order on the Open tab")
         coid = table.selected_key
         await pilot.press("x")
         await confirm(app, pilot)

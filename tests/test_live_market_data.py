@@ -71,7 +71,7 @@ def data_config(server: MarketDataStreamServer) -> DataConfig:
                       polygon_stream_secure=False)  # fmt: skip
 
 
-async def until(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+async def until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:

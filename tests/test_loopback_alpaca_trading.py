@@ -82,7 +82,7 @@ class StreamRecorder:
         wait_until(lambda: self.server.listening_streams() == 1, "the stream to listen")
         return self
 
-    def next(self, timeout: float = 3.0) -> TradeUpdate:
+    def next(self, timeout: float = 30.0) -> TradeUpdate:
         return self.updates.get(timeout=timeout)
 
     def take(self, n: int) -> list[tuple[str, str]]:
@@ -106,7 +106,7 @@ def stream(server: AlpacaTradingServer) -> Iterator[StreamRecorder]:
     recorder.stop()
 
 
-def wait_until(condition, what: str, timeout: float = 3.0) -> None:  # noqa: ANN001
+def wait_until(condition, what: str, timeout: float = 30.0) -> None:  # noqa: ANN001
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
