@@ -37,7 +37,7 @@ from utp.console.screens.base import View
 from utp.console.screens.dashboard import DashboardView
 from utp.console.screens.help import HelpScreen
 from utp.console.screens.models import ModelsView
-from utp.console.screens.orders import OrdersView
+from utp.console.screens.orders import OPEN_STATUSES, OrdersView
 from utp.console.screens.positions import PositionsView
 from utp.console.screens.signals import SignalsView
 from utp.console.source import DataSource, GrpcSource, SourceError
@@ -208,6 +208,9 @@ class ConsoleApp(App[None]):
                 )
             positions = await self.source.call("ListPositions", api.ListPositionsRequest(), 5)
             orders = await self.source.call("ListOrders", api.ListOrdersRequest(limit=ORDERS_SHOWN), 5)
+            # The Open tab needs every working order, and a protective leg can be older than the newest 500.
+            working = await self.source.call("ListOrders", api.ListOrdersRequest(limit=ORDERS_SHOWN,
+                                                                                 working_only=True), 5)
         except SourceError as exc:
             if exc.unreachable:
                 if state.connected:
@@ -220,6 +223,9 @@ class ConsoleApp(App[None]):
         state.dashboard = dashboard
         state.positions = list(positions.positions)
         state.orders = list(orders.orders)
+        newest = {o.client_order_id for o in state.orders}
+        # An older daemon ignores working_only and answers the newest orders again: keep only working ones.
+        state.orders += [o for o in working.orders if o.status in OPEN_STATUSES and o.client_order_id not in newest]
 
     @work(exclusive=True, group="watch")
     async def _watch_forever(self) -> None:

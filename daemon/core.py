@@ -44,6 +44,8 @@ _EQUITY_POINTS = 20_000
 #: Seconds a flatten asked for while halted may send orders through the broker gate.
 FLATTEN_GRACE_S = 60.0
 _ALERTS_KEPT = 1_000
+#: Orders that can still fill or be cancelled.
+WORKING_STATUSES = frozenset({pb.ORDER_STATUS_NEW, pb.ORDER_STATUS_PARTIALLY_FILLED, pb.ORDER_STATUS_HELD})
 #: Rejected intents and risk events kept for ListRejections.
 REJECTIONS_KEPT = 1_000
 #: Risk events after which the daemon halts trading (persisted, so a restart stays halted).
@@ -443,8 +445,10 @@ class CoreDaemon:
         log.warning("operator %s runs job %s: %s", actor, name, reason or "no reason given")
         return job_message(await self.scheduler.run_now(name, actor))
 
-    def orders(self, limit: int = 0) -> list[pb.Order]:
+    def orders(self, limit: int = 0, working_only: bool = False) -> list[pb.Order]:
         orders = [pb.Order.FromString(v) for _, v in self.store.items(ORDERS)]
+        if working_only:
+            orders = [o for o in orders if o.status in WORKING_STATUSES]
         orders.sort(key=lambda o: (o.submitted_time_ns, o.client_order_id), reverse=True)
         return orders[:limit] if limit > 0 else orders
 

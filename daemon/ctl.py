@@ -59,6 +59,7 @@ def add_parsers(sub: Any, add_client_args: Callable[[argparse.ArgumentParser], N
     command("positions", "open positions")
     orders = command("orders", "orders, newest first")
     orders.add_argument("--limit", type=int, default=20)
+    orders.add_argument("--working", action="store_true", help="only working orders, however old")
     approvals = command("approvals", "the approval queue")
     approvals.add_argument("--decided", type=int, default=0, help="also this many recent decisions")
     command("signals", "the latest signal of each symbol, with its components")
@@ -184,7 +185,7 @@ def _call(stub: api_grpc.CoreServiceStub, args: argparse.Namespace, actor: str) 
                  f"unrealized {p.unrealized_pnl:>+10.2f}" for p in r.positions]  # fmt: skip
         return r, "\n".join(lines) or "no open position"
     if name == "orders":
-        r = stub.ListOrders(api.ListOrdersRequest(limit=args.limit), timeout=timeout)
+        r = stub.ListOrders(api.ListOrdersRequest(limit=args.limit, working_only=args.working), timeout=timeout)
         lines = [f"{_time(o.submitted_time_ns)} {o.client_order_id} {o.header.symbol} "
                  f"{pb.OrderSide.Name(o.side).removeprefix('ORDER_SIDE_')} {o.quantity:g} "
                  f"{pb.OrderStatus.Name(o.status).removeprefix('ORDER_STATUS_')} {o.message}".rstrip() for o in r.orders]  # fmt: skip

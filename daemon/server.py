@@ -27,7 +27,7 @@ from grpc_reflection.v1alpha import reflection
 from utp.core.config import AlphaConfig, Config, ConfigError, load_config, parse_assignments, parse_yaml
 from utp.core.kinds import KIND_BY_NUMBER
 from utp.daemon import sweep, walkforward
-from utp.daemon.core import REJECTIONS_KEPT, CoreDaemon
+from utp.daemon.core import REJECTIONS_KEPT, WORKING_STATUSES, CoreDaemon
 from utp.daemon.session import NamedRun, backtest, named_runs
 from utp.daemon.sweep import SweepError, SweepReport, SweepSpec, SweepStreams
 from utp.daemon.walkforward import FoldResult, WalkForwardResult
@@ -43,10 +43,6 @@ SERVICE_NAME = api.DESCRIPTOR.services_by_name["CoreService"].full_name
 #: Ensemble sources: the alpha models plus the learned model (tft).
 KNOWN_SOURCES = frozenset({"tft", *AlphaConfig.__struct_fields__})
 _MAX_TEXT = 1_000
-
-
-#: Orders an operator can cancel.
-_WORKING = frozenset({pb.ORDER_STATUS_NEW, pb.ORDER_STATUS_PARTIALLY_FILLED, pb.ORDER_STATUS_HELD})
 
 
 class InvalidRequest(ValueError):
@@ -483,7 +479,7 @@ class CoreServicer(api_grpc.CoreServiceServicer):
     async def ListOrders(self, request: api.ListOrdersRequest, context: grpc.aio.ServicerContext) -> api.ListOrdersResponse:
         if request.limit < 0:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "limit must be >= 0")
-        return api.ListOrdersResponse(orders=self.daemon.orders(request.limit))
+        return api.ListOrdersResponse(orders=self.daemon.orders(request.limit, working_only=request.working_only))
 
     async def SetExecutionApproval(
         self, request: api.SetExecutionApprovalRequest, context: grpc.aio.ServicerContext
@@ -522,7 +518,7 @@ class CoreServicer(api_grpc.CoreServiceServicer):
         order = self.daemon.order(cid)
         if order is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"client_order_id: no order {cid!r} in the hot state")
-        if order.status not in _WORKING:
+        if order.status not in WORKING_STATUSES:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"order {cid} is {pb.OrderStatus.Name(order.status)}: only a working order can be cancelled")  # fmt: skip
         await self.daemon.cancel_order(cid, reason, actor)

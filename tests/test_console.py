@@ -4,6 +4,8 @@ holds afterwards (through its own stub) is what the operator asked for."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -11,11 +13,12 @@ import grpc
 from textual.pilot import Pilot
 from textual.widgets import Input
 
-from utp.console.app import ConsoleApp, StatusBar, default_actor, status_line
+from utp.console.app import ORDERS_SHOWN, ConsoleApp, StatusBar, default_actor, status_line
 from utp.console.source import GrpcSource
 from utp.console.screens.models import RetrainScreen
 from utp.console.widgets import ConfirmScreen, Table
 from utp.daemon.auth import read_token, token_path
+from utp.storage.state import ORDERS, StateStore
 from utp.v1 import core_service_pb2 as api
 from utp.v1 import events_pb2 as pb
 
@@ -384,6 +387,36 @@ async def test_cancel_a_working_order(daemon_factory) -> None:  # noqa: ANN001
             await wait_until(lambda: coid not in {o.client_order_id for o in working_orders()}, 30, "the order to go")
         else:  # it filled between the click and the call: the daemon says so, and the console said so too
             assert entry.outcome == grpc.StatusCode.FAILED_PRECONDITION.name
+
+
+async def test_the_open_tab_shows_a_working_order_older_than_the_newest_it_lists(daemon_factory, tmp_path) -> None:  # noqa: ANN001
+    # A protective leg placed before 600 orders that have since filled: the console lists the newest 500 orders,
+    # and the Open tab must still show the leg.
+    store = StateStore(tmp_path / "data" / "state", fsync=False)
+    for i in range(601):
+        order = pb.Order(client_order_id=f"c{i:04d}", side=pb.ORDER_SIDE_SELL, quantity=10.0,
+                         status=pb.ORDER_STATUS_NEW if i == 0 else pb.ORDER_STATUS_FILLED,
+                         submitted_time_ns=(i + 1) * 10**9)  # fmt: skip
+        order.header.symbol = "GOOG"
+        store.put(ORDERS, order.client_order_id, order.SerializeToString())
+    store.close()
+    daemon = daemon_factory("--replay-rate", "1").start()  # execution not approved: no order of its own
+    newest = daemon.stub.ListOrders(api.ListOrdersRequest(limit=ORDERS_SHOWN)).orders
+    assert len(newest) == ORDERS_SHOWN and "c0000" not in {o.client_order_id for o in newest}
+    working = daemon.stub.ListOrders(api.ListOrdersRequest(limit=ORDERS_SHOWN, working_only=True)).orders
+    assert [o.client_order_id for o in working] == ["c0000"]
+    listed = subprocess.run([sys.executable, "-m", "utp.daemon.cli", "ctl", "orders", "--working", "--target",
+                             daemon.target, "--data-dir", str(daemon.data_dir)], capture_output=True, text=True,
+                            timeout=120)  # fmt: skip
+    assert listed.returncode == 0 and [line.split()[2] for line in listed.stdout.splitlines()] == ["c0000"]
+    app = console(daemon)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("3")
+        table = app.views["orders"].query_one("#order-table", Table)
+        await wait_until(lambda: table.row_count > 0, 30, "the Open tab's rows")
+        assert table.row_count == 1 and table.selected_key == "c0000"
+        await pilot.press("v")  # Filled: the newest 500 only
+        await wait_until(lambda: table.row_count == ORDERS_SHOWN, 30, "the Filled tab's rows")
 
 
 async def test_retrain_from_the_models_screen(daemon_factory) -> None:  # noqa: ANN001

@@ -86,10 +86,12 @@ class ListPositionsResponse(_message.Message):
     def __init__(self, positions: _Optional[_Iterable[_Union[_events_pb2.PositionSnapshot, _Mapping]]] = ...) -> None: ...
 
 class ListOrdersRequest(_message.Message):
-    __slots__ = ("limit",)
+    __slots__ = ("limit", "working_only")
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    WORKING_ONLY_FIELD_NUMBER: _ClassVar[int]
     limit: int
-    def __init__(self, limit: _Optional[int] = ...) -> None: ...
+    working_only: bool
+    def __init__(self, limit: _Optional[int] = ..., working_only: _Optional[bool] = ...) -> None: ...
 
 class ListOrdersResponse(_message.Message):
     __slots__ = ("orders",)
