@@ -4,8 +4,6 @@ holds afterwards (through its own stub) is what the operator asked for."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 
@@ -21,6 +19,7 @@ from utp.daemon.auth import read_token, token_path
 from utp.storage.state import ORDERS, StateStore
 from utp.v1 import core_service_pb2 as api
 from utp.v1 import events_pb2 as pb
+from tests.test_operations import ctl
 
 APPROVED = ("--set", "approve_execution_on_start=true")
 #: Small enough to train in a test, as tests/test_daemon.py's retrain test.
@@ -405,9 +404,7 @@ async def test_the_open_tab_shows_a_working_order_older_than_the_newest_it_lists
     assert len(newest) == ORDERS_SHOWN and "c0000" not in {o.client_order_id for o in newest}
     working = daemon.stub.ListOrders(api.ListOrdersRequest(limit=ORDERS_SHOWN, working_only=True)).orders
     assert [o.client_order_id for o in working] == ["c0000"]
-    listed = subprocess.run([sys.executable, "-m", "utp.daemon.cli", "ctl", "orders", "--working", "--target",
-                             daemon.target, "--data-dir", str(daemon.data_dir)], capture_output=True, text=True,
-                            timeout=120)  # fmt: skip
+    listed = ctl(daemon, "orders", "--working")
     assert listed.returncode == 0 and [line.split()[2] for line in listed.stdout.splitlines()] == ["c0000"]
     app = console(daemon)
     async with app.run_test(size=(120, 40)) as pilot:
