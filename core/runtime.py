@@ -493,6 +493,8 @@ class EngineRunner(_RunnerBase):
         if not self._joined:
             raise ValueError(f"{engine.name} needs at least one joined input")
         self._lock = asyncio.Lock()
+        #: The bus's `Batch.stored` of batches applied but not yet held by it: no checkpoint before they all are.
+        self._unstored: list[asyncio.Future] = []
         self._subscriptions: list[Subscription] = []
         self._finish_called = False
         #: Times `restart` ran.
@@ -546,6 +548,7 @@ class EngineRunner(_RunnerBase):
             self._emitted.clear()
             self._records.clear()
             self._dead.clear()
+            self._unstored.clear()
             self._step = None
             self.through = NOTHING
             self._published_wm = dict.fromkeys(self._published_wm, NOTHING)
@@ -566,6 +569,12 @@ class EngineRunner(_RunnerBase):
         async def handle(batch: Batch) -> None:
             async with self._lock:
                 await self._on_batch(state, batch)
+            if batch.stored is not None and not batch.stored.done():
+                # Outside the lock: the engine's other inputs step meanwhile (ensemble takes alpha's signals while
+                # the features it stepped on are still being stored). This input takes nothing more before it is.
+                await self._until_stored(batch)
+                async with self._lock:
+                    await self._commit()
 
         return handle
 
@@ -603,11 +612,35 @@ class EngineRunner(_RunnerBase):
             await self._publish_outputs()
         except Exception as exc:
             raise await self._fail("publishing", exc) from exc
-        await self._until_stored(batch)  # its effects are committed only once the bus holds it
+        # Its effects are committed only once the bus holds it: a batch handed over in process before the server
+        # stored it is committed by its handler when it is (`_handler`).
+        if batch.stored is not None and not batch.stored.done():
+            self._unstored.append(batch.stored)
+            return
+        await self._until_stored(batch)
+        await self._commit()
+
+    async def _commit(self) -> None:
+        """Checkpoint the engine, unless it applied a batch the bus does not hold yet: the engine's state is committed
+        only when everything it applied is stored, by whichever handler sees that last. A batch the bus failed to
+        store fails its handler, and then the engine, so nothing is committed past it."""
+        if self.state == pb.ENGINE_STATE_FAILED:
+            return
+        if any(not f.done() or f.cancelled() or f.exception() is not None for f in self._unstored):
+            return
+        self._unstored.clear()
         self._checkpoint()
         await self._publish_status()
         if self.state == pb.ENGINE_STATE_RUNNING and self._all_done():
             await self._set_state(pb.ENGINE_STATE_FINISHED)
+
+    async def _until_all_stored(self) -> None:
+        """Wait until the bus holds every batch applied so far, so that a checkpoint now commits nothing unstored."""
+        try:
+            await asyncio.gather(*self._unstored)
+        except Exception as exc:
+            raise await self._fail("waiting for the bus to store what it applied", exc) from exc
+        self._unstored.clear()
 
     async def _until_stored(self, batch: Batch) -> None:
         """Wait until the bus holds a batch handed over in process before it did (`Batch.stored`); fail if it never
@@ -713,6 +746,7 @@ class EngineRunner(_RunnerBase):
                 await self._publish_outputs()
             except Exception as exc:
                 raise await self._fail("publishing", exc) from exc
+            await self._until_all_stored()
             self._checkpoint()
             return True
 
@@ -721,6 +755,7 @@ class EngineRunner(_RunnerBase):
             self._finish_called = True
             self.engine.finish(self.ctx)
             await self._publish_outputs()
+            await self._until_all_stored()
             self._checkpoint()
         await super()._set_state(state)
 

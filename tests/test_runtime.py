@@ -389,3 +389,45 @@ def test_a_batch_handed_over_before_the_bus_stored_it_is_committed_only_once_sto
         assert state.position == 41  # never back
 
     asyncio.run(go())
+
+
+def test_an_engine_takes_its_other_inputs_while_a_batch_it_applied_waits_to_be_stored() -> None:
+    """Ensemble steps on alpha's signals while the feature vectors it took in process are still being stored: a
+    batch waiting for the bus holds up the engine's other inputs (it used to hold the engine's lock), never its
+    commit: the checkpoint waits for every batch it applied, and a batch never stored fails the engine unsaved."""
+
+    async def go() -> None:
+        engine = Recorder((Input("bar"), Input("alpha_signal")))
+        kept = _Kept()
+        runner = EngineRunner(engine, InProcessBus(), SimulatedClock(), kept)
+        await runner.start()
+        on_bar, on_alpha = runner._handler(runner._inputs["bar"]), runner._handler(runner._inputs["alpha_signal"])
+        before = len(kept.saved)
+        loop = asyncio.get_running_loop()
+
+        bar_stored, alpha_stored = loop.create_future(), loop.create_future()
+        bar = asyncio.create_task(on_bar(Batch("bar", "p", bars([1]), 1, stored=bar_stored)))
+        await asyncio.sleep(0.05)
+        alpha = asyncio.create_task(on_alpha(Batch("alpha_signal", "p", alphas([1]), 1, stored=alpha_stored)))
+        await asyncio.sleep(0.05)
+        assert engine.calls == [(1, {"bar": [1], "alpha_signal": [1]})]  # stepped, the bar still unstored
+        alpha_stored.set_result(None)
+        await alpha
+        assert len(kept.saved) == before and not bar.done()  # the bar it applied is not stored yet
+        bar_stored.set_result(None)
+        await bar
+        assert len(kept.saved) == before + 1
+
+        bar_lost, alpha_stored = loop.create_future(), loop.create_future()
+        bar = asyncio.create_task(on_bar(Batch("bar", "p", bars([2]), 2, stored=bar_lost)))
+        alpha = asyncio.create_task(on_alpha(Batch("alpha_signal", "p", alphas([2]), 2, stored=alpha_stored)))
+        await asyncio.sleep(0.05)
+        assert engine.calls[-1] == (2, {"bar": [2], "alpha_signal": [2]})
+        bar_lost.set_exception(RuntimeError("the server never acked it"))
+        alpha_stored.set_result(None)
+        with pytest.raises(EngineFailure, match="waiting for the bus to store bar from p"):
+            await bar
+        await alpha
+        assert runner.state == pb.ENGINE_STATE_FAILED and len(kept.saved) == before + 1  # nothing past the lost bar
+
+    asyncio.run(go())
