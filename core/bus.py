@@ -36,6 +36,9 @@ class Subscription(ABC):
     @abstractmethod
     async def close(self) -> None: ...
 
+    async def refresh(self) -> None:  # noqa: B027 - only a tap on a bus that filters at the source needs it
+        """A tap's `KindFilter` may answer otherwise now (a watcher came or went): take what it wants from now on."""
+
 
 class Bus(ABC):
     """Publish batches; deliver them per kind to durable subscribers and to taps."""
@@ -78,7 +81,8 @@ class Bus(ABC):
 
     @abstractmethod
     async def tap(self, handler: TapHandler, wants: KindFilter) -> Subscription:
-        """Best-effort, non-durable view of every published event, for watchers."""
+        """Best-effort, non-durable view of the published events of the kinds `wants`, for watchers. A bus may ask
+        `wants` only when the tap starts and when it is refreshed (`Subscription.refresh`)."""
 
     async def record_applied(self, engine: str, kind: str, event_ids: list[str], through_ns: int) -> None:  # noqa: B027
         """Record durably that `engine` applied these commands after its step through `through_ns`, for a

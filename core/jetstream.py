@@ -400,7 +400,7 @@ class JetStreamBus(Bus):
         self._nc: nats.NATS | None = None
         self._js = None
         self._decoded = _DecodedParts()  # one decode per stored part for all of this bus's consumers
-        self._subscriptions: list[_JetStreamSubscription] = []
+        self._subscriptions: list[Subscription] = []
         #: Whether batches published here go to this bus's own consumers at once as well (`_LocalBatch`), besides
         #: the server, which still stores them and delivers them to everyone else (and to these after a restart).
         self.deliver_in_process = deliver_in_process
@@ -851,10 +851,49 @@ class JetStreamBus(Bus):
             except Exception:  # a watcher must never break the bus
                 log.exception("tap handler failed on %s", kind_name)
 
-        nats_sub = await self._nc.subscribe(self.subjects.everything(), cb=on_message)
-        sub = _JetStreamSubscription("tap", nats_sub=nats_sub)
+        sub = _JetStreamTap(self, wants, on_message)
+        await sub.refresh()
         self._subscriptions.append(sub)
         return sub
+
+
+@dataclass(eq=False)
+class _JetStreamTap(Subscription):
+    """A tap's subscriptions on the server: one per kind it wants, so that the server sends this process only those
+    kinds (a tap on every subject had every bar and feature vector sent back to the process that published them,
+    which then read and dropped them: more bytes in than the session's own consumers took)."""
+
+    bus: JetStreamBus
+    wants: KindFilter
+    callback: Callable[[Msg], Any]
+    by_kind: dict[str, Any] = field(default_factory=dict)
+    closed: bool = False
+    # Refreshes one at a time: two at once (a watcher leaving as another comes) would subscribe a kind twice.
+    _refreshing: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def refresh(self) -> None:
+        async with self._refreshing:
+            nc = self.bus._nc
+            if self.closed or nc is None or nc.is_closed:
+                return
+            wanted = {kind for kind in KINDS if self.wants(kind)}
+            for kind in sorted(wanted - set(self.by_kind)):
+                self.by_kind[kind] = await nc.subscribe(self.bus.subjects.of_kind(kind), cb=self.callback)
+            for kind in sorted(set(self.by_kind) - wanted):
+                await self._unsubscribe(self.by_kind.pop(kind))
+
+    async def close(self) -> None:
+        self.closed = True
+        for nats_sub in self.by_kind.values():
+            await self._unsubscribe(nats_sub)
+        self.by_kind.clear()
+
+    @staticmethod
+    async def _unsubscribe(nats_sub: Any) -> None:
+        try:
+            await nats_sub.unsubscribe()
+        except Exception:  # noqa: S110 - the connection may already be gone
+            pass
 
 
 async def read_stored(js: Any, stream: str, subject: str, first: int = 1, last: int | None = None) -> list[Msg]:

@@ -22,7 +22,7 @@ from typing import Any
 from google.protobuf.message import Message
 
 from utp.core.batch import Batch
-from utp.core.bus import Bus, InProcessBus
+from utp.core.bus import Bus, InProcessBus, Subscription
 from utp.core.clock import WallClock
 from utp.core.config import Config, to_dict
 from utp.core.controls import ControlState
@@ -93,6 +93,8 @@ class CoreDaemon:
         self.session_id = ""
         self.controls = ControlState()
         self.watchers: set[Watcher] = set()
+        self._tap: Subscription | None = None  # the bus's tap for watchers, status and metrics (`_tap_wants`)
+        self._background: set[asyncio.Task] = set()
         self.engine_status: dict[str, pb.EngineStatus] = {}
         self.account: pb.AccountSnapshot | None = None
         self.state = api.SESSION_STATE_STARTING
@@ -153,7 +155,7 @@ class CoreDaemon:
         if self.controls.sequence == 0 and self.config.approve_execution_on_start:
             self.controls = ControlState(execution_approved=True)
             self.store.set_control_state(self.controls)
-        await bus.tap(self._on_tap, self._tap_wants)
+        self._tap = await bus.tap(self._on_tap, self._tap_wants)
         self.session = Session(
             self.config,
             bus=bus,
@@ -540,13 +542,24 @@ class CoreDaemon:
             response.account.CopyFrom(self.account)
         return response
 
-    def add_watcher(self, kinds: frozenset[str], symbols: frozenset[str]) -> Watcher:
+    async def add_watcher(self, kinds: frozenset[str], symbols: frozenset[str]) -> Watcher:
         watcher = Watcher(kinds, symbols)
         self.watchers.add(watcher)
+        await self.refresh_tap()
         return watcher
 
     def remove_watcher(self, watcher: Watcher) -> None:
         self.watchers.discard(watcher)
+        if self._tap is not None:
+            # Not awaited: the caller may be a stream being cancelled; events of kinds nobody wants are dropped anyway.
+            task = asyncio.get_running_loop().create_task(self._tap.refresh())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def refresh_tap(self) -> None:
+        """Say that `_tap_wants` may answer otherwise now: the bus may send the tap only the kinds it wanted so far."""
+        if self._tap is not None:
+            await self._tap.refresh()
 
 
 def job_message(job: Any) -> api.ScheduledJob:

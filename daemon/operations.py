@@ -68,6 +68,7 @@ class Operations:
         ops = self.config.operations
         self._start_metrics()
         self.daemon.tap_listeners.append(self._on_tap)
+        await self.daemon.refresh_tap()  # the metrics' kinds
         self._watch_breaker()
         if ops.scheduler:
             self.scheduler = Scheduler(standard_jobs(pre_market=self.pre_market, end_of_day=self.end_of_day,

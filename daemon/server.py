@@ -459,7 +459,7 @@ class CoreServicer(api_grpc.CoreServiceServicer):
             kinds.add(kind.name)  # type: ignore[union-attr]
         if len(request.symbols) > 10_000 or any(len(s) > 64 for s in request.symbols):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "symbols: at most 10000 symbols of 64 characters")
-        watcher = self.daemon.add_watcher(frozenset(kinds), frozenset(request.symbols))
+        watcher = await self.daemon.add_watcher(frozenset(kinds), frozenset(request.symbols))
         try:
             while True:
                 event = await watcher.queue.get()

@@ -429,3 +429,17 @@ def test_trigger_retrain_streams_the_stages_then_registers_the_model(daemon) -> 
     with pytest.raises(grpc.RpcError) as bad:
         list(daemon.stub.TriggerRetrain(api.TriggerRetrainRequest(model="xgboost"), timeout=30))
     assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "model" in bad.value.details()
+
+
+def test_a_daemon_on_jetstream_sends_a_watcher_the_kinds_it_asks_for(daemon_factory, nats_url, stream_names) -> None:  # noqa: ANN001
+    """Over JetStream the daemon's tap takes only the kinds someone watches (its status and metrics kinds, which
+    include bars); a watcher asking for feature vectors, which nobody watched when the session started, gets them."""
+    from tests.test_restart import daemon_args
+
+    stream, root = stream_names
+    daemon = daemon_factory(*daemon_args(nats_url, stream, root, rate=20)).start()
+    try:
+        events = collect(daemon.stub, api.WatchEventsRequest(kinds=[pb.EVENT_KIND_FEATURE_VECTOR]), 5)
+    finally:
+        daemon.stop()  # before its stream is deleted
+    assert events and {e.WhichOneof("payload") for e in events} == {"feature_vector"}

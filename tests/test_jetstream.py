@@ -307,3 +307,43 @@ def test_the_server_deletes_consumers_nobody_pulls_from_and_a_new_one_resumes_at
     deleted, got = asyncio.run(go())
     assert deleted
     assert got == [1, 2]
+
+
+def test_a_tap_is_sent_only_the_kinds_it_wants_and_takes_more_once_refreshed(nats_url: str, stream_names) -> None:  # noqa: ANN001
+    """The server sends a tap the kinds it wants, not every subject: a process that publishes bars and feature vectors
+    and taps its risk decisions no longer reads its own bars back. A watcher asking for more is served once the tap is
+    refreshed."""
+    from utp.core.batch import Batch
+    from tests.test_runtime import bars
+
+    stream, root = stream_names
+    wanted = {"risk_decision"}
+    seen: list[str] = []
+
+    async def go() -> tuple[int, int]:
+        bus = JetStreamBus(nats_url, stream=stream, subject_root=root)
+        await bus.connect()
+
+        async def watch(kind: str, messages: list) -> None:
+            seen.extend(kind for _ in messages)
+
+        tap = await bus.tap(watch, lambda kind: kind in wanted)
+        many = bars(list(range(1, 2001)))
+        before = bus._nc.stats["in_bytes"]
+        await bus.publish(Batch("bar", "md", many, 2000))
+        await asyncio.sleep(0.5)
+        not_sent = bus._nc.stats["in_bytes"] - before  # the acks only
+
+        wanted.add("bar")
+        await tap.refresh()
+        await bus.publish(Batch("bar", "md", bars([2001, 2002]), 2002))
+        for _ in range(100):
+            if len(seen) >= 2:
+                break
+            await asyncio.sleep(0.05)
+        await bus.close()
+        return not_sent, len(wire.parts(KINDS["bar"], many, 1 << 30).__next__())
+
+    not_sent, size = asyncio.run(go())
+    assert not_sent < size / 10, f"{not_sent} bytes came back for a {size}-byte batch nobody tapped"
+    assert seen == ["bar", "bar"]
