@@ -342,7 +342,7 @@ def test_a_tap_is_sent_only_the_kinds_it_wants_and_takes_more_once_refreshed(nat
                 break
             await asyncio.sleep(0.05)
         await bus.close()
-        return not_sent, len(wire.parts(KINDS["bar"], many, 1 << 30).__next__())
+        return not_sent, len(next(wire.parts(KINDS["bar"], many, 1 << 30)))
 
     not_sent, size = asyncio.run(go())
     assert not_sent < size / 10, f"{not_sent} bytes came back for a {size}-byte batch nobody tapped"
