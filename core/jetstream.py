@@ -307,6 +307,14 @@ class PublishNotAcked(RuntimeError):
     """The server did not ack a publish in time: the connection may have lost it."""
 
 
+async def _unsubscribe(nats_sub: Any) -> None:
+    """End a core NATS subscription, quietly: the connection may already be gone."""
+    try:
+        await nats_sub.unsubscribe()
+    except Exception:  # noqa: S110 - closing anyway
+        pass
+
+
 @dataclass(eq=False)
 class _JetStreamSubscription(Subscription):
     name: str
@@ -327,10 +335,7 @@ class _JetStreamSubscription(Subscription):
             except (asyncio.CancelledError, Exception):  # noqa: S110 - closing; the loop logged its own errors
                 pass
         if self.nats_sub is not None:
-            try:
-                await self.nats_sub.unsubscribe()  # type: ignore[attr-defined]
-            except Exception:  # noqa: S110 - the connection may already be gone
-                pass
+            await _unsubscribe(self.nats_sub)
 
 
 def dead_letter_id(engine: str, kind: str, event_id: str) -> str:
@@ -880,20 +885,13 @@ class _JetStreamTap(Subscription):
             for kind in sorted(wanted - set(self.by_kind)):
                 self.by_kind[kind] = await nc.subscribe(self.bus.subjects.of_kind(kind), cb=self.callback)
             for kind in sorted(set(self.by_kind) - wanted):
-                await self._unsubscribe(self.by_kind.pop(kind))
+                await _unsubscribe(self.by_kind.pop(kind))
 
     async def close(self) -> None:
         self.closed = True
         for nats_sub in self.by_kind.values():
-            await self._unsubscribe(nats_sub)
+            await _unsubscribe(nats_sub)
         self.by_kind.clear()
-
-    @staticmethod
-    async def _unsubscribe(nats_sub: Any) -> None:
-        try:
-            await nats_sub.unsubscribe()
-        except Exception:  # noqa: S110 - the connection may already be gone
-            pass
 
 
 async def read_stored(js: Any, stream: str, subject: str, first: int = 1, last: int | None = None) -> list[Msg]:
