@@ -45,7 +45,6 @@ _EQUITY_POINTS = 20_000
 FLATTEN_GRACE_S = 60.0
 _ALERTS_KEPT = 1_000
 #: Orders that can still fill or be cancelled.
-WORKING_STATUSES = frozenset({pb.ORDER_STATUS_NEW, pb.ORDER_STATUS_PARTIALLY_FILLED, pb.ORDER_STATUS_HELD})
 #: Rejected intents and risk events kept for ListRejections.
 REJECTIONS_KEPT = 1_000
 #: Risk events after which the daemon halts trading (persisted, so a restart stays halted).
@@ -448,11 +447,17 @@ class CoreDaemon:
         return job_message(await self.scheduler.run_now(name, actor))
 
     def orders(self, limit: int = 0, working_only: bool = False) -> list[pb.Order]:
-        orders = [pb.Order.FromString(v) for _, v in self.store.items(ORDERS)]
+        """Orders newest first (by submission time, then client order id), `limit` of them (0: all). Read through the
+        store's indexes: a long session's other orders are not decoded."""
         if working_only:
-            orders = [o for o in orders if o.status in WORKING_STATUSES]
+            orders = [pb.Order.FromString(v) for v in self.store.working_orders()]
+            orders.sort(key=lambda o: (o.submitted_time_ns, o.client_order_id), reverse=True)
+            return orders[:limit] if limit > 0 else orders
+        if limit > 0:
+            return [pb.Order.FromString(v) for v in self.store.newest_orders(limit)]
+        orders = [pb.Order.FromString(v) for _, v in self.store.items(ORDERS)]
         orders.sort(key=lambda o: (o.submitted_time_ns, o.client_order_id), reverse=True)
-        return orders[:limit] if limit > 0 else orders
+        return orders
 
     def approvals(self) -> tuple[list[pb.OrderApproval], list[pb.OrderApproval]]:
         """(pending oldest first, decided newest first) from the hot state execution keeps."""

@@ -27,11 +27,12 @@ from grpc_reflection.v1alpha import reflection
 from utp.core.config import AlphaConfig, Config, ConfigError, load_config, parse_assignments, parse_yaml
 from utp.core.kinds import KIND_BY_NUMBER
 from utp.daemon import sweep, walkforward
-from utp.daemon.core import REJECTIONS_KEPT, WORKING_STATUSES, CoreDaemon
+from utp.daemon.core import REJECTIONS_KEPT, CoreDaemon
 from utp.daemon.session import NamedRun, backtest, named_runs
 from utp.daemon.sweep import SweepError, SweepReport, SweepSpec, SweepStreams
 from utp.daemon.walkforward import FoldResult, WalkForwardResult
 from utp.storage.datasets import DATASETS
+from utp.storage.state import WORKING_STATUSES
 from utp.v1 import core_service_pb2 as api
 from utp.v1 import core_service_pb2_grpc as api_grpc
 from utp.v1 import events_pb2 as pb

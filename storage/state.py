@@ -17,6 +17,7 @@ import lmdb
 
 from utp.core.controls import ControlState
 from utp.core.runtime import Checkpoint, RecordWrite
+from utp.v1 import events_pb2 as pb
 
 #: Tables (LMDB named databases).
 CHECKPOINTS = "checkpoints"  # engine name -> pickled runner and engine state
@@ -28,7 +29,20 @@ QUARANTINE = "quarantine"  # "<time>/<symbol>/<reason>" -> utp.v1.RejectedBar
 META = "meta"  # session metadata, JSON values
 AUDIT = "audit"  # "<wall time ns, 20 digits>" -> utp.v1.AuditEntry (operator actions)
 APPROVALS = "approvals"  # target intent id -> utp.v1.OrderApproval (per-order approval queue, latest state)
-TABLES = (CHECKPOINTS, PROGRESS, ORDERS, POSITIONS, FLAGS, QUARANTINE, META, AUDIT, APPROVALS)
+# Indexes of ORDERS that the store keeps in the same transaction as each order's write, so that the newest orders
+# and the working ones are read without decoding every order of a long session (the console asks twice a second).
+ORDERS_BY_TIME = "orders_by_time"  # "<submitted time ns + 2**63, 20 digits>/<client order id>" -> client order id
+WORKING_ORDERS = "working_orders"  # client order id -> b"" while the order is working
+TABLES = (CHECKPOINTS, PROGRESS, ORDERS, POSITIONS, FLAGS, QUARANTINE, META, AUDIT, APPROVALS, ORDERS_BY_TIME,
+          WORKING_ORDERS)  # fmt: skip
+
+#: Order statuses in which an order may still fill or be cancelled.
+WORKING_STATUSES = frozenset({pb.ORDER_STATUS_NEW, pb.ORDER_STATUS_PARTIALLY_FILLED, pb.ORDER_STATUS_HELD})
+
+
+def _time_key(order: pb.Order) -> bytes:
+    # Offset so that the digits sort as the signed times do.
+    return f"{order.submitted_time_ns + 2**63:020d}/{order.client_order_id}".encode()
 
 
 class StateStore:
@@ -41,6 +55,7 @@ class StateStore:
         # a power loss; fsync=True (the default) survives both.
         self.env = lmdb.open(str(self.path), map_size=map_size, max_dbs=len(TABLES) + 1, sync=fsync, metasync=fsync)
         self._dbs = {name: self.env.open_db(name.encode()) for name in TABLES}
+        self._index_orders()
 
     def close(self) -> None:
         self.env.close()
@@ -82,10 +97,62 @@ class StateStore:
     def _apply(self, txn: lmdb.Transaction, writes: Iterable[RecordWrite]) -> None:
         for w in writes:
             db = self._dbs[w.table]
+            key = w.key.encode()
+            if w.table == ORDERS:
+                self._unindex_order(txn, key)
             if w.value is None:
-                txn.delete(w.key.encode(), db=db)
+                txn.delete(key, db=db)
             else:
-                txn.put(w.key.encode(), w.value, db=db)
+                txn.put(key, w.value, db=db)
+                if w.table == ORDERS:
+                    self._index_order(txn, key, w.value)
+
+    # -- orders ------------------------------------------------------------------------------------
+    def _index_order(self, txn: lmdb.Transaction, key: bytes, value: bytes) -> None:
+        order = pb.Order.FromString(value)
+        txn.put(_time_key(order), key, db=self._dbs[ORDERS_BY_TIME])
+        if order.status in WORKING_STATUSES:
+            txn.put(key, b"", db=self._dbs[WORKING_ORDERS])
+
+    def _unindex_order(self, txn: lmdb.Transaction, key: bytes) -> None:
+        old = txn.get(key, db=self._dbs[ORDERS])
+        if old is not None:
+            txn.delete(_time_key(pb.Order.FromString(old)), db=self._dbs[ORDERS_BY_TIME])
+        txn.delete(key, db=self._dbs[WORKING_ORDERS])
+
+    def _index_orders(self) -> None:
+        """Index the orders of a store written before the indexes existed (or by a version that did not keep them)."""
+        if self.count(ORDERS) == self.count(ORDERS_BY_TIME):
+            return
+        with self.env.begin(write=True) as txn:
+            for db in (ORDERS_BY_TIME, WORKING_ORDERS):
+                txn.drop(self._dbs[db], delete=False)
+            for key, value in txn.cursor(db=self._dbs[ORDERS]):
+                self._index_order(txn, bytes(key), bytes(value))
+
+    def newest_orders(self, limit: int) -> list[bytes]:
+        """The `limit` orders submitted last (serialized `utp.v1.Order`), newest first; ties by client order id,
+        the greater first."""
+        with self.env.begin() as txn:
+            cursor = txn.cursor(db=self._dbs[ORDERS_BY_TIME])
+            out: list[bytes] = []
+            if not cursor.last():
+                return out
+            orders = self._dbs[ORDERS]
+            while len(out) < limit:
+                value = txn.get(cursor.value(), db=orders)
+                if value is not None:
+                    out.append(bytes(value))
+                if not cursor.prev():
+                    break
+            return out
+
+    def working_orders(self) -> list[bytes]:
+        """Every working order (serialized `utp.v1.Order`), in client order id order."""
+        with self.env.begin() as txn:
+            orders = self._dbs[ORDERS]
+            values = (txn.get(key, db=orders) for key in txn.cursor(db=self._dbs[WORKING_ORDERS]).iternext(values=False))
+            return [bytes(v) for v in values if v is not None]
 
     # -- checkpoints -------------------------------------------------------------------------------
     def commit(self, checkpoints: Iterable[Checkpoint]) -> None:
