@@ -6,14 +6,19 @@
 The bars are real: GOOG's daily OHLCV (the `backtesting` package) as one-minute bars, each symbol a copy scaled
 and shifted in time by its own number of rows, so that the symbols' signals differ. Every engine of a paper
 session (market data, features, alpha, ensemble, portfolio, risk, exit, execution) runs in this process on the
-JetStream bus, the wall clock and the simulated broker, as `utp core --nats` runs them.
+JetStream bus, the wall clock and the simulated broker, as `utp core --nats` runs them, and, as there, commits its
+checkpoint, bus positions and records to hot state (LMDB, in a temporary folder) after every step it applies.
+`--no-state` leaves the checkpoints out (the engines and the bus alone: what the figures of stops before 24 counted);
+`--fsync` syncs every commit to disk, the daemon's default (`state.fsync`), which the figures otherwise leave out.
 
 Latency is bar publish -> risk decision: for every risk decision, the time the bus held it (its publish acked by
 the server) minus the time market data began to publish its bar time's bars (one clock, stamped by the bus the
 session runs on). Engines that share the process take a batch as it is published, before the server has stored
 it (they commit nothing before it is), so the decision may be made before the bar is stored; the figure counts
 from the start of the bar's publish all the same (`--over-the-server`: every batch goes through the server, for
-comparison). `bars_per_s` is the bars of the run over its wall time, from the session's start to its end. Lost and duplicated
+comparison). `sent_p50_ms` and `sent_p99_ms` count to the decision handed to the connection instead (made and sent,
+not yet acked): the engines' share, apart from the wait for the server's ack and for the event loop to read it.
+`bars_per_s` is the bars of the run over its wall time, from the session's start to its end. Lost and duplicated
 compare the decisions with those of the same graph on the in-process bus and a simulated clock (the reference):
 a decision of the reference never seen is lost, one seen twice is duplicated (seen by a tap on the bus). Last line,
 JSON: `{"symbols": 500, "bars_per_s": .., "p50_ms": .., "p99_ms": .., "lost": 0, "duplicated": 0, ...}` where
@@ -28,6 +33,7 @@ import json
 import logging
 import os
 import resource
+import tempfile
 import time
 import uuid
 from array import array
@@ -46,6 +52,7 @@ from utp.core.jetstream import JetStreamBus
 from utp.core.universe import Universe
 from utp.daemon.session import MarketData, Session
 from utp.storage.datasets import BAR_COLUMNS, Dataset, dataset
+from utp.storage.state import ImmediateCheckpointer, StateStore
 
 MINUTE_NS = 60 * 10**9
 START_NS = 1_704_205_800 * 10**9  # 2024-01-02 14:30 UTC, the open
@@ -72,14 +79,14 @@ def minute_bars(symbols: int, bar_times: int) -> MarketData:
     return MarketData(one_minute, Universe(names), bars)
 
 
-def config(rate: float) -> Config:
+def config(rate: float, *, fsync: bool = False) -> Config:
     return load_config(environ={}, overrides={
         "market_data.replay_rate": rate, "market_data.batch_bar_times": 1,
         # One-minute bars around the clock and a universe with no history: the session and screen filters would
         # refuse every entry, and the decisions are what is measured.
         "risk.filters.market_hours": False, "risk.universe.enabled": False, "risk.filters.min_avg_volume": 0.0,
         "risk.max_positions": 500, "risk.max_total_exposure": 1000000000000.0, "risk.max_orders_per_minute": 0,
-        "risk.max_orders_per_symbol_day": 0, "state.fsync": False,
+        "risk.max_orders_per_symbol_day": 0, "state.fsync": fsync,
     })  # fmt: skip
 
 
@@ -99,6 +106,8 @@ float, and its id outside the soak."""
         self.keep_ids = keep_ids
         self.bar_published: dict[int, int] = {}  # bar time -> when its bars began to be published; oldest first
         self.latencies_ms = array("d")
+        #: Bar publish -> the decision handed to the connection (sent, not yet acked): the engines' share of the latency.
+        self.sent_ms = array("d")
         self.late = 0
         self.decision_ids: Counter[str] = Counter()
         self.first_bar_ns = 0
@@ -116,6 +125,13 @@ float, and its id outside the soak."""
                 self.bar_published[t] = now
                 while len(self.bar_published) > self.KEEP_BAR_TIMES:
                     del self.bar_published[next(iter(self.bar_published))]
+
+    def decisions_sent(self, times: np.ndarray) -> None:
+        now = time.monotonic_ns()
+        for t in times.tolist():
+            published = self.bar_published.get(t)
+            if published is not None:
+                self.sent_ms.append((now - published) / 1e6)
 
     def decisions_stored(self, times: np.ndarray) -> None:
         now = time.monotonic_ns()
@@ -152,14 +168,25 @@ class TimedBus(JetStreamBus):
         if batch.kind == "risk_decision" and batch.frame.height:
             self.timing.decisions_stored(batch.frame["event_time_ns"].to_numpy())
 
+    def _deliver_in_process(self, batch: Batch, subject: str, batch_id: str) -> asyncio.Future | None:
+        # Called once every part of a batch is handed to the connection, before the acks are awaited.
+        if batch.kind == "risk_decision" and batch.frame.height:
+            self.timing.decisions_sent(batch.frame["event_time_ns"].to_numpy())
+        return super()._deliver_in_process(batch, subject, batch_id)
 
-async def run_session(market_data: MarketData, rate: float, bus: Bus, tap: Tap | None = None) -> tuple[Tap, float, dict]:
+
+async def run_session(market_data: MarketData, rate: float, bus: Bus, tap: Tap | None = None, *,
+                      state: Path | None = None, fsync: bool = False) -> tuple[Tap, float, dict]:
+    """One session of the graph; over JetStream with `state`, every engine commits its checkpoint, positions and records
+    to hot state in that folder after each step it applies, as `utp core --nats` does (`ImmediateCheckpointer`)."""
     simulated = isinstance(bus, InProcessBus)
     tap = tap or Tap()
     if not simulated:
         await bus.connect()  # type: ignore[attr-defined]
-    session = Session(config(rate), bus=bus, clock=SimulatedClock() if simulated else WallClock(), market_data=market_data,
-                      controls=ControlState(execution_approved=True))  # fmt: skip
+    store = StateStore(state, fsync=fsync) if state is not None and not simulated else None
+    session = Session(config(rate, fsync=fsync), bus=bus, clock=SimulatedClock() if simulated else WallClock(),
+                      market_data=market_data, controls=ControlState(execution_approved=True),
+                      checkpointer=ImmediateCheckpointer(store) if store is not None else None)  # fmt: skip
     await bus.tap(tap.on_events, lambda kind: kind == "risk_decision")
     try:
         await session.start()
@@ -172,6 +199,8 @@ async def run_session(market_data: MarketData, rate: float, bus: Bus, tap: Tap |
         await session.stop()
         if not simulated:
             await bus.close()
+        if store is not None:
+            store.close()
     if not simulated:
         print(f"batches handed over in process: {bus.handed_in_process}", flush=True)  # type: ignore[attr-defined]
     return tap, elapsed, {"start_rss_mb": tap.rss_warm_mb, "end_rss_mb": end_rss}
@@ -220,16 +249,25 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--over-the-server", action="store_true",
                         help="engines of the process take batches from the server, not as they are published")
     parser.add_argument("--soak-minutes", type=float, default=0.0, help="a soak at --rate this long (0: none)")
+    parser.add_argument("--no-state", action="store_true",
+                        help="engines keep no hot state (no checkpoints): the engines and the bus alone, for comparison")
+    parser.add_argument("--fsync", action="store_true", help="hot state synced to disk at every commit (`state.fsync`, "
+                        "the daemon's default); without it, safe across a process crash but not a power loss")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
+    folder = tempfile.TemporaryDirectory(prefix="utp-bench-state-")
 
-    result: dict = {"symbols": args.symbols, "in_process": not args.over_the_server}
+    def hot_state(name: str) -> Path | None:
+        return None if args.no_state else Path(folder.name) / name
+
+    result: dict = {"symbols": args.symbols, "in_process": not args.over_the_server, "hot_state": not args.no_state,
+                    "fsync": args.fsync}  # fmt: skip
     fast_data = minute_bars(args.symbols, args.bar_times)
     asyncio.run(run_session(minute_bars(args.symbols, 10), 0.0, InProcessBus()))  # kernels loaded, imports done
     reference, no_wire_elapsed, _ = asyncio.run(run_session(fast_data, 0.0, InProcessBus()))
     tap = Tap()
     bus = jetstream_bus(args.nats, tap, in_process=not args.over_the_server)
-    tap, elapsed, _ = asyncio.run(run_session(fast_data, 0.0, bus, tap))
+    tap, elapsed, _ = asyncio.run(run_session(fast_data, 0.0, bus, tap, state=hot_state("fast"), fsync=args.fsync))
     asyncio.run(drop_stream(bus, args.nats))
     bars = fast_data.bars.height
     lost = len(set(reference.decision_ids) - set(tap.decision_ids))
@@ -245,7 +283,8 @@ def main(argv: list[str] | None = None) -> dict:
     fixed_reference, _, _ = asyncio.run(run_session(fixed_data, 0.0, InProcessBus()))
     fixed = Tap()
     bus = jetstream_bus(args.nats, fixed, in_process=not args.over_the_server)
-    fixed, fixed_elapsed, _ = asyncio.run(run_session(fixed_data, args.rate, bus, fixed))
+    fixed, fixed_elapsed, _ = asyncio.run(run_session(fixed_data, args.rate, bus, fixed, state=hot_state("fixed"),
+                                                      fsync=args.fsync))  # fmt: skip
     asyncio.run(drop_stream(bus, args.nats))
     ms = latencies(fixed)
     result["lost"] += len(set(fixed_reference.decision_ids) - set(fixed.decision_ids))
@@ -254,13 +293,19 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"fixed rate {args.rate:g} bar times/s ({args.rate * args.symbols:,.0f} bars/s): {ms.size} decisions, "
           f"bar -> decision p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {ms.max() if ms.size else float('nan'):.2f} ms",
           flush=True)  # fmt: skip
-    result.update(p50_ms=round(p50, 3), p99_ms=round(p99, 3), fixed_rate_bars_per_s=args.rate * args.symbols, late=fixed.late)
+    sent = np.frombuffer(fixed.sent_ms, dtype=np.float64)
+    sent_p50, sent_p99 = (float(np.percentile(sent, q)) if sent.size else float("nan") for q in (50, 99))
+    print(f"  of which bar -> decision sent (made, handed to the connection, not yet acked): p50 {sent_p50:.2f} ms, "
+          f"p99 {sent_p99:.2f} ms", flush=True)  # fmt: skip
+    result.update(p50_ms=round(p50, 3), p99_ms=round(p99, 3), sent_p50_ms=round(sent_p50, 3), sent_p99_ms=round(sent_p99, 3),
+                  fixed_rate_bars_per_s=args.rate * args.symbols, late=fixed.late)  # fmt: skip
 
     if args.soak_minutes > 0:
         soak_times = max(1, int(args.soak_minutes * 60 * args.rate))
         soak = Tap(keep_ids=False)
         bus = jetstream_bus(args.nats, soak, in_process=not args.over_the_server)
-        soak, soak_elapsed, rss = asyncio.run(run_session(minute_bars(args.symbols, soak_times), args.rate, bus, soak))
+        soak, soak_elapsed, rss = asyncio.run(run_session(minute_bars(args.symbols, soak_times), args.rate, bus, soak,
+                                                          state=hot_state("soak"), fsync=args.fsync))  # fmt: skip
         asyncio.run(drop_stream(bus, args.nats))
         soak_ms = latencies(soak)
         print(f"soak: {soak_times} bar times over {soak_elapsed / 60:.1f} min; RSS {rss['start_rss_mb']} MB at the first decision, "
@@ -270,6 +315,7 @@ def main(argv: list[str] | None = None) -> dict:
         soak_p99 = float(np.percentile(soak_ms, 99)) if soak_ms.size else float("nan")
         result.update(soak_minutes=round(soak_elapsed / 60, 1), soak_p99_ms=round(soak_p99, 3), soak_late=soak.late, **rss,
                       rss_by_minute_mb=soak.rss_by_minute_mb)  # fmt: skip
+    folder.cleanup()
     print(json.dumps(result), flush=True)
     return result
 

@@ -20,8 +20,11 @@ def test_the_graph_over_jetstream_loses_and_duplicates_no_decision_and_reports_i
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     outcome = json.loads(result.stdout.strip().splitlines()[-1])
     assert outcome["symbols"] == 20 and outcome["decisions"] > 0, outcome
+    assert outcome["hot_state"] is True, outcome  # the engines commit to LMDB as the daemon's do
     assert outcome["lost"] == outcome["duplicated"] == 0, outcome
     assert outcome["bars_per_s"] > 0 and math.isfinite(outcome["p50_ms"]) and outcome["p50_ms"] <= outcome["p99_ms"], outcome
+    # A decision is sent before it is acked.
+    assert 0 < outcome["sent_p50_ms"] <= outcome["p50_ms"] and outcome["sent_p50_ms"] <= outcome["sent_p99_ms"], outcome
     assert outcome["end_rss_mb"] > 0 and outcome["soak_minutes"] > 0 and outcome["rss_by_minute_mb"] == [], outcome  # < 1 min
 
 
