@@ -44,7 +44,6 @@ _EQUITY_POINTS = 20_000
 #: Seconds a flatten asked for while halted may send orders through the broker gate.
 FLATTEN_GRACE_S = 60.0
 _ALERTS_KEPT = 1_000
-#: Orders that can still fill or be cancelled.
 #: Rejected intents and risk events kept for ListRejections.
 REJECTIONS_KEPT = 1_000
 #: Risk events after which the daemon halts trading (persisted, so a restart stays halted).
