@@ -126,12 +126,20 @@ float, and its id outside the soak."""
                 while len(self.bar_published) > self.KEEP_BAR_TIMES:
                     del self.bar_published[next(iter(self.bar_published))]
 
-    def decisions_sent(self, times: np.ndarray) -> None:
-        now = time.monotonic_ns()
+    def _since_bars(self, times: np.ndarray, now: int, into: array) -> int:
+        """Append to `into` the ms from each decision's bars' publish to `now`; the number of decisions whose bar
+        time is no longer kept."""
+        unknown = 0
         for t in times.tolist():
             published = self.bar_published.get(t)
             if published is not None:
-                self.sent_ms.append((now - published) / 1e6)
+                into.append((now - published) / 1e6)
+            else:
+                unknown += 1
+        return unknown
+
+    def decisions_sent(self, times: np.ndarray) -> None:
+        self._since_bars(times, time.monotonic_ns(), self.sent_ms)
 
     def decisions_stored(self, times: np.ndarray) -> None:
         now = time.monotonic_ns()
@@ -140,12 +148,7 @@ float, and its id outside the soak."""
             self._first_decision_ns = now
         elif now - self._first_decision_ns >= (len(self.rss_by_minute_mb) + 1) * 60 * 10**9:
             self.rss_by_minute_mb.append(_rss_mb())
-        for t in times.tolist():
-            published = self.bar_published.get(t)
-            if published is not None:
-                self.latencies_ms.append((now - published) / 1e6)
-            else:
-                self.late += 1
+        self.late += self._since_bars(times, now, self.latencies_ms)
 
     async def on_events(self, kind: str, messages: list) -> None:
         if not self.keep_ids:
@@ -233,6 +236,10 @@ async def drop_stream(bus: JetStreamBus, url: str) -> None:
     await nc.close()
 
 
+def p50_p99(ms: np.ndarray) -> tuple[float, float]:
+    return (float(np.percentile(ms, 50)), float(np.percentile(ms, 99))) if ms.size else (float("nan"), float("nan"))
+
+
 def latencies(tap: Tap) -> np.ndarray:
     if tap.late:
         print(f"{tap.late} decisions came over {Tap.KEEP_BAR_TIMES} bar times after their bar", flush=True)
@@ -289,12 +296,11 @@ def main(argv: list[str] | None = None) -> dict:
     ms = latencies(fixed)
     result["lost"] += len(set(fixed_reference.decision_ids) - set(fixed.decision_ids))
     result["duplicated"] += sum(n - 1 for n in fixed.decision_ids.values() if n > 1)
-    p50, p99 = (float(np.percentile(ms, q)) if ms.size else float("nan") for q in (50, 99))
+    p50, p99 = p50_p99(ms)
     print(f"fixed rate {args.rate:g} bar times/s ({args.rate * args.symbols:,.0f} bars/s): {ms.size} decisions, "
           f"bar -> decision p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {ms.max() if ms.size else float('nan'):.2f} ms",
           flush=True)  # fmt: skip
-    sent = np.frombuffer(fixed.sent_ms, dtype=np.float64)
-    sent_p50, sent_p99 = (float(np.percentile(sent, q)) if sent.size else float("nan") for q in (50, 99))
+    sent_p50, sent_p99 = p50_p99(np.frombuffer(fixed.sent_ms, dtype=np.float64))
     print(f"  of which bar -> decision sent (made, handed to the connection, not yet acked): p50 {sent_p50:.2f} ms, "
           f"p99 {sent_p99:.2f} ms", flush=True)  # fmt: skip
     result.update(p50_ms=round(p50, 3), p99_ms=round(p99, 3), sent_p50_ms=round(sent_p50, 3), sent_p99_ms=round(sent_p99, 3),
@@ -307,12 +313,10 @@ def main(argv: list[str] | None = None) -> dict:
         soak, soak_elapsed, rss = asyncio.run(run_session(minute_bars(args.symbols, soak_times), args.rate, bus, soak,
                                                           state=hot_state("soak"), fsync=args.fsync))  # fmt: skip
         asyncio.run(drop_stream(bus, args.nats))
-        soak_ms = latencies(soak)
+        _, soak_p99 = p50_p99(latencies(soak))
         print(f"soak: {soak_times} bar times over {soak_elapsed / 60:.1f} min; RSS {rss['start_rss_mb']} MB at the first decision, "
-              f"{rss['end_rss_mb']} MB at the end; p99 {np.percentile(soak_ms, 99) if soak_ms.size else float('nan'):.2f} ms",
-              flush=True)  # fmt: skip
+              f"{rss['end_rss_mb']} MB at the end; p99 {soak_p99:.2f} ms", flush=True)  # fmt: skip
         print(f"soak: RSS after each minute, MB: {soak.rss_by_minute_mb}", flush=True)
-        soak_p99 = float(np.percentile(soak_ms, 99)) if soak_ms.size else float("nan")
         result.update(soak_minutes=round(soak_elapsed / 60, 1), soak_p99_ms=round(soak_p99, 3), soak_late=soak.late, **rss,
                       rss_by_minute_mb=soak.rss_by_minute_mb)  # fmt: skip
     folder.cleanup()

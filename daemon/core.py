@@ -448,15 +448,12 @@ class CoreDaemon:
     def orders(self, limit: int = 0, working_only: bool = False) -> list[pb.Order]:
         """Orders newest first (by submission time, then client order id), `limit` of them (0: all). Read through the
         store's indexes: a long session's other orders are not decoded."""
-        if working_only:
-            orders = [pb.Order.FromString(v) for v in self.store.working_orders()]
-            orders.sort(key=lambda o: (o.submitted_time_ns, o.client_order_id), reverse=True)
-            return orders[:limit] if limit > 0 else orders
-        if limit > 0:
+        if limit > 0 and not working_only:
             return [pb.Order.FromString(v) for v in self.store.newest_orders(limit)]
-        orders = [pb.Order.FromString(v) for _, v in self.store.items(ORDERS)]
-        orders.sort(key=lambda o: (o.submitted_time_ns, o.client_order_id), reverse=True)
-        return orders
+        values = self.store.working_orders() if working_only else (v for _, v in self.store.items(ORDERS))
+        orders = sorted(map(pb.Order.FromString, values), key=lambda o: (o.submitted_time_ns, o.client_order_id),
+                        reverse=True)  # fmt: skip
+        return orders[:limit] if limit > 0 else orders
 
     def approvals(self) -> tuple[list[pb.OrderApproval], list[pb.OrderApproval]]:
         """(pending oldest first, decided newest first) from the hot state execution keeps."""
