@@ -50,7 +50,7 @@ from utp.core.config import Config, load_config
 from utp.core.controls import ControlState
 from utp.core.jetstream import JetStreamBus
 from utp.core.universe import Universe
-from utp.daemon.session import MarketData, Session
+from utp.daemon.session import MarketData, Session, freeze_startup_heap
 from utp.storage.datasets import BAR_COLUMNS, Dataset, dataset
 from utp.storage.state import ImmediateCheckpointer, StateStore
 
@@ -79,14 +79,15 @@ def minute_bars(symbols: int, bar_times: int) -> MarketData:
     return MarketData(one_minute, Universe(names), bars)
 
 
-def config(rate: float, *, fsync: bool = False) -> Config:
+def config(rate: float, *, fsync: bool = False, checkpoint_interval_ms: int | None = None) -> Config:
+    interval = {} if checkpoint_interval_ms is None else {"state.checkpoint_interval_ms": checkpoint_interval_ms}
     return load_config(environ={}, overrides={
         "market_data.replay_rate": rate, "market_data.batch_bar_times": 1,
         # One-minute bars around the clock and a universe with no history: the session and screen filters would
         # refuse every entry, and the decisions are what is measured.
         "risk.filters.market_hours": False, "risk.universe.enabled": False, "risk.filters.min_avg_volume": 0.0,
         "risk.max_positions": 500, "risk.max_total_exposure": 1000000000000.0, "risk.max_orders_per_minute": 0,
-        "risk.max_orders_per_symbol_day": 0, "state.fsync": fsync,
+        "risk.max_orders_per_symbol_day": 0, "state.fsync": fsync, **interval,
     })  # fmt: skip
 
 
@@ -179,7 +180,8 @@ class TimedBus(JetStreamBus):
 
 
 async def run_session(market_data: MarketData, rate: float, bus: Bus, tap: Tap | None = None, *,
-                      state: Path | None = None, fsync: bool = False) -> tuple[Tap, float, dict]:
+                      state: Path | None = None, fsync: bool = False,
+                      checkpoint_interval_ms: int | None = None) -> tuple[Tap, float, dict]:
     """One session of the graph; over JetStream with `state`, every engine commits its checkpoint, positions and records
     to hot state in that folder after each step it applies, as `utp core --nats` does (`ImmediateCheckpointer`)."""
     simulated = isinstance(bus, InProcessBus)
@@ -187,12 +189,14 @@ async def run_session(market_data: MarketData, rate: float, bus: Bus, tap: Tap |
     if not simulated:
         await bus.connect()  # type: ignore[attr-defined]
     store = StateStore(state, fsync=fsync) if state is not None and not simulated else None
-    session = Session(config(rate, fsync=fsync), bus=bus, clock=SimulatedClock() if simulated else WallClock(),
+    session = Session(config(rate, fsync=fsync, checkpoint_interval_ms=checkpoint_interval_ms), bus=bus, clock=SimulatedClock() if simulated else WallClock(),
                       market_data=market_data, controls=ControlState(execution_approved=True),
                       checkpointer=ImmediateCheckpointer(store) if store is not None else None)  # fmt: skip
     await bus.tap(tap.on_events, lambda kind: kind == "risk_decision")
     try:
         await session.start()
+        if not simulated:
+            freeze_startup_heap()  # as `utp core` does once its engines have started
         started = time.monotonic()
         await session.run()
         elapsed = time.monotonic() - started
@@ -260,6 +264,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="engines keep no hot state (no checkpoints): the engines and the bus alone, for comparison")
     parser.add_argument("--fsync", action="store_true", help="hot state synced to disk at every commit (`state.fsync`, "
                         "the daemon's default); without it, safe across a process crash but not a power loss")
+    parser.add_argument("--checkpoint-interval-ms", type=int, default=None,
+                        help="state.checkpoint_interval_ms (default: the config's); 0 commits after every step")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
     folder = tempfile.TemporaryDirectory(prefix="utp-bench-state-")
@@ -274,7 +280,8 @@ def main(argv: list[str] | None = None) -> dict:
     reference, no_wire_elapsed, _ = asyncio.run(run_session(fast_data, 0.0, InProcessBus()))
     tap = Tap()
     bus = jetstream_bus(args.nats, tap, in_process=not args.over_the_server)
-    tap, elapsed, _ = asyncio.run(run_session(fast_data, 0.0, bus, tap, state=hot_state("fast"), fsync=args.fsync))
+    tap, elapsed, _ = asyncio.run(run_session(fast_data, 0.0, bus, tap, state=hot_state("fast"), fsync=args.fsync,
+                                                checkpoint_interval_ms=args.checkpoint_interval_ms))
     asyncio.run(drop_stream(bus, args.nats))
     bars = fast_data.bars.height
     lost = len(set(reference.decision_ids) - set(tap.decision_ids))
@@ -291,7 +298,7 @@ def main(argv: list[str] | None = None) -> dict:
     fixed = Tap()
     bus = jetstream_bus(args.nats, fixed, in_process=not args.over_the_server)
     fixed, fixed_elapsed, _ = asyncio.run(run_session(fixed_data, args.rate, bus, fixed, state=hot_state("fixed"),
-                                                      fsync=args.fsync))  # fmt: skip
+                                                      fsync=args.fsync, checkpoint_interval_ms=args.checkpoint_interval_ms))  # fmt: skip
     asyncio.run(drop_stream(bus, args.nats))
     ms = latencies(fixed)
     result["lost"] += len(set(fixed_reference.decision_ids) - set(fixed.decision_ids))
@@ -311,7 +318,8 @@ def main(argv: list[str] | None = None) -> dict:
         soak = Tap(keep_ids=False)
         bus = jetstream_bus(args.nats, soak, in_process=not args.over_the_server)
         soak, soak_elapsed, rss = asyncio.run(run_session(minute_bars(args.symbols, soak_times), args.rate, bus, soak,
-                                                          state=hot_state("soak"), fsync=args.fsync))  # fmt: skip
+                                                          state=hot_state("soak"), fsync=args.fsync,
+                                                          checkpoint_interval_ms=args.checkpoint_interval_ms))  # fmt: skip
         asyncio.run(drop_stream(bus, args.nats))
         _, soak_p99 = p50_p99(latencies(soak))
         print(f"soak: {soak_times} bar times over {soak_elapsed / 60:.1f} min; RSS {rss['start_rss_mb']} MB at the first decision, "

@@ -552,6 +552,9 @@ class BusConfig(_Section):
 class StateConfig(_Section):
     #: fsync every commit (survives power loss); off survives process crashes only.
     fsync: bool = True
+    #: On JetStream, an engine that acts only through the bus commits its checkpoint at most this often (0: after
+    #: every step). A crash replays at most this much; execution with a real broker commits every step.
+    checkpoint_interval_ms: int = 200
 
 
 class ServerConfig(_Section):
@@ -782,6 +785,8 @@ def validate(config: Config) -> None:
                           "cannot reach the in-process bus")  # fmt: skip
     if md.replay_rate < 0:
         raise ConfigError("market_data.replay_rate must be >= 0")
+    if config.state.checkpoint_interval_ms < 0:
+        raise ConfigError("state.checkpoint_interval_ms must be >= 0")
     pc = config.portfolio
     if pc.method not in PORTFOLIO_METHODS:
         raise ConfigError(f"portfolio.method must be one of {', '.join(PORTFOLIO_METHODS)}, not {pc.method!r}")

@@ -132,6 +132,9 @@ class Engine(ABC):
     #: Its steps act outside the process (orders to a broker): it steps on a batch handed over in process only once
     #: the bus has stored it, so that nothing leaves the process because of an event the bus might not keep.
     acts_outside: bool = False
+    #: Its state is committed after every step, however often its runner may commit (`checkpoint_interval_s`): its
+    #: steps take in what cannot be had again (a real broker's reports), so a crash cannot replay them.
+    commits_every_step: bool = False
 
     def start(self, ctx: EngineContext) -> None:  # noqa: B027 - optional hook
         """Called once before the first input, after a restore if there was one."""
@@ -460,6 +463,7 @@ class EngineRunner(_RunnerBase):
         producers: Mapping[str, Sequence[str]] | None = None,
         partition: Partition | None = None,
         split_inputs: Sequence[str] = (),
+        checkpoint_interval_s: float = 0.0,
     ) -> None:
         super().__init__(engine, bus, clock, checkpointer, status_interval_s=status_interval_s, partition=partition)
         if split_inputs and partition is None:
@@ -499,6 +503,17 @@ class EngineRunner(_RunnerBase):
         self._finish_called = False
         #: Times `restart` ran.
         self.restarts = 0
+        #: A step's checkpoint is committed this many seconds after it (0: right after it), with those of every step
+        #: applied meanwhile. A checkpoint pickles the engine's whole state and commits it: deferred, it is made
+        #: once per interval instead of once per step, and after the steps of a bar time rather than between them
+        #: (the bar's decision does not wait for it). On a bus that delivers again from the committed positions,
+        #: this loses nothing: a crash replays the steps since the last commit, which publish what they published
+        #: before (the same message ids, or rows consumers drop as carried already). Never for an engine that
+        #: `commits_every_step` (a real broker's reports are not delivered again).
+        self.checkpoint_interval_s = 0.0 if engine.commits_every_step else checkpoint_interval_s
+        #: Applied steps not committed yet, and the task that commits them once the interval has passed.
+        self._uncommitted = False
+        self._commit_later: asyncio.Task | None = None
         #: Appended to its durable consumers' names: a partition's consumers are its holder's own, so that two
         #: processes that both think they hold it (one held up past its lease) never split one consumer's messages.
         self.consumer_tag = ""
@@ -525,6 +540,10 @@ class EngineRunner(_RunnerBase):
         for sub in self._subscriptions:
             await sub.close()
         self._subscriptions.clear()
+        async with self._lock:
+            self._cancel_commit_later()
+            if self._uncommitted:
+                await self._commit(now=True)  # what it applied and the bus holds; the rest is delivered again
         if self.state == pb.ENGINE_STATE_RUNNING:
             await self._set_state(pb.ENGINE_STATE_STOPPED)
 
@@ -549,6 +568,8 @@ class EngineRunner(_RunnerBase):
             self._records.clear()
             self._dead.clear()
             self._unstored.clear()
+            self._cancel_commit_later()
+            self._uncommitted = False
             self._step = None
             self.through = NOTHING
             self._published_wm = dict.fromkeys(self._published_wm, NOTHING)
@@ -620,19 +641,44 @@ class EngineRunner(_RunnerBase):
         await self._until_stored(batch)
         await self._commit()
 
-    async def _commit(self) -> None:
+    async def _commit(self, *, now: bool = False) -> None:
         """Checkpoint the engine, unless it applied a batch the bus does not hold yet: the engine's state is committed
         only when everything it applied is stored, by whichever handler sees that last. A batch the bus failed to
-        store fails its handler, and then the engine, so nothing is committed past it."""
+        store fails its handler, and then the engine, so nothing is committed past it. With a
+        `checkpoint_interval_s`, the commit is made that long after the first step it covers (`_commit_when_due`),
+        unless `now` or the engine has processed its whole session."""
         if self.state == pb.ENGINE_STATE_FAILED:
             return
         if any(not f.done() or f.cancelled() or f.exception() is not None for f in self._unstored):
             return
         self._unstored.clear()
+        if not now and self.checkpoint_interval_s > 0 and not self._all_done():
+            self._uncommitted = True
+            if self._commit_later is None:
+                self._commit_later = asyncio.create_task(self._commit_when_due(self.checkpoint_interval_s))
+            return
+        self._cancel_commit_later()  # this commit covers what it would have
         self._checkpoint()
         await self._publish_status()
         if self.state == pb.ENGINE_STATE_RUNNING and self._all_done():
             await self._set_state(pb.ENGINE_STATE_FINISHED)
+
+    async def _commit_when_due(self, wait_s: float) -> None:
+        await asyncio.sleep(wait_s)
+        async with self._lock:
+            self._commit_later = None
+            if not self._uncommitted:
+                return
+            try:
+                # A batch applied meanwhile and not stored yet: its handler commits once it is.
+                await self._commit(now=True)
+            except Exception as exc:
+                await self._fail("committing its checkpoint", exc)
+
+    def _cancel_commit_later(self) -> None:
+        if self._commit_later is not None:
+            self._commit_later.cancel()
+            self._commit_later = None
 
     async def _until_all_stored(self) -> None:
         """Wait until the bus holds every batch applied so far, so that a checkpoint now commits nothing unstored."""
@@ -758,6 +804,10 @@ class EngineRunner(_RunnerBase):
             await self._until_all_stored()
             self._checkpoint()
         await super()._set_state(state)
+
+    def _checkpoint(self) -> None:
+        super()._checkpoint()
+        self._uncommitted = False
 
     def _output_watermark(self, kind: str) -> int:
         if kind in self.engine.feedback_outputs and self._feedback:

@@ -28,7 +28,7 @@ from utp.core.config import Config, to_dict
 from utp.core.controls import ControlState
 from utp.core.jetstream import JetStreamBus
 from utp.core.kinds import KINDS, wrap_event
-from utp.daemon.session import Session
+from utp.daemon.session import Session, freeze_startup_heap
 from utp.daemon.auth import AuditTrail, ensure_tokens
 from utp.storage.state import APPROVALS, ORDERS, POSITIONS, DeferredCheckpointer, ImmediateCheckpointer, StateStore
 from utp.v1 import core_service_pb2 as api
@@ -165,6 +165,7 @@ class CoreDaemon:
             approval=self.execution_allowed,
         )
         await self.session.start()
+        freeze_startup_heap()
         # Engines restored older checkpoints may hold older flags: state the current ones once more.
         await self._publish_command(pb.CONTROL_ACTION_HALT if self.controls.halted else pb.CONTROL_ACTION_RESUME,
                                     self.controls.halt_reason or "daemon start", "utp-core")

@@ -68,7 +68,7 @@ async def run_engine(name: str, session_id: str, url: str, stream: str, data_dir
     from utp.core.controls import ControlState
     from utp.core.jetstream import JetStreamBus
     from utp.daemon.replay import find_session
-    from utp.daemon.session import MarketData, Session, live_market_data
+    from utp.daemon.session import MarketData, Session, freeze_startup_heap, live_market_data
     from utp.storage.state import ImmediateCheckpointer, StateStore
     from utp.v1 import events_pb2 as pb
 
@@ -111,6 +111,7 @@ async def run_engine(name: str, session_id: str, url: str, stream: str, data_dir
             store.close()
     runner = runner_of(None)
     await runner.start()
+    freeze_startup_heap()
     watching, stop = _watched(lambda: [runner], restart_cooldown_s)
     print(f"utp engine {name}: session {session_id} on {url} (stream {stream}, subjects {manifest.subject_root}.>), "
           f"state in {data_dir}", flush=True)  # fmt: skip
@@ -155,6 +156,7 @@ async def run_partitions(name: str, config: Any, bus: Any, bucket: str,
                          make_runner: Callable[[Partition | None], EngineRunner], *, restart_cooldown_s: float = 5.0) -> int:  # fmt: skip
     """Run the partitions of engine `name` this process leases, until every partition has processed the whole
     session or the process is told to stop (it then gives its partitions back)."""
+    from utp.daemon.session import freeze_startup_heap
     from utp.v1 import events_pb2 as pb
 
     count = config.bus.partitions[name]
@@ -187,6 +189,7 @@ async def run_partitions(name: str, config: Any, bus: Any, bucket: str,
             runner.consumer_tag = worker
             runner.fence = lambda k=k: None if leases.holds(k) else f"its lease of partition {k} ran out"
             await runner.start()
+            freeze_startup_heap()  # once per process: later calls leave the heap as it is
             print(f"utp engine {name}: took partition {k} (through={runner.through})", flush=True)
         for k, runner in runners.items():
             if k not in marked and runner.state == pb.ENGINE_STATE_FINISHED:

@@ -20,6 +20,7 @@ books, so every engine takes a whole batch of bar times in one step.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -145,6 +146,19 @@ def live_feed(config: Config, environ: Mapping[str, str] | None = None) -> Failo
         raise ConfigError(f"data.failover_after_s: {exc}") from exc
 
 
+
+def freeze_startup_heap() -> None:
+    """Put everything alive now (modules, compiled kernels, the engines' preallocated state) out of the cyclic garbage
+    collector's reach, once a long-running process has started its engines. A full collection walks every object it
+    tracks: after the imports of a session (polars, numba, protobuf, gRPC) one stopped the event loop for 146 ms in
+    the middle of `bench/live_latency.py`, every engine's step and every ack waiting behind it. What is frozen is
+    never collected, so garbage is collected first, and only the first call freezes: a later session's objects
+    would stay frozen after it ends."""
+    if gc.get_freeze_count():
+        return
+    gc.collect()
+    gc.freeze()
+
 class Session:
     """One engine graph on one bus: start it, run the data through, stop it."""
 
@@ -254,6 +268,9 @@ class Session:
         self.execution = next(e for e in engines if isinstance(e, ExecutionEngine))
         # Only a bus that delivers again can retry a failing step, and so tell a poison step from a passing fault.
         max_deliveries = config.bus.max_deliveries if bus.durable else None
+        # Only there: on the in-process bus the source commits every engine's staged checkpoint together after each
+        # batch (`DeferredCheckpointer`), which needs every engine's state at that point.
+        checkpoint_interval_s = config.state.checkpoint_interval_ms / 1000 if bus.durable else 0.0
         # Consumers of a partitioned engine's outputs wait for the watermark of each of its partitions.
         producers: dict[str, tuple[str, ...]] = {}
         for e in engines:
@@ -272,7 +289,8 @@ class Session:
             own = {**producers, "bar": (f"{self.source.name}.{part.name}",)} if reads_split_bars else producers
             return EngineRunner(e, bus, clock, checkpointer, status_interval_s=status_interval_s,
                                 max_deliveries=max_deliveries, producers=own, partition=part,
-                                split_inputs=("bar",) if reads_split_bars else ())  # fmt: skip
+                                split_inputs=("bar",) if reads_split_bars else (),
+                                checkpoint_interval_s=checkpoint_interval_s)  # fmt: skip
 
         runners = [runner(e) for e in engines]
         remote = set(config.bus.remote_engines)

@@ -691,6 +691,9 @@ class ExecutionEngine(Engine):
         """`guard`: the portfolio risk rules (`utp.core.risk_guard`); None applies none. `venue`: a real broker
         that takes the orders and reports their fills (`utp.core.venue`); None: `broker` simulates the venue."""
         self.venue = venue
+        # A real broker's fills and answers come in during steps and would not come again in a replay; the simulated
+        # venue's do, from the bars and decisions the bus keeps.
+        self.commits_every_step = venue is not None
         self.config = config
         self.broker = broker
         self.controls = controls

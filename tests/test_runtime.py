@@ -431,3 +431,61 @@ def test_an_engine_takes_its_other_inputs_while_a_batch_it_applied_waits_to_be_s
         assert runner.state == pb.ENGINE_STATE_FAILED and len(kept.saved) == before + 1  # nothing past the lost bar
 
     asyncio.run(go())
+
+
+def test_a_runner_commits_a_checkpoint_interval_after_the_steps_it_covers_on_stop_and_at_the_end() -> None:
+    """On JetStream an engine's state is committed `checkpoint_interval_s` after the first step not committed yet,
+    with every step applied meanwhile (after a bar time's steps, not between them), what is left when the runner
+    stops, and the session's end at once. An engine that `commits_every_step` (execution with a real broker) commits
+    after each step all the same."""
+
+    def through(checkpoint) -> int:  # noqa: ANN001
+        import pickle
+
+        return pickle.loads(checkpoint.state)["runner"]["through"]
+
+    async def go() -> None:
+        kept = _Kept()
+        bus = InProcessBus()
+        runner = EngineRunner(Recorder((Input("bar"),)), bus, SimulatedClock(), kept, checkpoint_interval_s=0.3)
+        await runner.start()
+        before = len(kept.saved)
+        for t in (1, 2, 3):
+            await bus.publish(Batch("bar", "p", bars([t]), t))
+        await asyncio.sleep(0.15)
+        assert len(kept.saved) == before  # not yet
+        await asyncio.sleep(0.3)
+        assert len(kept.saved) == before + 1 and through(kept.saved[-1]) == 3  # the three steps in one commit
+        await asyncio.sleep(0.35)
+        assert len(kept.saved) == before + 1  # nothing new: nothing committed again
+        await bus.publish(Batch("bar", "p", bars([4]), 4))
+        await bus.publish(Batch("bar", "p", bars([]), END))
+        assert through(kept.saved[-1]) == END and runner.state == pb.ENGINE_STATE_FINISHED  # the end: at once
+        assert runner._commit_later is None
+        committed = len(kept.saved)
+        await asyncio.sleep(0.35)
+        assert len(kept.saved) == committed  # the step at 4 was in the end's commit: no commit comes later
+
+        kept2 = _Kept()
+        bus2 = InProcessBus()
+        runner2 = EngineRunner(Recorder((Input("bar"),)), bus2, SimulatedClock(), kept2, checkpoint_interval_s=30.0)
+        await runner2.start()
+        before = len(kept2.saved)
+        for t in (1, 2, 3):
+            await bus2.publish(Batch("bar", "p", bars([t]), t))
+        assert len(kept2.saved) == before
+        await runner2.stop()
+        assert through(kept2.saved[-1]) == 3 and runner2._commit_later is None  # stopping commits what is left
+
+        careful = Recorder((Input("bar"),))
+        careful.commits_every_step = True
+        kept3 = _Kept()
+        bus3 = InProcessBus()
+        runner3 = EngineRunner(careful, bus3, SimulatedClock(), kept3, checkpoint_interval_s=30.0)
+        await runner3.start()
+        before = len(kept3.saved)
+        for t in (1, 2, 3):
+            await bus3.publish(Batch("bar", "p", bars([t]), t))
+        assert len(kept3.saved) == before + 3 and through(kept3.saved[-1]) == 3
+
+    asyncio.run(go())
