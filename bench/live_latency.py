@@ -7,7 +7,9 @@ The bars are real: GOOG's daily OHLCV (the `backtesting` package) as one-minute 
 and shifted in time by its own number of rows, so that the symbols' signals differ. Every engine of a paper
 session (market data, features, alpha, ensemble, portfolio, risk, exit, execution) runs in this process on the
 JetStream bus, the wall clock and the simulated broker, as `utp core --nats` runs them, and, as there, commits its
-checkpoint, bus positions and records to hot state (LMDB, in a temporary folder) after every step it applies.
+checkpoint, bus positions and records to hot state (LMDB, in a temporary folder) `state.checkpoint_interval_ms`
+after the steps it covers (`--checkpoint-interval-ms 0`: after every step it applies, as before stop 25), and the
+process freezes its startup heap once the engines have started (`freeze_startup_heap`).
 `--no-state` leaves the checkpoints out (the engines and the bus alone: what the figures of stops before 24 counted);
 `--fsync` syncs every commit to disk, the daemon's default (`state.fsync`), which the figures otherwise leave out.
 
@@ -183,7 +185,7 @@ async def run_session(market_data: MarketData, rate: float, bus: Bus, tap: Tap |
                       state: Path | None = None, fsync: bool = False,
                       checkpoint_interval_ms: int | None = None) -> tuple[Tap, float, dict]:
     """One session of the graph; over JetStream with `state`, every engine commits its checkpoint, positions and records
-    to hot state in that folder after each step it applies, as `utp core --nats` does (`ImmediateCheckpointer`)."""
+    to hot state in that folder, as `utp core --nats` does (`ImmediateCheckpointer`, `state.checkpoint_interval_ms`)."""
     simulated = isinstance(bus, InProcessBus)
     tap = tap or Tap()
     if not simulated:

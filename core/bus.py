@@ -36,6 +36,10 @@ class Subscription(ABC):
     @abstractmethod
     async def close(self) -> None: ...
 
+    def committed(self, position: int) -> None:  # noqa: B027 - only a bus that acks needs it
+        """The subscriber has committed the effects of every batch through `position` (its last batch's position,
+        `Batch.position`): what the bus delivered up to there may be acked now, and nothing later."""
+
     async def refresh(self) -> None:  # noqa: B027 - only a tap on a bus that filters at the source needs it
         """A tap's `KindFilter` may answer otherwise now (a watcher came or went): take what it wants from now on."""
 
@@ -73,7 +77,8 @@ class Bus(ABC):
         """Deliver every batch of `kind` to `handler`, in order, one at a time.
 
         `consumer` names the durable subscription. `resume_after` is the position of the last batch whose
-        effects the subscriber has committed (None = from the start of the session); the bus delivers
+        effects the subscriber has committed (None = from the start of the session; `Subscription.committed` says
+        so while it runs, and a bus that acks acks nothing before); the bus delivers
         from the next one, so nothing is lost or applied twice across a restart. `partition`: only the batches
         published for that partition (`Batch.partition`: a producer that splits its rows by symbol partition), so
         that a process running one partition of an engine never receives the others' rows.

@@ -322,6 +322,16 @@ async def _unsubscribe(nats_sub: Any) -> None:
         pass
 
 
+_ACKING: set[asyncio.Task] = set()  # acks under way (a task not referenced may be collected before it runs)
+
+
+async def _ack(nc: nats.NATS, sequence: int, reply: str) -> None:
+    try:
+        await nc.publish(reply)  # as nats-py's Msg.ack: an empty message to the ack subject
+    except Exception as exc:  # noqa: BLE001 - the connection went: the commit holds, the consumer is re-created there
+        log.info("ack of stream sequence %d not sent: %s", sequence, exc)
+
+
 @dataclass(eq=False)
 class _JetStreamSubscription(Subscription):
     name: str
@@ -332,6 +342,21 @@ class _JetStreamSubscription(Subscription):
     subject: str | None = None
     closed: bool = False
     error: BaseException | None = field(default=None)
+    nc: nats.NATS | None = None
+    #: Messages handed over whose effects the subscriber has not committed yet, oldest first, as (stream sequence,
+    #: ack subject): acked once it has (`committed`), so that nothing is acked before its effects are durable.
+    unacked: deque[tuple[int, str]] = field(default_factory=deque)
+
+    def committed(self, position: int) -> None:
+        newest = None
+        while self.unacked and self.unacked[0][0] <= position:
+            newest = self.unacked.popleft()
+        if newest is not None and self.nc is not None and not self.nc.is_closed:
+            # AckPolicy.ALL: one ack covers every message up to it. A task: a commit is synchronous, and the ack only
+            # goes into the connection's buffer.
+            task = asyncio.get_running_loop().create_task(_ack(self.nc, *newest))
+            _ACKING.add(task)
+            task.add_done_callback(_ACKING.discard)
 
     async def close(self) -> None:
         self.closed = True
@@ -671,7 +696,7 @@ class JetStreamBus(Bus):
         await self._ensure_consumer(durable, only or self.subjects.of_kind(kind), position)
         pull = _ContinuousPull(self._nc, self.stream, durable, self.fetch_batch)
         await pull.start()
-        sub = _JetStreamSubscription(durable, nats_sub=pull.sub, pull=pull, subject=only)
+        sub = _JetStreamSubscription(durable, nats_sub=pull.sub, pull=pull, subject=only, nc=self._nc)
         sub.task = asyncio.create_task(self._consume(sub, pull, kind, handler), name=f"consume-{durable}")
         self._subscriptions.append(sub)
         if KINDS[kind].watermarked:
@@ -829,8 +854,8 @@ class JetStreamBus(Bus):
             numbers[known[0]] = known[1]
 
     async def _hand_over(self, sub: _JetStreamSubscription, handler: BatchHandler, batch: Batch, msg: Msg | None) -> bool:
-        """Handle a batch, then ack through its last message (AckPolicy.ALL; none for a batch handed over in
-        process); False when the consumer must stop."""
+        """Handle a batch; its last message is acked (AckPolicy.ALL; none for a batch handed over in process) once
+        the subscriber has committed its effects (`committed`); False when the consumer must stop."""
         try:
             await handler(batch)
         except Exception as exc:
@@ -838,14 +863,9 @@ class JetStreamBus(Bus):
             log.error("%s: handler failed, consumer stopped: %s", sub.name, exc)
             sub.error = exc
             return False
-        if msg is None:
-            return True
-        try:
-            await msg.ack()
-        except nats.errors.ConnectionClosedError:
-            # Committed already; a restart re-creates the consumer at the committed position.
-            return False
-        return True
+        if msg is not None and msg.reply:
+            sub.unacked.append((msg.metadata.sequence.stream, msg.reply))
+        return not (self._nc is None or self._nc.is_closed)
 
     async def tap(self, handler: TapHandler, wants: KindFilter) -> Subscription:
         async def on_message(msg: Msg) -> None:

@@ -500,6 +500,7 @@ class EngineRunner(_RunnerBase):
         #: The bus's `Batch.stored` of batches applied but not yet held by it: no checkpoint before they all are.
         self._unstored: list[asyncio.Future] = []
         self._subscriptions: list[Subscription] = []
+        self._subscription_of: dict[str, Subscription] = {}  # input kind -> its subscription
         self._finish_called = False
         #: Times `restart` ran.
         self.restarts = 0
@@ -532,6 +533,7 @@ class EngineRunner(_RunnerBase):
                 state.spec.kind, consumer, handler, resume_after=positions.get(state.spec.kind), partition=only
             )
             self._subscriptions.append(sub)
+            self._subscription_of[state.spec.kind] = sub
         if self.state == pb.ENGINE_STATE_FAILED:
             return  # a batch delivered while it subscribed failed it: leave it failed (a watchdog restarts it)
         await self._set_state(pb.ENGINE_STATE_FINISHED if self._all_done() else pb.ENGINE_STATE_RUNNING)
@@ -540,6 +542,7 @@ class EngineRunner(_RunnerBase):
         for sub in self._subscriptions:
             await sub.close()
         self._subscriptions.clear()
+        self._subscription_of.clear()
         async with self._lock:
             self._cancel_commit_later()
             if self._uncommitted:
@@ -561,6 +564,7 @@ class EngineRunner(_RunnerBase):
             for sub in self._subscriptions:
                 await sub.close()
             self._subscriptions.clear()
+            self._subscription_of.clear()
             self._inputs = self._new_inputs()
             self._joined = [s for s in self._inputs.values() if s.spec.mode is InputMode.JOINED]
             self._feedback = [s for s in self._inputs.values() if s.spec.mode is InputMode.FEEDBACK]
@@ -808,6 +812,11 @@ class EngineRunner(_RunnerBase):
     def _checkpoint(self) -> None:
         super()._checkpoint()
         self._uncommitted = False
+        # Committed (or, with no checkpointer, done with): the bus may ack what was delivered up to the positions.
+        for kind, state in self._inputs.items():
+            sub = self._subscription_of.get(kind)
+            if sub is not None and state.position is not None:
+                sub.committed(state.position)
 
     def _output_watermark(self, kind: str) -> int:
         if kind in self.engine.feedback_outputs and self._feedback:

@@ -347,3 +347,47 @@ def test_a_tap_is_sent_only_the_kinds_it_wants_and_takes_more_once_refreshed(nat
     not_sent, size = asyncio.run(go())
     assert not_sent < size / 10, f"{not_sent} bytes came back for a {size}-byte batch nobody tapped"
     assert seen == ["bar", "bar"]
+
+
+def test_nothing_is_acked_before_the_engine_has_committed_its_effects(nats_url: str, stream_names) -> None:  # noqa: ANN001
+    """An engine commits its checkpoint `checkpoint_interval_s` after the steps it covers; the server's ack of what
+    it consumed waits for that commit (AckPolicy.ALL, through the committed position), and follows it."""
+    from utp.core.batch import Batch
+    from utp.core.runtime import EngineRunner, Input
+    from tests.test_runtime import Recorder, _Kept, bars
+
+    stream, root = stream_names
+
+    async def go() -> tuple[list[int], list[int]]:
+        producer = JetStreamBus(nats_url, stream=stream, subject_root=root, deliver_in_process=False)
+        bus = JetStreamBus(nats_url, stream=stream, subject_root=root, deliver_in_process=False)
+        await producer.connect()
+        await bus.connect()
+        try:
+            engine = Recorder((Input("bar"),))
+            kept = _Kept()
+            runner = EngineRunner(engine, bus, WallClock(), kept, checkpoint_interval_s=1.0)
+            runner.producer = engine.name = "acker"
+            await runner.start()
+            for t in (1, 2, 3):
+                await producer.publish(Batch("bar", "md", bars([t]), t))
+            for _ in range(100):
+                if len(engine.calls) == 3:
+                    break
+                await asyncio.sleep(0.02)
+            floors = []  # the server's ack floor: before the commit, then after it
+            info = await bus.js.consumer_info(stream, "acker-bar")
+            floors.append(info.ack_floor.stream_seq)
+            committed_before = [c.positions.get("bar", 0) for c in kept.saved]
+            await asyncio.sleep(1.5)
+            info = await bus.js.consumer_info(stream, "acker-bar")
+            floors.append(info.ack_floor.stream_seq)
+            await runner.stop()
+            return floors, committed_before + [kept.saved[-1].positions["bar"]]
+        finally:
+            await bus.close()
+            await producer.close()
+
+    floors, committed = asyncio.run(go())
+    assert floors[0] <= max(committed[:-1], default=0)  # applied, not committed: not acked
+    assert floors[0] < committed[-1] and floors[1] == committed[-1]  # committed through the third bar: acked
