@@ -146,7 +146,6 @@ def live_feed(config: Config, environ: Mapping[str, str] | None = None) -> Failo
         raise ConfigError(f"data.failover_after_s: {exc}") from exc
 
 
-
 def freeze_startup_heap() -> None:
     """Put everything alive now (modules, compiled kernels, the engines' preallocated state) out of the cyclic garbage
     collector's reach, once a long-running process has started its engines. A full collection walks every object it
@@ -158,6 +157,7 @@ def freeze_startup_heap() -> None:
         return
     gc.collect()
     gc.freeze()
+
 
 class Session:
     """One engine graph on one bus: start it, run the data through, stop it."""
