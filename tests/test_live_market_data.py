@@ -35,7 +35,10 @@ MINUTE_NS = 60 * 10**9
 T0 = int(datetime(2024, 1, 3, 14, 30, tzinfo=UTC).timestamp()) * 10**9  # 09:30 New York, a Wednesday
 SYMBOLS = ("AAPL", "MSFT")
 
-pytestmark = pytest.mark.timeout(30)
+# Above `until`'s own 30 s, so that a wait that never ends fails with what it waited for, and with room for the
+# streams to connect: on a loaded 2-core machine (the suite on 4 workers in a slow spell) a whole test once took
+# over 30 s where it takes 4 s alone.
+pytestmark = pytest.mark.timeout(120)
 
 
 class HandClock:
