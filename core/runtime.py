@@ -541,12 +541,12 @@ class EngineRunner(_RunnerBase):
     async def stop(self) -> None:
         for sub in self._subscriptions:
             await sub.close()
-        self._subscriptions.clear()
-        self._subscription_of.clear()
         async with self._lock:
             self._cancel_commit_later()
             if self._uncommitted:
-                await self._commit(now=True)  # what it applied and the bus holds; the rest is delivered again
+                await self._commit(now=True)  # what it applied and the bus holds (and acks it); the rest comes again
+        self._subscriptions.clear()
+        self._subscription_of.clear()
         if self.state == pb.ENGINE_STATE_RUNNING:
             await self._set_state(pb.ENGINE_STATE_STOPPED)
 
