@@ -659,7 +659,7 @@ class EngineRunner(_RunnerBase):
         if not now and self.checkpoint_interval_s > 0 and not self._all_done():
             self._uncommitted = True
             if self._commit_later is None:
-                self._commit_later = asyncio.create_task(self._commit_when_due(self.checkpoint_interval_s))
+                self._commit_later = asyncio.create_task(self._commit_when_due())
             return
         self._cancel_commit_later()  # this commit covers what it would have
         self._checkpoint()
@@ -667,8 +667,8 @@ class EngineRunner(_RunnerBase):
         if self.state == pb.ENGINE_STATE_RUNNING and self._all_done():
             await self._set_state(pb.ENGINE_STATE_FINISHED)
 
-    async def _commit_when_due(self, wait_s: float) -> None:
-        await asyncio.sleep(wait_s)
+    async def _commit_when_due(self) -> None:
+        await asyncio.sleep(self.checkpoint_interval_s)
         async with self._lock:
             self._commit_later = None
             if not self._uncommitted:
