@@ -191,7 +191,8 @@ async def run_session(market_data: MarketData, rate: float, bus: Bus, tap: Tap |
     if not simulated:
         await bus.connect()  # type: ignore[attr-defined]
     store = StateStore(state, fsync=fsync) if state is not None and not simulated else None
-    session = Session(config(rate, fsync=fsync, checkpoint_interval_ms=checkpoint_interval_ms), bus=bus, clock=SimulatedClock() if simulated else WallClock(),
+    settings = config(rate, fsync=fsync, checkpoint_interval_ms=checkpoint_interval_ms)
+    session = Session(settings, bus=bus, clock=SimulatedClock() if simulated else WallClock(),
                       market_data=market_data, controls=ControlState(execution_approved=True),
                       checkpointer=ImmediateCheckpointer(store) if store is not None else None)  # fmt: skip
     await bus.tap(tap.on_events, lambda kind: kind == "risk_decision")

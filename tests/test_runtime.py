@@ -444,14 +444,19 @@ def test_a_runner_commits_a_checkpoint_interval_after_the_steps_it_covers_on_sto
 
         return pickle.loads(checkpoint.state)["runner"]["through"]
 
-    async def go() -> None:
+    async def three_steps(engine: Recorder, interval_s: float) -> tuple[InProcessBus, EngineRunner, _Kept, int]:
+        """A runner with `interval_s` that has stepped on bars 1, 2 and 3; the commits made before them."""
         kept = _Kept()
         bus = InProcessBus()
-        runner = EngineRunner(Recorder((Input("bar"),)), bus, SimulatedClock(), kept, checkpoint_interval_s=0.3)
+        runner = EngineRunner(engine, bus, SimulatedClock(), kept, checkpoint_interval_s=interval_s)
         await runner.start()
         before = len(kept.saved)
         for t in (1, 2, 3):
             await bus.publish(Batch("bar", "p", bars([t]), t))
+        return bus, runner, kept, before
+
+    async def go() -> None:
+        bus, runner, kept, before = await three_steps(Recorder((Input("bar"),)), 0.3)
         await asyncio.sleep(0.15)
         assert len(kept.saved) == before  # not yet
         await asyncio.sleep(0.3)
@@ -466,26 +471,14 @@ def test_a_runner_commits_a_checkpoint_interval_after_the_steps_it_covers_on_sto
         await asyncio.sleep(0.35)
         assert len(kept.saved) == committed  # the step at 4 was in the end's commit: no commit comes later
 
-        kept2 = _Kept()
-        bus2 = InProcessBus()
-        runner2 = EngineRunner(Recorder((Input("bar"),)), bus2, SimulatedClock(), kept2, checkpoint_interval_s=30.0)
-        await runner2.start()
-        before = len(kept2.saved)
-        for t in (1, 2, 3):
-            await bus2.publish(Batch("bar", "p", bars([t]), t))
+        _, runner2, kept2, before = await three_steps(Recorder((Input("bar"),)), 30.0)
         assert len(kept2.saved) == before
         await runner2.stop()
         assert through(kept2.saved[-1]) == 3 and runner2._commit_later is None  # stopping commits what is left
 
         careful = Recorder((Input("bar"),))
         careful.commits_every_step = True
-        kept3 = _Kept()
-        bus3 = InProcessBus()
-        runner3 = EngineRunner(careful, bus3, SimulatedClock(), kept3, checkpoint_interval_s=30.0)
-        await runner3.start()
-        before = len(kept3.saved)
-        for t in (1, 2, 3):
-            await bus3.publish(Batch("bar", "p", bars([t]), t))
+        _, _, kept3, before = await three_steps(careful, 30.0)
         assert len(kept3.saved) == before + 3 and through(kept3.saved[-1]) == 3
 
     asyncio.run(go())
